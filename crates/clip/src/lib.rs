@@ -1,0 +1,2 @@
+//! CLIP ViT image tower and projection on candle, loaded from Hugging Face checkpoints.
+#![deny(missing_docs)]

@@ -1,0 +1,2 @@
+//! The LAION improved aesthetic predictor head on candle-nn.
+#![deny(missing_docs)]

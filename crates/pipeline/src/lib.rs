@@ -1,0 +1,2 @@
+//! Streaming orchestration of aesthete: shards in, scores and filtered shards out.
+#![deny(missing_docs)]

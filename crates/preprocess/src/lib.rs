@@ -1,0 +1,2 @@
+//! Image decoding and CLIP preprocessing, bit-exact with transformers' CLIPImageProcessor.
+#![deny(missing_docs)]

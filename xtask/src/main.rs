@@ -1,0 +1,7 @@
+//! `cargo xtask`: aesthete's own tooling.
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    eprintln!("xtask: no tasks yet");
+    ExitCode::FAILURE
+}
