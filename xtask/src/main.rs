@@ -1,7 +1,96 @@
-//! `cargo xtask`: aesthete's own tooling.
+//! `cargo xtask`: aesthete's own tooling. Run `cargo xtask help`.
+
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::{Context, bail};
+use xtask::{bench, fetch, fixtures, gpu_test};
+
+const HELP: &str = "\
+usage: cargo xtask <task> [options]
+
+tasks:
+  fetch-models [--dir DIR] [--dtype f32|f16] [--head-url URL | --head-file PATH] [--pins FILE]
+      download openai/clip-vit-large-patch14 and the LAION head at pinned versions, verify
+      their sha256, convert them into DIR (default: $AESTHETE_MODELS or models/).
+      The hub is $HF_ENDPOINT or https://huggingface.co.
+  fixtures [FOLDER...]
+      regenerate fixtures/ (or only FOLDER: shards, preprocess, clip, head, pipeline) with
+      the committed Python generators; `pip install -r fixtures/requirements.txt` first
+  bench [--quick] [CRATE...]
+      run the criterion benches (shards, preprocess, clip, head, pipeline) and write
+      BENCHMARKS.md
+  gpu-test
+      run the CUDA integration tests (skips with a reason without a GPU or CUDA toolkit)
+";
+
 fn main() -> ExitCode {
-    eprintln!("xtask: no tasks yet");
-    ExitCode::FAILURE
+    match run(std::env::args().skip(1).collect()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Vec<String>) -> anyhow::Result<()> {
+    let Some((task, rest)) = args.split_first() else {
+        eprint!("{HELP}");
+        bail!("no task given");
+    };
+    let mut rest = rest.iter().cloned();
+    match task.as_str() {
+        "fetch-models" => {
+            let mut opts = fetch::FetchOptions::from_env();
+            while let Some(flag) = rest.next() {
+                let mut value = || rest.next().with_context(|| format!("{flag} needs a value"));
+                match flag.as_str() {
+                    "--dir" => opts.dir = PathBuf::from(value()?),
+                    "--dtype" => opts.dtype = value()?.parse()?,
+                    "--head-url" => opts.head = fetch::HeadSource::Url(value()?),
+                    "--head-file" => opts.head = fetch::HeadSource::File(PathBuf::from(value()?)),
+                    "--pins" => {
+                        let path = value()?;
+                        let text = std::fs::read_to_string(&path)
+                            .with_context(|| format!("cannot read {path}"))?;
+                        opts.manifest = fetch::Manifest::from_json(&text)
+                            .with_context(|| format!("in {path}"))?;
+                    }
+                    _ => bail!("fetch-models: unknown option `{flag}`\n\n{HELP}"),
+                }
+            }
+            let summary = fetch::fetch_models(&opts)?;
+            eprintln!(
+                "models ready in {} ({} file(s) fetched, {} output(s) converted)",
+                opts.dir.display(),
+                summary.transferred.len(),
+                summary.converted.len()
+            );
+            Ok(())
+        }
+        "fixtures" => fixtures::regenerate(&xtask::workspace_root(), &rest.collect::<Vec<_>>()),
+        "bench" => {
+            let mut opts = bench::BenchOptions::default();
+            for arg in rest {
+                match arg.as_str() {
+                    "--quick" => opts.quick = true,
+                    flag if flag.starts_with('-') => bail!("bench: unknown option `{flag}`"),
+                    name => opts.only.push(name.to_owned()),
+                }
+            }
+            bench::run(&xtask::workspace_root(), &opts)
+        }
+        "gpu-test" => {
+            if let Some(extra) = rest.next() {
+                bail!("gpu-test: unknown argument `{extra}`");
+            }
+            gpu_test::run(&xtask::workspace_root())
+        }
+        "help" | "--help" | "-h" => {
+            print!("{HELP}");
+            Ok(())
+        }
+        other => bail!("unknown task `{other}`\n\n{HELP}"),
+    }
 }

@@ -1,0 +1,54 @@
+//! `.pth` → `.safetensors`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::Tensor;
+
+use crate::Error;
+use crate::checkpoint::{self, Format};
+use crate::layout::Layers;
+
+/// Converts a head's PyTorch checkpoint into a safetensors file with the same tensor names,
+/// shapes and dtypes, so that [`AestheticHead::load`](crate::AestheticHead::load) and other
+/// tools read it without a pickle parser.
+///
+/// The state dict is checked as a load would check it before anything is written, and the
+/// output is written next to `dst` and renamed into place, so `dst` is either absent or
+/// complete.
+pub fn convert_pth_to_safetensors(src: &Path, dst: &Path) -> Result<(), Error> {
+    let _span =
+        tracing::debug_span!("convert_head", src = %src.display(), dst = %dst.display()).entered();
+    if checkpoint::sniff(src)? != Format::Pth {
+        return Err(Error::UnknownFormat {
+            path: src.to_owned(),
+            hint: " (expected a PyTorch checkpoint)",
+        });
+    }
+    let tensors = checkpoint::read_pth(src)?;
+    let layers = Layers::parse(src, tensors)?;
+    let tensors: HashMap<String, Tensor> = layers
+        .layers
+        .into_iter()
+        .flat_map(|l| {
+            [
+                (format!("layers.{}.weight", l.index), l.weight),
+                (format!("layers.{}.bias", l.index), l.bias),
+            ]
+        })
+        .map(|(name, t)| t.contiguous().map(|t| (name, t)))
+        .collect::<candle_core::Result<_>>()
+        .map_err(Error::Compute)?;
+
+    let mut partial = dst.as_os_str().to_owned();
+    partial.push(".part");
+    let partial = std::path::PathBuf::from(partial);
+    let write_error = |source: Box<dyn std::error::Error + Send + Sync>| Error::Write {
+        path: dst.to_owned(),
+        source,
+    };
+    candle_core::safetensors::save(&tensors, &partial).map_err(|e| write_error(Box::new(e)))?;
+    std::fs::rename(&partial, dst).map_err(|e| write_error(Box::new(e)))?;
+    tracing::debug!(kind = %layers.kind, tensors = tensors.len(), "converted aesthetic head");
+    Ok(())
+}

@@ -1,0 +1,342 @@
+//! `cargo xtask bench`: run the criterion benches, compare CLIP with PyTorch where torch is
+//! installed, and write `BENCHMARKS.md` with the machine, the command and the units.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::SystemTime;
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+/// `(name on the command line, package, bench target)` of every criterion bench.
+pub const BENCHES: [(&str, &str, &str); 5] = [
+    ("shards", "aesthete-shards", "read"),
+    ("preprocess", "aesthete-preprocess", "preprocess"),
+    ("clip", "aesthete-clip", "vit"),
+    ("head", "aesthete-head", "score"),
+    ("pipeline", "aesthete-pipeline", "end_to_end"),
+];
+
+/// The PyTorch comparison script, written with the CLIP crate. Contract: run as
+/// `python3 SCRIPT --threads N`, it prints one JSON object as its last stdout line with at
+/// least `"images_per_second"` (transformers `CLIPVisionModelWithProjection`, fp32, random
+/// weights of the ViT-L/14 shape), and optionally `"batch"`.
+pub const TORCH_SCRIPT: &str = "fixtures/clip/bench_torch.py";
+
+/// What to run.
+#[derive(Debug, Clone, Default)]
+pub struct BenchOptions {
+    /// Short warm-up and measurement times, for a smoke run.
+    pub quick: bool,
+    /// Names from [`BENCHES`] to run; all when empty.
+    pub only: Vec<String>,
+}
+
+/// One measured benchmark.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measurement {
+    /// `group/function/parameter`, as criterion names it.
+    pub id: String,
+    /// Mean time per iteration in nanoseconds.
+    pub mean_ns: f64,
+    /// Elements or bytes per iteration, if the bench declared a throughput.
+    pub throughput: Option<(f64, &'static str)>,
+}
+
+/// Runs the selected benches and writes `BENCHMARKS.md` under `root`.
+pub fn run(root: &Path, opts: &BenchOptions) -> anyhow::Result<()> {
+    for name in &opts.only {
+        if !BENCHES.iter().any(|(n, ..)| n == name) {
+            let names: Vec<_> = BENCHES.iter().map(|(n, ..)| *n).collect();
+            bail!("bench: unknown bench `{name}` (known: {})", names.join(", "));
+        }
+    }
+    let started = SystemTime::now();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"));
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let mut commands = Vec::new();
+    for (name, package, bench) in BENCHES {
+        if !opts.only.is_empty() && !opts.only.iter().any(|n| n == name) {
+            continue;
+        }
+        let dir = if package == "aesthete" {
+            "cli".to_owned()
+        } else {
+            package.trim_start_matches("aesthete-").to_owned()
+        };
+        if !root.join("crates").join(&dir).join("benches").join(format!("{bench}.rs")).exists() {
+            eprintln!("bench: skipping {name}: crates/{dir}/benches/{bench}.rs does not exist yet");
+            continue;
+        }
+        let mut args = vec![
+            "bench".to_owned(),
+            "-p".into(),
+            package.into(),
+            "--bench".into(),
+            bench.into(),
+            "--".into(),
+        ];
+        if opts.quick {
+            args.extend(
+                ["--warm-up-time", "1", "--measurement-time", "2", "--sample-size", "10"]
+                    .map(String::from),
+            );
+        }
+        let command = format!("cargo {}", args.join(" "));
+        eprintln!("bench: {command}");
+        let status = Command::new(&cargo)
+            .args(&args)
+            .current_dir(root)
+            .status()
+            .context("cannot run cargo")?;
+        if !status.success() {
+            bail!("`{command}` failed ({status})");
+        }
+        commands.push(command);
+    }
+    let measurements = collect(&target.join("criterion"), started)?;
+    let torch = torch_comparison(root)?;
+    let text = report(&commands, &measurements, torch.as_ref());
+    let out = root.join("BENCHMARKS.md");
+    std::fs::write(&out, text).with_context(|| format!("cannot write {}", out.display()))?;
+    eprintln!("bench: wrote {} ({} measurements)", out.display(), measurements.len());
+    Ok(())
+}
+
+/// Every benchmark under `criterion_dir` whose results were written after `since`.
+pub fn collect(criterion_dir: &Path, since: SystemTime) -> anyhow::Result<Vec<Measurement>> {
+    let mut found = Vec::new();
+    let mut stack = vec![criterion_dir.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                if path.file_name().is_some_and(|n| n == "new") {
+                    if let Some(m) = read_measurement(&path, since)? {
+                        found.push(m);
+                    }
+                } else {
+                    stack.push(path);
+                }
+            }
+        }
+    }
+    found.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(found)
+}
+
+fn read_measurement(new_dir: &Path, since: SystemTime) -> anyhow::Result<Option<Measurement>> {
+    let estimates = new_dir.join("estimates.json");
+    let Ok(modified) = std::fs::metadata(&estimates).and_then(|m| m.modified()) else {
+        return Ok(None);
+    };
+    if modified < since {
+        return Ok(None);
+    }
+    let read = |p: &Path| -> anyhow::Result<Value> {
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", p.display()))
+    };
+    let est = read(&estimates)?;
+    let bench = read(&new_dir.join("benchmark.json"))?;
+    let mean_ns = est["mean"]["point_estimate"].as_f64().context("estimates.json without mean")?;
+    let id = bench["full_id"].as_str().unwrap_or("?").to_owned();
+    let throughput = match &bench["throughput"] {
+        Value::Object(t) => t.iter().next().and_then(|(kind, n)| {
+            let unit = match kind.as_str() {
+                "Bytes" | "BytesDecimal" => "bytes",
+                "Elements" => "elements",
+                _ => return None,
+            };
+            n.as_f64().map(|n| (n, unit))
+        }),
+        _ => None,
+    };
+    Ok(Some(Measurement { id, mean_ns, throughput }))
+}
+
+/// `images_per_second` of the PyTorch CLIP, when python3 has torch and transformers.
+fn torch_comparison(root: &Path) -> anyhow::Result<Option<Value>> {
+    let script = root.join(TORCH_SCRIPT);
+    if !script.exists() {
+        eprintln!("bench: no PyTorch comparison: {TORCH_SCRIPT} does not exist yet");
+        return Ok(None);
+    }
+    let python = crate::fixtures::python();
+    let has_torch = Command::new(&python)
+        .args(["-c", "import torch, transformers"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_torch {
+        eprintln!("bench: no PyTorch comparison: `{python}` cannot import torch and transformers");
+        return Ok(None);
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    eprintln!("bench: {python} {TORCH_SCRIPT} --threads {threads}");
+    let out = Command::new(&python)
+        .arg(&script)
+        .args(["--threads", &threads.to_string()])
+        .current_dir(root)
+        .output()
+        .with_context(|| format!("cannot run {TORCH_SCRIPT}"))?;
+    if !out.status.success() {
+        bail!("{TORCH_SCRIPT} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    let mut value: Value = serde_json::from_str(last)
+        .with_context(|| format!("{TORCH_SCRIPT}: last line is not JSON: `{last}`"))?;
+    value["threads"] = threads.into();
+    Ok(Some(value))
+}
+
+fn report(commands: &[String], measurements: &[Measurement], torch: Option<&Value>) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Benchmarks\n\nGenerated by `cargo xtask bench`; do not edit by hand.\n");
+    let _ = writeln!(s, "- Date: {}", utc_date(SystemTime::now()));
+    let _ = writeln!(s, "- Machine: {}", cpu_description());
+    let _ = writeln!(
+        s,
+        "- Rust: {}",
+        command_line("rustc", &["-V"]).unwrap_or_else(|| "unknown".into())
+    );
+    for c in commands {
+        let _ = writeln!(s, "- Command: `{c}`");
+    }
+    let _ = writeln!(
+        s,
+        "\nTime is criterion's mean per iteration; throughput divides the iteration's elements or bytes by it.\n"
+    );
+    let _ = writeln!(s, "| benchmark | mean time | throughput |\n|---|---:|---:|");
+    for m in measurements {
+        let throughput = m.throughput.map_or_else(
+            || "—".to_owned(),
+            |(n, unit)| format!("{:.1} {unit}/s", n / (m.mean_ns * 1e-9)),
+        );
+        let _ = writeln!(s, "| `{}` | {} | {throughput} |", m.id, human_time(m.mean_ns));
+    }
+    if let Some(torch) = torch {
+        let ips = torch["images_per_second"].as_f64();
+        let _ = writeln!(s, "\n## CLIP ViT-L/14 against PyTorch\n");
+        let _ = writeln!(
+            s,
+            "PyTorch (transformers `CLIPVisionModelWithProjection`, fp32, random weights, {} threads), measured in the same run: {}.",
+            torch["threads"],
+            ips.map_or_else(|| format!("`{torch}`"), |v| format!("{v:.2} images/s"))
+        );
+        let ours = measurements
+            .iter()
+            .filter(|m| m.id.starts_with("vit") || m.id.contains("clip"))
+            .filter_map(|m| {
+                m.throughput.filter(|t| t.1 == "elements").map(|(n, _)| (m, n / (m.mean_ns * 1e-9)))
+            });
+        for (m, rate) in ours {
+            if let Some(ips) = ips {
+                let _ = writeln!(s, "- `{}`: {rate:.2} images/s, {:.2}× PyTorch", m.id, rate / ips);
+            }
+        }
+    }
+    s
+}
+
+fn human_time(ns: f64) -> String {
+    match ns {
+        ns if ns >= 1e9 => format!("{:.3} s", ns / 1e9),
+        ns if ns >= 1e6 => format!("{:.3} ms", ns / 1e6),
+        ns if ns >= 1e3 => format!("{:.3} µs", ns / 1e3),
+        ns => format!("{ns:.1} ns"),
+    }
+}
+
+/// `CPU model (N cores)` from /proc/cpuinfo, where it exists.
+pub fn cpu_description() -> String {
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|info| {
+        info.lines()
+            .find(|l| l.starts_with("model name"))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_owned())
+    });
+    format!(
+        "{} ({cores} cores available)",
+        model.unwrap_or_else(|| std::env::consts::ARCH.to_owned())
+    )
+}
+
+fn command_line(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+/// `YYYY-MM-DD` in UTC (Howard Hinnant's civil-from-days).
+fn utc_date(t: SystemTime) -> String {
+    let days = t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() / 86_400) as i64;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Criterion's on-disk layout, as `cargo bench` leaves it, read back into the report.
+    #[test]
+    fn reads_criterion_output_into_a_report() {
+        let dir = tempfile::tempdir().unwrap();
+        let new = dir.path().join("score/linear/4096/new");
+        std::fs::create_dir_all(&new).unwrap();
+        std::fs::write(
+            new.join("estimates.json"),
+            r#"{"mean":{"point_estimate":2048000.0},"median":{"point_estimate":2000000.0}}"#,
+        )
+        .unwrap();
+        std::fs::write(
+            new.join("benchmark.json"),
+            r#"{"group_id":"score","function_id":"linear","value_str":"4096","throughput":{"Elements":4096},"full_id":"score/linear/4096","directory_name":"score/linear/4096"}"#,
+        )
+        .unwrap();
+        let since = SystemTime::now() - std::time::Duration::from_secs(60);
+        let found = collect(dir.path(), since).unwrap();
+        assert_eq!(
+            found,
+            [Measurement {
+                id: "score/linear/4096".into(),
+                mean_ns: 2_048_000.0,
+                throughput: Some((4096.0, "elements"))
+            }]
+        );
+        let text = report(&["cargo bench -p aesthete-head --bench score --".into()], &found, None);
+        assert!(
+            text.contains("| `score/linear/4096` | 2.048 ms | 2000000.0 elements/s |"),
+            "{text}"
+        );
+        assert!(text.contains("- Command: `cargo bench -p aesthete-head --bench score --`"));
+
+        // Results older than the run are left out.
+        assert!(
+            collect(dir.path(), SystemTime::now() + std::time::Duration::from_secs(60))
+                .unwrap()
+                .is_empty()
+        );
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(utc_date(SystemTime::UNIX_EPOCH), "1970-01-01");
+        let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_709_208_000); // 2024-02-29 12:00
+        assert_eq!(utc_date(t), "2024-02-29");
+    }
+}

@@ -1,0 +1,20 @@
+//! aesthete's own tooling, run as `cargo xtask <task>`: one module per task, callable from
+//! tests.
+//!
+//! - [`fetch`]: `fetch-models`, download, verify and convert the models.
+//! - [`fixtures`]: `fixtures`, regenerate `fixtures/` with the committed Python generators.
+//! - [`bench`]: `bench`, run the criterion benches and write `BENCHMARKS.md`.
+//! - [`gpu_test`]: `gpu-test`, run the CUDA integration tests where a GPU exists.
+#![deny(missing_docs)]
+
+pub mod bench;
+pub mod fetch;
+pub mod fixtures;
+pub mod gpu_test;
+
+use std::path::{Path, PathBuf};
+
+/// The workspace root (the parent of `xtask/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
+}
