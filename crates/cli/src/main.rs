@@ -1,7 +1,104 @@
-//! The aesthete command line.
+//! The aesthete command line: `aesthete filter` and `aesthete score`.
+use std::io::Write;
 use std::process::ExitCode;
 
+use aesthete_pipeline::{Models, Outputs, RunSummary};
+use anyhow::Context;
+use clap::Parser;
+
+mod args;
+mod progress;
+
+use args::{Cli, Command, WorkerEnv};
+use progress::TerminalProgress;
+
+// The binary chooses the allocator: the model allocates large short-lived tensors, which
+// glibc's malloc maps and unmaps page by page.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
-    eprintln!("aesthete: the filter pipeline is not built yet");
-    ExitCode::FAILURE
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            if is_broken_pipe(&err) {
+                return ExitCode::SUCCESS;
+            }
+            eprintln!("aesthete: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let env = WorkerEnv::from_process();
+    let plan = match cli.command {
+        Command::Filter(args) => {
+            let selection = args.selection();
+            args.run.into_plan(Outputs::FilterAndScore, selection, &env)?
+        }
+        Command::Score(args) => {
+            let selection = args.selection();
+            args.run.into_plan(Outputs::ScoresOnly, selection, &env)?
+        }
+    };
+    let models = Models::load(&plan.models, &plan.device, plan.dtype).context("loading models")?;
+    let progress = TerminalProgress::new(!cli.quiet);
+    let summary = aesthete_pipeline::run(&plan.config, &models, &progress);
+    progress.finish();
+    let summary = summary?;
+    print_summary(&summary)?;
+    Ok(if summary.is_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+fn print_summary(summary: &RunSummary) -> std::io::Result<()> {
+    let mut err = std::io::stderr().lock();
+    writeln!(
+        err,
+        "aesthete: {} shards ({} already complete, {} processed, {} failed); {} samples, {} kept, {} failed; {:.2} images/s",
+        summary.shards,
+        summary.skipped,
+        summary.processed,
+        summary.failed_shards.len(),
+        summary.samples,
+        summary.kept,
+        summary.failed_samples,
+        summary.images_per_second(),
+    )?;
+    for failed in &summary.failed_shards {
+        writeln!(
+            err,
+            "aesthete: failed shard {}: {}",
+            failed.input.display(),
+            failed.error.as_deref().unwrap_or("unknown error")
+        )?;
+    }
+    Ok(())
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let default = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter =
+        EnvFilter::try_from_env("AESTHETE_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

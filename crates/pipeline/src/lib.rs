@@ -1,2 +1,47 @@
-//! Streaming orchestration of aesthete: shards in, scores and filtered shards out.
+//! Streaming orchestration of aesthete: WebDataset shards in, aesthetic scores and filtered
+//! shards out.
+//!
+//! A run lists its input shards ([`aesthete_shards::expand_inputs`]), keeps this worker's part
+//! ([`Partition`]), skips shards whose outputs are complete, and streams the rest through
+//! decode + CLIP preprocessing (in parallel), the CLIP image tower and the aesthetic head, in
+//! batches that may span shards. For each input `NAME.tar` it writes, atomically:
+//!
+//! - `NAME.tar`: every member of each kept sample, original bytes and names, in input order;
+//! - `NAME.parquet`: one row per input sample: `key`, `aesthetic_score`, `kept`, `error`,
+//!   `width`, `height`, and with [`RunConfig::save_embeddings`] `embedding`;
+//! - `NAME.done.json`: the completion record, written last; a rerun skips shards that have one.
+//!
+//! A sample that fails (no image, undecodable image) is recorded with its error and the run
+//! goes on; a shard that cannot be read whole keeps what was salvaged and is reported in the
+//! [`RunSummary`].
+//!
+//! Key types: [`RunConfig`] (validated settings), [`Models`] (loaded with [`ModelPaths`]),
+//! [`run`], [`Progress`] and [`RunSummary`].
+//!
+//! ```
+//! use aesthete_pipeline::{Outputs, Partition, RunConfig, Selection};
+//!
+//! let config = RunConfig::new(["data/shard-{000000..000009}.tar"], "out")?
+//!     .selection(Selection::Threshold(5.0))?
+//!     .batch_size(32)?
+//!     .partition(Partition::new(1, 4)?)
+//!     .outputs(Outputs::FilterAndScore);
+//! assert_eq!(config.output_dir(), std::path::Path::new("out"));
+//! # Ok::<(), aesthete_pipeline::Error>(())
+//! ```
 #![deny(missing_docs)]
+
+mod config;
+mod error;
+mod keep_top;
+mod models;
+mod plan;
+mod progress;
+mod run;
+mod table;
+
+pub use config::{Outputs, Partition, RunConfig, Selection};
+pub use error::Error;
+pub use models::{CLIP_DIR_NAME, HEAD_FILE_NAME, ModelPaths, Models};
+pub use progress::{NoProgress, Progress, RunSummary, ShardReport};
+pub use run::run;

@@ -1,0 +1,290 @@
+//! Command-line flags, parsed raw by clap and then validated into the pipeline's config.
+use std::path::PathBuf;
+
+use aesthete_clip::{DType, Device};
+use aesthete_pipeline::{ModelPaths, Outputs, Partition, RunConfig, Selection};
+use aesthete_preprocess::{Mode, PreprocessOptions};
+use aesthete_shards::ReadOptions;
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Score and filter WebDataset image shards by aesthetic quality (CLIP ViT-L/14 + the LAION
+/// improved aesthetic predictor).
+#[derive(Debug, Parser)]
+#[command(name = "aesthete", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+    /// More log output (-v: debug, -vv: trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only warnings and errors; no progress bar.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Score every sample and write the kept ones into new shards, with a Parquet table of
+    /// scores per shard.
+    Filter(FilterArgs),
+    /// Score every sample and write only the Parquet tables (`kept` says whether the sample
+    /// passes the selection).
+    Score(FilterArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FilterArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Keep samples scoring at least this (1–10 scale; real images score about 4 to 7, so the
+    /// reference default 0.5 keeps nearly everything; 5 keeps about a quarter of LAION).
+    #[arg(long, default_value_t = 0.5, conflicts_with = "keep_top")]
+    pub threshold: f32,
+    /// Instead of a threshold, keep this fraction of the best samples over the whole run
+    /// (0 < FRACTION <= 1).
+    #[arg(long, value_name = "FRACTION")]
+    pub keep_top: Option<f32>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Input shards: files, directories, globs, brace ranges (`data-{000000..000099}.tar`) or
+    /// list files of paths.
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<String>,
+    /// Directory for the outputs (NAME.tar, NAME.parquet, NAME.done.json per input shard).
+    #[arg(short, long, value_name = "DIR")]
+    pub output: PathBuf,
+    /// Images per model call.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Store each sample's normalized CLIP embedding in the Parquet table.
+    #[arg(long)]
+    pub save_embeddings: bool,
+    /// Redo shards whose outputs are already complete.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// This worker's index when a run is split across machines (default: from
+    /// SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX).
+    #[arg(long, value_name = "I", requires = "num_shards")]
+    pub shard_index: Option<usize>,
+    /// Number of workers the run is split across (default: SLURM_ARRAY_TASK_COUNT; required
+    /// with JOB_COMPLETION_INDEX).
+    #[arg(long, value_name = "N")]
+    pub num_shards: Option<usize>,
+    /// Model directory filled by `cargo xtask fetch-models`.
+    #[arg(long, env = "AESTHETE_MODELS", value_name = "DIR")]
+    pub models: Option<PathBuf>,
+    /// CLIP model directory (Hugging Face layout); overrides --models.
+    #[arg(long, value_name = "DIR", requires = "head")]
+    pub clip: Option<PathBuf>,
+    /// Aesthetic head file (.safetensors or .pth); overrides --models.
+    #[arg(long, value_name = "FILE", requires = "clip")]
+    pub head: Option<PathBuf>,
+    /// Device for the CLIP model: cpu, cuda or cuda:N.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Model precision (f16 and bf16 on GPU).
+    #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
+    pub dtype: DTypeArg,
+    /// Image preprocessing: exact (bit-exact with transformers' CLIPImageProcessor) or fast.
+    #[arg(long, value_enum, default_value_t = ModeArg::Exact)]
+    pub preprocess: ModeArg,
+    /// Threads decoding images while the model runs (default: all cores).
+    #[arg(long, value_name = "N")]
+    pub decode_threads: Option<usize>,
+    /// Largest tar member read into memory, in MiB; larger ones fail their sample.
+    #[arg(long, default_value_t = 256, value_name = "MIB")]
+    pub max_member_mib: u64,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum DTypeArg {
+    F32,
+    F16,
+    Bf16,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ModeArg {
+    Exact,
+    Fast,
+}
+
+/// Everything a run needs, validated.
+pub struct RunPlan {
+    pub config: RunConfig,
+    pub models: ModelPaths,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+/// Environment variables that choose a worker's part of a run.
+pub struct WorkerEnv {
+    pub slurm_task_id: Option<String>,
+    pub slurm_task_min: Option<String>,
+    pub slurm_task_count: Option<String>,
+    pub job_completion_index: Option<String>,
+}
+
+impl WorkerEnv {
+    pub fn from_process() -> Self {
+        let var = |name| std::env::var(name).ok().filter(|v| !v.is_empty());
+        WorkerEnv {
+            slurm_task_id: var("SLURM_ARRAY_TASK_ID"),
+            slurm_task_min: var("SLURM_ARRAY_TASK_MIN"),
+            slurm_task_count: var("SLURM_ARRAY_TASK_COUNT"),
+            job_completion_index: var("JOB_COMPLETION_INDEX"),
+        }
+    }
+}
+
+/// Where `cargo xtask fetch-models` puts models by default: `models/` at the workspace root.
+pub fn default_models_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models"))
+}
+
+impl RunArgs {
+    pub fn into_plan(
+        self,
+        outputs: Outputs,
+        selection: Selection,
+        env: &WorkerEnv,
+    ) -> anyhow::Result<RunPlan> {
+        let partition = partition(self.shard_index, self.num_shards, env)?;
+        let preprocess = PreprocessOptions::default().mode(match self.preprocess {
+            ModeArg::Exact => Mode::Exact,
+            ModeArg::Fast => Mode::Fast,
+        });
+        let read = ReadOptions::default().max_member_size(self.max_member_mib * 1024 * 1024);
+        let mut config = RunConfig::new(self.inputs, self.output)?
+            .outputs(outputs)
+            .selection(selection)?
+            .batch_size(self.batch_size)?
+            .partition(partition)
+            .overwrite(self.overwrite)
+            .save_embeddings(self.save_embeddings)
+            .preprocess_options(preprocess)
+            .read_options(read);
+        if let Some(threads) = self.decode_threads {
+            config = config.decode_threads(threads);
+        }
+        let models = match (self.clip, self.head) {
+            (Some(clip_dir), Some(head_file)) => ModelPaths { clip_dir, head_file },
+            _ => ModelPaths::in_dir(&self.models.unwrap_or_else(default_models_dir)),
+        };
+        let device = aesthete_clip::parse_device(&self.device)
+            .with_context(|| format!("--device {}", self.device))?;
+        let dtype = match self.dtype {
+            DTypeArg::F32 => DType::F32,
+            DTypeArg::F16 => DType::F16,
+            DTypeArg::Bf16 => DType::BF16,
+        };
+        if device.is_cpu() && dtype != DType::F32 {
+            bail!("--dtype {dtype:?} needs a GPU (--device cuda); on the CPU use f32");
+        }
+        Ok(RunPlan { config, models, device, dtype })
+    }
+}
+
+impl FilterArgs {
+    pub fn selection(&self) -> Selection {
+        match self.keep_top {
+            Some(fraction) => Selection::KeepTop(fraction),
+            None => Selection::Threshold(self.threshold),
+        }
+    }
+}
+
+/// This worker's part: the flags, else Slurm's array variables, else a Kubernetes Indexed
+/// Job's index with `--num-shards`, else the whole run.
+fn partition(
+    index: Option<usize>,
+    count: Option<usize>,
+    env: &WorkerEnv,
+) -> anyhow::Result<Partition> {
+    let parse = |name: &str, value: &str| -> anyhow::Result<usize> {
+        value.trim().parse().with_context(|| format!("{name}={value:?} is not a whole number"))
+    };
+    if let Some(index) = index {
+        let count = count.context("--shard-index needs --num-shards")?;
+        return Ok(Partition::new(index, count)?);
+    }
+    if let Some(id) = &env.slurm_task_id {
+        let id = parse("SLURM_ARRAY_TASK_ID", id)?;
+        let min = match &env.slurm_task_min {
+            Some(min) => parse("SLURM_ARRAY_TASK_MIN", min)?,
+            None => 0,
+        };
+        let count = match (count, &env.slurm_task_count) {
+            (Some(count), _) => count,
+            (None, Some(c)) => parse("SLURM_ARRAY_TASK_COUNT", c)?,
+            (None, None) => bail!(
+                "SLURM_ARRAY_TASK_ID is set but not SLURM_ARRAY_TASK_COUNT; pass --num-shards"
+            ),
+        };
+        let index = id.checked_sub(min).with_context(|| {
+            format!("SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}")
+        })?;
+        return Ok(Partition::new(index, count)?);
+    }
+    if let Some(index) = &env.job_completion_index {
+        let index = parse("JOB_COMPLETION_INDEX", index)?;
+        let count = count
+            .context("JOB_COMPLETION_INDEX is set: pass --num-shards with the Job's completions")?;
+        return Ok(Partition::new(index, count)?);
+    }
+    match count {
+        Some(1) | None => Ok(Partition::whole()),
+        Some(n) => bail!(
+            "--num-shards {n} needs --shard-index (or SLURM_ARRAY_TASK_ID / JOB_COMPLETION_INDEX)"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(slurm: Option<(&str, &str)>, k8s: Option<&str>) -> WorkerEnv {
+        WorkerEnv {
+            slurm_task_id: slurm.map(|s| s.0.to_string()),
+            slurm_task_min: None,
+            slurm_task_count: slurm.map(|s| s.1.to_string()),
+            job_completion_index: k8s.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn flags_win_over_environment() {
+        let p = partition(Some(1), Some(4), &env(Some(("3", "8")), Some("2"))).unwrap();
+        assert_eq!((p.index(), p.count()), (1, 4));
+    }
+
+    #[test]
+    fn slurm_array_sets_the_partition() {
+        let p = partition(None, None, &env(Some(("3", "8")), None)).unwrap();
+        assert_eq!((p.index(), p.count()), (3, 8));
+        // Arrays numbered from 1 (`--array=1-4`) map task 4 to the last worker.
+        let mut e = env(Some(("4", "4")), None);
+        e.slurm_task_min = Some("1".into());
+        let p = partition(None, None, &e).unwrap();
+        assert_eq!((p.index(), p.count()), (3, 4));
+    }
+
+    #[test]
+    fn kubernetes_index_needs_a_count() {
+        let err = partition(None, None, &env(None, Some("2"))).unwrap_err();
+        assert!(err.to_string().contains("--num-shards"), "{err}");
+        let p = partition(None, Some(5), &env(None, Some("2"))).unwrap();
+        assert_eq!((p.index(), p.count()), (2, 5));
+    }
+
+    #[test]
+    fn out_of_range_index_is_refused() {
+        assert!(partition(Some(4), Some(4), &env(None, None)).is_err());
+        assert!(partition(None, Some(3), &env(None, None)).is_err());
+        assert_eq!(partition(None, None, &env(None, None)).unwrap(), Partition::whole());
+    }
+}

@@ -1,0 +1,92 @@
+use std::path::PathBuf;
+
+/// What can stop a run as a whole. Failures of single samples or shards are not errors of the
+/// run: they are recorded in the outputs and the [`crate::RunSummary`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The run's settings do not make sense.
+    #[error("{0}")]
+    Config(String),
+    /// The input list could not be expanded.
+    #[error("listing input shards")]
+    Inputs(#[source] aesthete_shards::Error),
+    /// Two input shards would write outputs of the same name.
+    #[error("input shards {first} and {second} would both write {name} in the output directory")]
+    OutputNameClash {
+        /// Output name both map to.
+        name: String,
+        /// One input shard.
+        first: PathBuf,
+        /// The other.
+        second: PathBuf,
+    },
+    /// A model file is missing or unreadable.
+    #[error(
+        "{what} not found at {path}; run `cargo xtask fetch-models` or pass --models, --clip and --head"
+    )]
+    ModelMissing {
+        /// Which model.
+        what: &'static str,
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// The CLIP model failed to load or run.
+    #[error("clip model")]
+    Clip(#[from] aesthete_clip::Error),
+    /// The aesthetic head failed to load or run.
+    #[error("aesthetic head")]
+    Head(#[from] aesthete_head::Error),
+    /// The preprocessing configuration is unusable.
+    #[error("preprocessing configuration")]
+    Preprocess(#[from] aesthete_preprocess::Error),
+    /// The CLIP model and the head disagree on the embedding size.
+    #[error("the clip model makes {clip}-d embeddings but the aesthetic head expects {head}-d")]
+    DimensionMismatch {
+        /// CLIP's projection size.
+        clip: usize,
+        /// The head's input size.
+        head: usize,
+    },
+    /// The preprocessing crop size differs from the size the CLIP model was trained on.
+    #[error("preprocessing makes {preprocess}px images but the clip model takes {clip}px")]
+    ImageSizeMismatch {
+        /// Crop size from the preprocessor config.
+        preprocess: usize,
+        /// CLIP's image size.
+        clip: usize,
+    },
+    /// The output directory holds results made with other settings.
+    #[error(
+        "{path} was made with other settings ({difference}); pass --overwrite to redo it or choose another output directory"
+    )]
+    SettingsChanged {
+        /// The completion record.
+        path: PathBuf,
+        /// What differs.
+        difference: String,
+    },
+    /// The output directory cannot be created or written.
+    #[error("output directory {path}")]
+    Output {
+        /// The path that failed.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A model call failed on a batch; the run stops because every later batch would too.
+    #[error("scoring a batch of {images} images from {shard}")]
+    Inference {
+        /// Number of images in the batch.
+        images: usize,
+        /// First shard of the batch.
+        shard: PathBuf,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A pipeline thread died.
+    #[error("pipeline stage `{0}` stopped unexpectedly")]
+    StageDied(&'static str),
+}

@@ -1,0 +1,136 @@
+//! The per-shard Parquet table: one row per input sample.
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    BooleanBuilder, FixedSizeListBuilder, Float32Builder, StringBuilder, UInt32Builder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::{DataType, Field, Schema};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::Compression;
+use parquet::file::properties::WriterProperties;
+
+use crate::plan::temp_path;
+
+/// Column names, as documented in the README.
+pub(crate) mod columns {
+    pub const KEY: &str = "key";
+    pub const SCORE: &str = "aesthetic_score";
+    pub const KEPT: &str = "kept";
+    pub const ERROR: &str = "error";
+    pub const WIDTH: &str = "width";
+    pub const HEIGHT: &str = "height";
+    pub const EMBEDDING: &str = "embedding";
+}
+
+/// One sample's row.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Row<'a> {
+    pub key: &'a str,
+    pub score: Option<f32>,
+    pub kept: bool,
+    pub error: Option<&'a str>,
+    pub size: Option<(u32, u32)>,
+    pub embedding: Option<&'a [f32]>,
+}
+
+/// Builds a shard's table column by column as samples arrive.
+pub(crate) struct TableBuilder {
+    key: StringBuilder,
+    score: Float32Builder,
+    kept: BooleanBuilder,
+    error: StringBuilder,
+    width: UInt32Builder,
+    height: UInt32Builder,
+    embedding: Option<(FixedSizeListBuilder<Float32Builder>, usize)>,
+}
+
+impl TableBuilder {
+    /// A table; with `embedding_dim`, an `embedding` column of that size.
+    pub fn new(embedding_dim: Option<usize>) -> Self {
+        TableBuilder {
+            key: StringBuilder::new(),
+            score: Float32Builder::new(),
+            kept: BooleanBuilder::new(),
+            error: StringBuilder::new(),
+            width: UInt32Builder::new(),
+            height: UInt32Builder::new(),
+            embedding: embedding_dim.map(|dim| {
+                let values = Float32Builder::with_capacity(dim * 64);
+                let field = Arc::new(Field::new("item", DataType::Float32, false));
+                (FixedSizeListBuilder::new(values, dim as i32).with_field(field), dim)
+            }),
+        }
+    }
+
+    pub fn push(&mut self, row: &Row<'_>) {
+        self.key.append_value(row.key);
+        self.score.append_option(row.score);
+        self.kept.append_value(row.kept);
+        self.error.append_option(row.error);
+        self.width.append_option(row.size.map(|s| s.0));
+        self.height.append_option(row.size.map(|s| s.1));
+        if let Some((list, dim)) = &mut self.embedding {
+            match row.embedding {
+                Some(values) => {
+                    debug_assert_eq!(values.len(), *dim);
+                    list.values().append_slice(values);
+                    list.append(true);
+                }
+                None => {
+                    list.values().append_nulls(*dim);
+                    list.append(false);
+                }
+            }
+        }
+    }
+
+    /// Writes the table to `path` atomically (temporary file, sync, rename).
+    pub fn write(mut self, path: &Path) -> Result<(), parquet::errors::ParquetError> {
+        let mut fields = vec![
+            Field::new(columns::KEY, DataType::Utf8, false),
+            Field::new(columns::SCORE, DataType::Float32, true),
+            Field::new(columns::KEPT, DataType::Boolean, false),
+            Field::new(columns::ERROR, DataType::Utf8, true),
+            Field::new(columns::WIDTH, DataType::UInt32, true),
+            Field::new(columns::HEIGHT, DataType::UInt32, true),
+        ];
+        let mut arrays: Vec<ArrayRef> = vec![
+            Arc::new(self.key.finish()),
+            Arc::new(self.score.finish()),
+            Arc::new(self.kept.finish()),
+            Arc::new(self.error.finish()),
+            Arc::new(self.width.finish()),
+            Arc::new(self.height.finish()),
+        ];
+        if let Some((list, dim)) = &mut self.embedding {
+            let item = Arc::new(Field::new("item", DataType::Float32, false));
+            fields.push(Field::new(
+                columns::EMBEDDING,
+                DataType::FixedSizeList(item, *dim as i32),
+                true,
+            ));
+            arrays.push(Arc::new(list.finish()));
+        }
+        let schema = Arc::new(Schema::new(fields));
+        let batch = RecordBatch::try_new(schema.clone(), arrays)?;
+        let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+
+        let tmp = temp_path(path);
+        let result = (|| {
+            let file = File::create(&tmp)?;
+            let mut writer = ArrowWriter::try_new(file, schema, Some(props))?;
+            writer.write(&batch)?;
+            let file = writer.into_inner()?;
+            file.sync_all()?;
+            std::fs::rename(&tmp, path)?;
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result
+    }
+}

@@ -1,0 +1,525 @@
+//! End-to-end tests of the `aesthete` binary on the fixture shards, with the tiny CLIP model in
+//! `fixtures/clip/tiny-vit-224-768` and the random 768-d head in `fixtures/pipeline`. Reference
+//! scores come from transformers (`fixtures/pipeline/generate.py`).
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use aesthete_shards::{ReadOptions, ShardReader};
+use arrow_array::Array;
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float32Type, UInt32Type};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+/// Scores from transformers and ours differ only by float rounding in the model (the
+/// preprocessing is bit-exact), measured at about 1e-6 on this tiny model.
+const SCORE_TOLERANCE: f32 = 1e-4;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+fn shard(name: &str) -> PathBuf {
+    fixtures().join("pipeline/shards").join(name)
+}
+
+fn model_args() -> Vec<String> {
+    vec![
+        "--clip".into(),
+        fixtures().join("clip/tiny-vit-224-768").display().to_string(),
+        "--head".into(),
+        fixtures().join("pipeline/head-768.safetensors").display().to_string(),
+    ]
+}
+
+fn aesthete<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    Command::new(env!("CARGO_BIN_EXE_aesthete"))
+        .args(args)
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .env_remove("JOB_COMPLETION_INDEX")
+        .env_remove("AESTHETE_MODELS")
+        .output()
+        .expect("running aesthete")
+}
+
+fn run_filter(inputs: &[PathBuf], out: &Path, extra: &[&str]) -> Output {
+    let mut args: Vec<String> = vec!["filter".into()];
+    args.extend(inputs.iter().map(|p| p.display().to_string()));
+    args.extend(["--output".into(), out.display().to_string(), "--quiet".into()]);
+    args.extend(model_args());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    aesthete(args)
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Row {
+    key: String,
+    score: Option<f32>,
+    kept: bool,
+    error: Option<String>,
+    size: Option<(u32, u32)>,
+    embedding: Option<Vec<f32>>,
+}
+
+fn read_table(path: &Path) -> Vec<Row> {
+    let file = fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let reader = ParquetRecordBatchReaderBuilder::try_new(file).unwrap().build().unwrap();
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.unwrap();
+        let keys = batch.column_by_name("key").unwrap().as_string::<i32>();
+        let scores = batch.column_by_name("aesthetic_score").unwrap().as_primitive::<Float32Type>();
+        let kept = batch.column_by_name("kept").unwrap().as_boolean();
+        let errors = batch.column_by_name("error").unwrap().as_string::<i32>();
+        let widths = batch.column_by_name("width").unwrap().as_primitive::<UInt32Type>();
+        let heights = batch.column_by_name("height").unwrap().as_primitive::<UInt32Type>();
+        let embeddings = batch.column_by_name("embedding").map(|c| c.as_fixed_size_list().clone());
+        for i in 0..batch.num_rows() {
+            rows.push(Row {
+                key: keys.value(i).to_string(),
+                score: scores.is_valid(i).then(|| scores.value(i)),
+                kept: kept.value(i),
+                error: errors.is_valid(i).then(|| errors.value(i).to_string()),
+                size: widths.is_valid(i).then(|| (widths.value(i), heights.value(i))),
+                embedding: embeddings
+                    .as_ref()
+                    .filter(|e| e.is_valid(i))
+                    .map(|e| e.value(i).as_primitive::<Float32Type>().values().to_vec()),
+            });
+        }
+    }
+    rows
+}
+
+/// Every member of a shard, in order: (name, bytes).
+fn members(path: &Path) -> Vec<(String, Vec<u8>)> {
+    let reader = ShardReader::open(path, ReadOptions::default()).unwrap();
+    let mut out = Vec::new();
+    for sample in reader {
+        for member in sample.unwrap().members {
+            out.push((member.name, member.data));
+        }
+    }
+    out
+}
+
+/// Every member of an input shard, grouped by sample key, reading up to a cut if any.
+fn input_samples(path: &Path) -> BTreeMap<String, Vec<(String, Vec<u8>)>> {
+    let mut out = BTreeMap::new();
+    for sample in ShardReader::open(path, ReadOptions::default()).unwrap().flatten() {
+        out.insert(
+            sample.key.clone(),
+            sample.members.into_iter().map(|m| (m.name, m.data)).collect(),
+        );
+    }
+    out
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Reference {
+    shards: BTreeMap<String, Vec<ReferenceRow>>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ReferenceRow {
+    key: String,
+    score: Option<f32>,
+    width: Option<u32>,
+    height: Option<u32>,
+}
+
+fn reference() -> Reference {
+    let text = fs::read_to_string(fixtures().join("pipeline/reference.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+fn good_shards() -> Vec<PathBuf> {
+    (0..4).map(|i| shard(&format!("good-{i:06}.tar"))).collect()
+}
+
+/// Every file of a directory (not hidden) with its bytes.
+fn dir_contents(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().unwrap().is_file())
+        .map(|e| (e.file_name().to_string_lossy().into_owned(), fs::read(e.path()).unwrap()))
+        .collect()
+}
+
+/// Outputs compared across runs: tars and tables (completion records carry input paths).
+fn outputs(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    dir_contents(dir)
+        .into_iter()
+        .filter(|(name, _)| name.ends_with(".tar") || name.ends_with(".parquet"))
+        .collect()
+}
+
+mod filter {
+    use super::*;
+
+    #[test]
+    fn scores_match_transformers_and_kept_samples_are_copied_whole() {
+        let out = tempfile::tempdir().unwrap();
+        let result = run_filter(&good_shards(), out.path(), &["--threshold", "5"]);
+        assert!(result.status.success(), "{}", stderr(&result));
+        let reference = reference();
+        let mut kept_total = 0;
+        for input in good_shards() {
+            let name = input.file_name().unwrap().to_str().unwrap();
+            let stem = name.trim_end_matches(".tar");
+            let rows = read_table(&out.path().join(format!("{stem}.parquet")));
+            let expected = &reference.shards[name];
+            assert_eq!(rows.len(), expected.len(), "{name}");
+            for (row, want) in rows.iter().zip(expected) {
+                assert_eq!(row.key, want.key);
+                let (got, want_score) = (row.score.unwrap(), want.score.unwrap());
+                assert!(
+                    (got - want_score).abs() <= SCORE_TOLERANCE,
+                    "{name} {}: score {got} vs transformers {want_score}",
+                    row.key
+                );
+                assert_eq!(row.kept, got >= 5.0, "{name} {}", row.key);
+                assert_eq!(row.error, None);
+                assert_eq!(row.size, Some((want.width.unwrap(), want.height.unwrap())));
+                assert_eq!(row.embedding, None);
+            }
+            // The output tar holds every member of each kept sample, byte for byte, in order.
+            let inputs = input_samples(&input);
+            let expected_members: Vec<(String, Vec<u8>)> =
+                rows.iter().filter(|r| r.kept).flat_map(|r| inputs[&r.key].clone()).collect();
+            kept_total += rows.iter().filter(|r| r.kept).count();
+            assert_eq!(members(&out.path().join(format!("{stem}.tar"))), expected_members);
+        }
+        assert!(kept_total > 0 && kept_total < 24, "threshold 5 should split the fixture");
+    }
+
+    #[test]
+    fn default_threshold_keeps_every_real_score_and_sidecars_survive() {
+        let out = tempfile::tempdir().unwrap();
+        let input = good_shards()[1].clone();
+        let result = run_filter(&[input.clone()], out.path(), &[]);
+        assert!(result.status.success(), "{}", stderr(&result));
+        let rows = read_table(&out.path().join("good-000001.parquet"));
+        assert!(rows.iter().all(|r| r.kept));
+        assert_eq!(fs::read(out.path().join("good-000001.tar")).unwrap().len() > 0, true);
+        let names: Vec<String> =
+            members(&out.path().join("good-000001.tar")).into_iter().map(|m| m.0).collect();
+        assert!(
+            names.iter().any(|n| n.ends_with(".txt")) && names.iter().any(|n| n.ends_with(".json"))
+        );
+        assert_eq!(members(&out.path().join("good-000001.tar")), members(&input));
+    }
+
+    #[test]
+    fn embeddings_are_saved_normalized() {
+        let out = tempfile::tempdir().unwrap();
+        let result = run_filter(&good_shards()[..1], out.path(), &["--save-embeddings"]);
+        assert!(result.status.success(), "{}", stderr(&result));
+        let rows = read_table(&out.path().join("good-000000.parquet"));
+        for row in rows {
+            let e = row.embedding.expect("embedding saved");
+            assert_eq!(e.len(), 768);
+            let norm: f32 = e.iter().map(|v| v * v).sum::<f32>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-5, "norm {norm}");
+        }
+    }
+
+    #[test]
+    fn same_inputs_give_byte_identical_outputs() {
+        let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        for (dir, batch) in [(&a, "32"), (&b, "5")] {
+            let result = run_filter(
+                &good_shards(),
+                dir.path(),
+                &["--threshold", "5", "--batch-size", batch],
+            );
+            assert!(result.status.success(), "{}", stderr(&result));
+        }
+        let (a, b) = (outputs(a.path()), outputs(b.path()));
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        for (name, bytes) in &a {
+            if name.ends_with(".tar") {
+                assert!(bytes == &b[name], "{name} differs between batch sizes");
+            }
+        }
+    }
+
+    #[test]
+    fn keep_top_keeps_the_best_fraction_of_the_run() {
+        let out = tempfile::tempdir().unwrap();
+        let result = run_filter(&good_shards(), out.path(), &["--keep-top", "0.25"]);
+        assert!(result.status.success(), "{}", stderr(&result));
+        let mut scores = Vec::new();
+        let mut kept = Vec::new();
+        for i in 0..4 {
+            for row in read_table(&out.path().join(format!("good-{i:06}.parquet"))) {
+                scores.push(row.score.unwrap());
+                if row.kept {
+                    kept.push(row.score.unwrap());
+                }
+            }
+        }
+        assert_eq!(kept.len(), 6, "a quarter of 24 samples");
+        let lowest_kept = kept.iter().copied().fold(f32::INFINITY, f32::min);
+        let better_dropped = scores.iter().filter(|&&s| s >= lowest_kept).count();
+        assert_eq!(better_dropped, 6);
+    }
+
+    #[test]
+    fn score_writes_tables_only() {
+        let out = tempfile::tempdir().unwrap();
+        let mut args = vec!["score".to_string(), shard("good-000002.tar").display().to_string()];
+        args.extend(["--output".into(), out.path().display().to_string(), "--quiet".into()]);
+        args.extend(model_args());
+        let result = aesthete(args);
+        assert!(result.status.success(), "{}", stderr(&result));
+        let files: Vec<String> = dir_contents(out.path()).into_keys().collect();
+        assert_eq!(files, ["good-000002.done.json", "good-000002.parquet"]);
+        assert_eq!(read_table(&out.path().join("good-000002.parquet")).len(), 6);
+    }
+}
+
+mod failures {
+    use super::*;
+
+    #[test]
+    fn bad_samples_are_recorded_and_the_run_goes_on() {
+        let out = tempfile::tempdir().unwrap();
+        let inputs = ["broken.tar", "empty.tar", "textonly.tar", "good-000000.tar"].map(shard);
+        let result = run_filter(&inputs, out.path(), &[]);
+        assert!(result.status.success(), "sample errors do not fail the run: {}", stderr(&result));
+        let rows = read_table(&out.path().join("broken.parquet"));
+        let reference = &reference().shards["broken.tar"];
+        assert_eq!(
+            rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(),
+            ["b0000", "b0001", "b0002", "b0003", "b0004"]
+        );
+        for (row, want) in rows.iter().zip(reference) {
+            match want.score {
+                Some(score) => {
+                    assert!((row.score.unwrap() - score).abs() <= SCORE_TOLERANCE);
+                    assert!(row.error.is_none() && row.kept);
+                }
+                None => {
+                    assert!(row.score.is_none() && !row.kept, "{row:?}");
+                    assert!(row.error.is_some(), "{row:?}");
+                }
+            }
+        }
+        assert!(rows[2].error.as_deref().unwrap().contains("no image"), "{:?}", rows[2]);
+        assert!(rows[1].error.as_deref().unwrap().contains("b0001.jpg"), "{:?}", rows[1]);
+        assert!(rows[3].error.as_deref().unwrap().contains("b0003.png"), "{:?}", rows[3]);
+        let kept: Vec<String> =
+            members(&out.path().join("broken.tar")).into_iter().map(|m| m.0).collect();
+        assert!(
+            kept.iter().all(|n| n.starts_with("b0000.") || n.starts_with("b0004.")),
+            "{kept:?}"
+        );
+
+        assert!(read_table(&out.path().join("empty.parquet")).is_empty());
+        assert!(members(&out.path().join("empty.tar")).is_empty());
+        let text_only = read_table(&out.path().join("textonly.parquet"));
+        assert_eq!(text_only.len(), 3);
+        assert!(
+            text_only.iter().all(|r| !r.kept && r.error.as_deref().unwrap().contains("no image"))
+        );
+        assert_eq!(read_table(&out.path().join("good-000000.parquet")).len(), 6);
+    }
+
+    #[test]
+    fn truncated_shard_keeps_what_was_salvaged_and_fails_the_run() {
+        let out = tempfile::tempdir().unwrap();
+        let inputs = [shard("truncated.tar"), shard("good-000003.tar")];
+        let result = run_filter(&inputs, out.path(), &[]);
+        assert_eq!(result.status.code(), Some(1), "{}", stderr(&result));
+        let err = stderr(&result);
+        assert!(err.contains("truncated.tar") && err.contains("truncated at byte"), "{err}");
+        let rows = read_table(&out.path().join("truncated.parquet"));
+        assert_eq!(rows.iter().map(|r| r.key.as_str()).collect::<Vec<_>>(), ["c0000", "c0001"]);
+        let record = fs::read_to_string(out.path().join("truncated.done.json")).unwrap();
+        assert!(record.contains("\"incomplete\""), "{record}");
+        assert_eq!(read_table(&out.path().join("good-000003.parquet")).len(), 6);
+        assert!(out.path().join("good-000003.tar").is_file());
+    }
+
+    #[test]
+    fn nonexistent_input_is_named() {
+        let out = tempfile::tempdir().unwrap();
+        let missing = shard("no-such-shard.tar");
+        let result = run_filter(&[missing], out.path(), &[]);
+        assert_eq!(result.status.code(), Some(2));
+        assert!(stderr(&result).contains("no-such-shard.tar"), "{}", stderr(&result));
+        let glob = run_filter(&[shard("nothing-*.tar")], out.path(), &[]);
+        assert_eq!(glob.status.code(), Some(2));
+        assert!(stderr(&glob).contains("matches no shard"), "{}", stderr(&glob));
+    }
+
+    #[test]
+    fn unwritable_output_directory_fails_before_any_work() {
+        let dir = tempfile::tempdir().unwrap();
+        let blocker = dir.path().join("file");
+        fs::write(&blocker, b"not a directory").unwrap();
+        let result = run_filter(&good_shards()[..1], &blocker.join("out"), &[]);
+        assert_eq!(result.status.code(), Some(2));
+        assert!(stderr(&result).contains("output directory"), "{}", stderr(&result));
+    }
+
+    #[test]
+    fn missing_models_say_how_to_fetch_them() {
+        let out = tempfile::tempdir().unwrap();
+        let empty = tempfile::tempdir().unwrap();
+        let result = aesthete([
+            "filter".as_ref(),
+            shard("good-000000.tar").as_os_str(),
+            "--output".as_ref(),
+            out.path().as_os_str(),
+            "--models".as_ref(),
+            empty.path().as_os_str(),
+        ]);
+        assert_eq!(result.status.code(), Some(2));
+        assert!(stderr(&result).contains("cargo xtask fetch-models"), "{}", stderr(&result));
+    }
+}
+
+mod resume {
+    use super::*;
+
+    #[test]
+    fn completed_shards_are_skipped_and_settings_changes_refused() {
+        let out = tempfile::tempdir().unwrap();
+        let first = run_filter(&good_shards()[..2], out.path(), &[]);
+        assert!(first.status.success(), "{}", stderr(&first));
+        let before = outputs(out.path());
+        let again = run_filter(&good_shards()[..2], out.path(), &[]);
+        assert!(again.status.success());
+        assert!(stderr(&again).contains("2 already complete"), "{}", stderr(&again));
+        assert_eq!(outputs(out.path()), before);
+        let changed = run_filter(&good_shards()[..2], out.path(), &["--threshold", "6"]);
+        assert_eq!(changed.status.code(), Some(2));
+        assert!(stderr(&changed).contains("--overwrite"), "{}", stderr(&changed));
+        let overwritten =
+            run_filter(&good_shards()[..2], out.path(), &["--threshold", "6", "--overwrite"]);
+        assert!(overwritten.status.success(), "{}", stderr(&overwritten));
+    }
+
+    /// A run killed in the middle of a shard (its input is a FIFO that stops half way), then run
+    /// again on the real file, gives exactly the outputs of a run that was never interrupted.
+    #[cfg(unix)]
+    #[test]
+    fn killed_run_resumes_to_identical_outputs() {
+        use std::io::Write;
+        use std::time::{Duration, Instant};
+
+        let inputs = tempfile::tempdir().unwrap();
+        let names = ["a-000.tar", "b-001.tar", "m-002.tar", "z-003.tar"];
+        let sources = [0, 1, 2, 3].map(|i| good_shards()[i].clone());
+        for (name, source) in names.iter().zip(&sources) {
+            if *name != "m-002.tar" {
+                fs::copy(source, inputs.path().join(name)).unwrap();
+            }
+        }
+        let fifo = inputs.path().join("m-002.tar");
+        let status = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+        assert!(status.success());
+        let paths: Vec<PathBuf> = names.iter().map(|n| inputs.path().join(n)).collect();
+
+        let out = tempfile::tempdir().unwrap();
+        let mut args: Vec<String> = vec!["filter".into()];
+        args.extend(paths.iter().map(|p| p.display().to_string()));
+        args.extend(["--output".into(), out.path().display().to_string(), "--quiet".into()]);
+        args.extend(["--batch-size".into(), "1".into(), "--threshold".into(), "5".into()]);
+        args.extend(model_args());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_aesthete")).args(&args).spawn().unwrap();
+
+        // Feed half of the third shard, wait until the first two are complete, then kill.
+        let bytes = fs::read(&sources[2]).unwrap();
+        let mut pipe = fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+        pipe.write_all(&bytes[..bytes.len() / 2]).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !out.path().join("b-001.done.json").exists() {
+            assert!(Instant::now() < deadline, "the first shards never completed");
+            assert!(child.try_wait().unwrap().is_none(), "aesthete exited early");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        drop(pipe);
+        assert!(!out.path().join("m-002.tar").exists(), "a killed shard leaves no final output");
+        assert!(!out.path().join("m-002.done.json").exists());
+
+        fs::remove_file(&fifo).unwrap();
+        fs::copy(&sources[2], &fifo).unwrap();
+        let resumed = Command::new(env!("CARGO_BIN_EXE_aesthete")).args(&args).output().unwrap();
+        assert!(resumed.status.success(), "{}", stderr(&resumed));
+        assert!(stderr(&resumed).contains("2 already complete"), "{}", stderr(&resumed));
+
+        let fresh = tempfile::tempdir().unwrap();
+        let result = run_filter(&paths, fresh.path(), &["--batch-size", "1", "--threshold", "5"]);
+        assert!(result.status.success(), "{}", stderr(&result));
+        assert_eq!(outputs(out.path()), outputs(fresh.path()));
+        let leftovers: Vec<String> =
+            dir_contents(out.path()).into_keys().filter(|n| n.starts_with('.')).collect();
+        assert!(leftovers.is_empty(), "temporary files left behind: {leftovers:?}");
+    }
+}
+
+mod partition {
+    use super::*;
+
+    #[test]
+    fn four_workers_together_equal_one_run() {
+        let mut inputs = good_shards();
+        inputs.extend(["broken.tar", "textonly.tar", "empty.tar"].map(shard));
+        let single = tempfile::tempdir().unwrap();
+        let result = run_filter(&inputs, single.path(), &["--threshold", "5"]);
+        assert!(result.status.success(), "{}", stderr(&result));
+
+        let union = tempfile::tempdir().unwrap();
+        let mut seen = BTreeMap::new();
+        for index in 0..4 {
+            let worker = tempfile::tempdir().unwrap();
+            let i = index.to_string();
+            let args = ["--threshold", "5", "--shard-index", &i, "--num-shards", "4"];
+            let result = run_filter(&inputs, worker.path(), &args);
+            assert!(result.status.success(), "{}", stderr(&result));
+            for (name, bytes) in outputs(worker.path()) {
+                assert!(
+                    seen.insert(name.clone(), index).is_none(),
+                    "{name} written by two workers"
+                );
+                fs::write(union.path().join(name), bytes).unwrap();
+            }
+        }
+        assert_eq!(outputs(union.path()), outputs(single.path()));
+    }
+
+    #[test]
+    fn kubernetes_index_comes_from_the_environment() {
+        let out = tempfile::tempdir().unwrap();
+        let mut args: Vec<String> = vec!["filter".into()];
+        args.extend(good_shards().iter().map(|p| p.display().to_string()));
+        args.extend(["--output".into(), out.path().display().to_string(), "--quiet".into()]);
+        args.extend(["--num-shards".into(), "2".into()]);
+        args.extend(model_args());
+        let result = Command::new(env!("CARGO_BIN_EXE_aesthete"))
+            .args(&args)
+            .env("JOB_COMPLETION_INDEX", "1")
+            .env_remove("SLURM_ARRAY_TASK_ID")
+            .output()
+            .unwrap();
+        assert!(result.status.success(), "{}", stderr(&result));
+        let tables: Vec<String> =
+            outputs(out.path()).into_keys().filter(|n| n.ends_with(".parquet")).collect();
+        assert_eq!(tables, ["good-000001.parquet", "good-000003.parquet"]);
+    }
+}
