@@ -1,0 +1,299 @@
+//! JPEG through libjpeg-turbo (as vendored by `mozjpeg-sys`), set up as Pillow sets it up:
+//! accurate integer IDCT and fancy upsampling (libjpeg's defaults), CMYK read with Adobe's
+//! inverted polarity.
+
+use std::ffi::{CStr, c_int, c_ulong};
+use std::mem;
+use std::panic::{self, AssertUnwindSafe};
+
+use mozjpeg_sys::*;
+
+use super::{Hint, RgbImage, cmyk_to_rgb, gray_to_rgb};
+use crate::{Error, ImageFormat, Limits};
+
+const FORMAT: ImageFormat = ImageFormat::Jpeg;
+
+/// Payload carried from libjpeg's `error_exit` to our `catch_unwind`.
+struct Abort {
+    code: c_int,
+    message: String,
+}
+
+fn message(cinfo: &mut jpeg_common_struct) -> String {
+    let buffer = [0u8; 80];
+    // SAFETY: `err` is the manager installed by `jpeg_std_error`; `format_message` writes a
+    // NUL-terminated string of at most JMSG_LENGTH_MAX (80) bytes.
+    unsafe {
+        if let Some(format) = (*cinfo.err).format_message {
+            format(cinfo, &buffer);
+        }
+    }
+    CStr::from_bytes_until_nul(&buffer)
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+unsafe extern "C-unwind" fn error_exit(cinfo: &mut jpeg_common_struct) {
+    // SAFETY: libjpeg passes the struct whose `err` we installed.
+    let code = unsafe { (*cinfo.err).msg_code };
+    let message = message(cinfo);
+    // `resume_unwind` skips the panic hook: nothing is printed, the unwind is caught below.
+    panic::resume_unwind(Box::new(Abort { code, message }))
+}
+
+unsafe extern "C-unwind" fn emit_message(cinfo: &mut jpeg_common_struct, level: c_int) {
+    if level >= 0 {
+        return; // trace messages
+    }
+    // SAFETY: as in `error_exit`.
+    let err = unsafe { &mut *cinfo.err };
+    // Running out of data is an error for Pillow (without LOAD_TRUNCATED_IMAGES) and for us;
+    // other corrupt-data warnings are tolerated by both.
+    if err.msg_code == JWRN_JPEG_EOF as c_int {
+        panic::resume_unwind(Box::new(Abort {
+            code: JWRN_JPEG_EOF as c_int,
+            message: String::new(),
+        }));
+    }
+    err.num_warnings += 1;
+    tracing::trace!(warning = %message(cinfo), "libjpeg warning");
+}
+
+/// What the JPEG header says, read before anything large is allocated.
+pub(crate) struct Decoded {
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Decodes `bytes` into `out` as RGB8.
+///
+/// [`Hint::Scale`] lets libjpeg downscale in the DCT domain (by n/8); [`Hint::Region`] lets it
+/// skip the IDCT, upsampling and color conversion outside the region (with a margin), while
+/// still entropy-decoding everything so that truncation is caught as PIL catches it.
+pub(crate) fn decode(
+    bytes: &[u8],
+    limits: &Limits,
+    hint: Hint,
+    out: &mut RgbImage,
+    scratch: &mut Vec<u8>,
+) -> Result<Decoded, Error> {
+    // SAFETY: zeroed structs are the documented starting state before jpeg_std_error and
+    // jpeg_create_decompress; both live on this stack frame until jpeg_destroy_decompress.
+    let mut err: jpeg_error_mgr = unsafe { mem::zeroed() };
+    let mut cinfo: jpeg_decompress_struct = unsafe { mem::zeroed() };
+    // libjpeg reads the manager through `cinfo.common.err`, so it is only touched through
+    // that one pointer from here on.
+    let err_ptr: *mut jpeg_error_mgr = &mut err;
+    // SAFETY: err_ptr points to `err`, alive for the whole function.
+    unsafe {
+        jpeg_std_error(&mut *err_ptr);
+        (*err_ptr).error_exit = Some(error_exit);
+        (*err_ptr).emit_message = Some(emit_message);
+        cinfo.common.err = err_ptr;
+    }
+
+    let result = panic::catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: cinfo was prepared above; `bytes` outlives the decompressor.
+        unsafe {
+            jpeg_create_decompress(&mut cinfo);
+            jpeg_mem_src(&mut cinfo, bytes.as_ptr(), bytes.len() as c_ulong);
+            run(&mut cinfo, limits, hint, out, scratch)
+        }
+    }));
+    // SAFETY: frees libjpeg's pools whether decoding finished or unwound; a zeroed (never
+    // created) struct has a null `mem` and is skipped by libjpeg.
+    unsafe { jpeg_destroy_decompress(&mut cinfo) };
+    match result {
+        Ok(r) => r,
+        Err(payload) => match payload.downcast::<Abort>() {
+            Ok(abort) => Err(map_abort(*abort, limits)),
+            Err(other) => panic::resume_unwind(other),
+        },
+    }
+}
+
+fn map_abort(abort: Abort, limits: &Limits) -> Error {
+    let code = abort.code;
+    if code == JWRN_JPEG_EOF as c_int || code == JERR_INPUT_EMPTY as c_int {
+        Error::Truncated { format: FORMAT }
+    } else if code == JERR_NO_BACKING_STORE as c_int || code == JERR_OUT_OF_MEMORY as c_int {
+        Error::AllocationLimit { needed: 0, max_alloc: limits.max_alloc }
+    } else if code == JERR_ARITH_NOTIMPL as c_int
+        || code == JERR_NOTIMPL as c_int
+        || code == JERR_CONVERSION_NOTIMPL as c_int
+    {
+        Error::unsupported(FORMAT, abort.message)
+    } else {
+        Error::corrupt(FORMAT, abort.message)
+    }
+}
+
+/// The decode proper; may unwind out through `error_exit`.
+unsafe fn run(
+    cinfo: &mut jpeg_decompress_struct,
+    limits: &Limits,
+    hint: Hint,
+    out: &mut RgbImage,
+    scratch: &mut Vec<u8>,
+) -> Result<Decoded, Error> {
+    // SAFETY (whole body): cinfo is a created decompressor with a memory source.
+    unsafe {
+        // Bound libjpeg's own allocations (progressive coefficient buffers and the like);
+        // exceeding it raises JERR_NO_BACKING_STORE.
+        (*cinfo.common.mem).max_memory_to_use = limits.max_alloc.min(c_long_max()) as _;
+        jpeg_read_header(cinfo, 1);
+        let (width, height) = (cinfo.image_width, cinfo.image_height);
+        limits.check_pixels(width, height)?;
+        let channels = match cinfo.num_components {
+            1 => {
+                cinfo.out_color_space = J_COLOR_SPACE::JCS_GRAYSCALE;
+                1
+            }
+            3 => {
+                cinfo.out_color_space = J_COLOR_SPACE::JCS_RGB;
+                3
+            }
+            4 => {
+                cinfo.out_color_space = J_COLOR_SPACE::JCS_CMYK;
+                4
+            }
+            n => return Err(Error::unsupported(FORMAT, format!("{n} color components"))),
+        };
+        if let Hint::Scale(target) = hint {
+            let short = width.min(height) as u64;
+            // Smallest of 1/8, 1/4, 1/2 (libjpeg-turbo's fast reduced IDCTs) whose scaled short
+            // side (libjpeg rounds up) still covers `target`; else no scaling.
+            let num = [1u64, 2, 4, 8]
+                .into_iter()
+                .find(|n| (short * n).div_ceil(8) >= target as u64)
+                .unwrap_or(8);
+            cinfo.scale_num = num as _;
+            cinfo.scale_denom = 8;
+        }
+        jpeg_start_decompress(cinfo);
+        let (w, h) = (cinfo.output_width, cinfo.output_height);
+        // Full decode unless a region leaves enough out to be worth it.
+        let [mut x0, mut x1, mut y0, mut y1] = [0, w as usize, 0, h as usize];
+        let rows = if let Hint::Region(plan) = hint {
+            // Fancy upsampling treats the edges of a cropped region as image edges; a margin
+            // of one iMCU (at most 16 pixels) keeps the pixels we read identical to a full
+            // decode.
+            const MARGIN: usize = 16;
+            let [rx0, rx1, ry0, ry1] = plan.source_region(w, h);
+            y0 = ry0.saturating_sub(MARGIN);
+            y1 = (ry1 + MARGIN).min(h as usize);
+            let (cx0, cx1) = (rx0.saturating_sub(MARGIN), (rx1 + MARGIN).min(w as usize));
+            if cx1 - cx0 < w as usize * 7 / 8 {
+                let mut xoffset = cx0 as JDIMENSION;
+                let mut width = (cx1 - cx0) as JDIMENSION;
+                jpeg_crop_scanline(cinfo, &mut xoffset, &mut width);
+                x0 = xoffset as usize;
+                x1 = x0 + width as usize;
+            }
+            out.reset_stale(w, h, limits)?
+        } else {
+            out.reset(w, h, limits)?
+        };
+        let stride = w as usize * 3;
+        let span = x1 - x0;
+        skip(cinfo, y0)?;
+        scratch.clear();
+        scratch.resize(span * channels, 0);
+        for row in rows.chunks_exact_mut(stride).skip(y0).take(y1 - y0) {
+            let row = &mut row[x0 * 3..x1 * 3];
+            let target = if channels == 3 { row.as_mut_ptr() } else { scratch.as_mut_ptr() };
+            let mut ptr = target;
+            if jpeg_read_scanlines(cinfo, &mut ptr, 1) != 1 {
+                return Err(Error::Truncated { format: FORMAT });
+            }
+            if channels == 1 {
+                gray_to_rgb(scratch, row);
+            } else if channels == 4 {
+                // Pillow reads CMYK JPEGs as "CMYK;I": Adobe's inverted polarity.
+                for v in scratch.iter_mut() {
+                    *v = 255 - *v;
+                }
+                cmyk_to_rgb(scratch, row);
+            }
+        }
+        // Entropy-decode the rest so that a truncated file fails as it does in PIL. (Skipping
+        // to the very bottom would mark the end as reached without reading it, so the last
+        // row is read.)
+        let rest = h as usize - y1;
+        if rest > 0 {
+            skip(cinfo, rest - 1)?;
+            let mut ptr = scratch.as_mut_ptr();
+            if jpeg_read_scanlines(cinfo, &mut ptr, 1) != 1 {
+                return Err(Error::Truncated { format: FORMAT });
+            }
+        }
+        jpeg_finish_decompress(cinfo);
+        Ok(Decoded { width, height })
+    }
+}
+
+/// Skips `n` scanlines (entropy decoding only, no IDCT).
+unsafe fn skip(cinfo: &mut jpeg_decompress_struct, n: usize) -> Result<(), Error> {
+    if n > 0 {
+        // SAFETY: called between jpeg_start_decompress and jpeg_finish_decompress.
+        let skipped = unsafe { jpeg_skip_scanlines(cinfo, n as JDIMENSION) };
+        if skipped as usize != n {
+            return Err(Error::Truncated { format: FORMAT });
+        }
+    }
+    Ok(())
+}
+
+fn c_long_max() -> u64 {
+    std::ffi::c_long::MAX as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Filter, ResizeTarget};
+    use crate::engine::Plan;
+
+    /// A region decode (cropped columns, skipped rows) equals a full decode wherever the
+    /// window reads, for every fixture JPEG and several crop geometries.
+    #[test]
+    fn region_decode_matches_full_decode() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/preprocess/images");
+        let limits = Limits::default();
+        let mut scratch = Vec::new();
+        let mut tested = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "jpg") {
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            let mut full = RgbImage::new();
+            decode(&bytes, &limits, Hint::Full, &mut full, &mut scratch).unwrap();
+            for (resize, crop) in [
+                (ResizeTarget::ShortestEdge(224), 224),
+                (ResizeTarget::ShortestEdge(336), 336),
+                (ResizeTarget::ShortestEdge(64), 32),
+                (ResizeTarget::Exact { height: 100, width: 48 }, 40),
+            ] {
+                let plan = Plan { resize, crop, filter: Filter::Bicubic };
+                let mut region = RgbImage::new();
+                decode(&bytes, &limits, Hint::Region(plan), &mut region, &mut scratch).unwrap();
+                let (w, h) = (full.width(), full.height());
+                assert_eq!((region.width(), region.height()), (w, h));
+                let [x0, x1, y0, y1] = plan.source_region(w, h);
+                for y in y0..y1 {
+                    let span = (y * w as usize + x0) * 3..(y * w as usize + x1) * 3;
+                    assert!(
+                        full.as_raw()[span.clone()] == region.as_raw()[span],
+                        "{}: row {y} differs ({crop})",
+                        path.display()
+                    );
+                }
+                tested += 1;
+            }
+        }
+        assert!(tested >= 40, "only {tested} decodes compared");
+    }
+}

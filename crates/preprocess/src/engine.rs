@@ -1,0 +1,273 @@
+use fast_image_resize as fir;
+
+use crate::config::Filter;
+use crate::config::ResizeTarget;
+use crate::decode::{Decoder, Hint, RgbImage};
+use crate::resample::{Resampler, Window, input_span};
+use crate::{Error, ImageFormat, Mode, PreprocessConfig, PreprocessOptions};
+
+/// What was decoded: the source image's size and format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// Source width in pixels.
+    pub width: u32,
+    /// Source height in pixels.
+    pub height: u32,
+    /// Format sniffed from the magic bytes.
+    pub format: ImageFormat,
+}
+
+/// The reusable engine: decodes, resizes, crops and normalizes into caller-owned slots.
+///
+/// It owns every scratch buffer, so after the first few images the hot path does not allocate
+/// (buffers grow to the largest image seen). One per thread; it is `Send`.
+#[derive(Debug)]
+pub struct Preprocessor {
+    config: PreprocessConfig,
+    options: PreprocessOptions,
+    decoder: Decoder,
+    image: RgbImage,
+    resampler: Resampler,
+    fast: fir::Resizer,
+    crop: Vec<u8>,
+    /// `lut[c * 256 + v]`: the output float for channel `c` and 8-bit value `v`.
+    lut: Vec<f32>,
+}
+
+impl Preprocessor {
+    /// An engine for `config` (validated: see [`PreprocessConfig::validate`]).
+    ///
+    /// # Panics
+    ///
+    /// If `config` fails [`PreprocessConfig::validate`]; configs from
+    /// [`PreprocessConfig::from_json_str`] and the constructors always pass.
+    pub fn new(config: PreprocessConfig, options: PreprocessOptions) -> Self {
+        if let Err(e) = config.validate() {
+            panic!("{e}");
+        }
+        let lut = lookup_table(&config);
+        Preprocessor {
+            decoder: Decoder::new(options.limits),
+            config,
+            options,
+            image: RgbImage::new(),
+            resampler: Resampler::default(),
+            fast: fir::Resizer::new(),
+            crop: Vec::new(),
+            lut,
+        }
+    }
+
+    /// The config in force.
+    pub fn config(&self) -> &PreprocessConfig {
+        &self.config
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> PreprocessOptions {
+        self.options
+    }
+
+    /// Side `S` of the square output.
+    pub fn image_size(&self) -> usize {
+        self.config.image_size()
+    }
+
+    /// Floats per image: `3 * S * S`.
+    pub fn output_len(&self) -> usize {
+        3 * self.image_size() * self.image_size()
+    }
+
+    /// Decodes `bytes` (format sniffed from the magic bytes, not from a file name) and writes
+    /// the CHW f32 tensor into `out`, whose length must be [`Preprocessor::output_len`].
+    ///
+    /// On error `out` may hold partial data.
+    pub fn preprocess(&mut self, bytes: &[u8], out: &mut [f32]) -> Result<ImageInfo, Error> {
+        self.check_out(out)?;
+        let hint = match self.options.mode {
+            Mode::Exact => Hint::Region(self.plan()),
+            Mode::Fast => Hint::Scale(self.min_decode_short_side()),
+        };
+        let mut image = std::mem::take(&mut self.image);
+        let result = self.decoder.decode_inner(bytes, hint, &mut image).and_then(|info| {
+            self.finish(&image, info.width, info.height, out)?;
+            Ok(info)
+        });
+        self.image = image;
+        result
+    }
+
+    /// Resizes, crops and normalizes an already decoded RGB8 image into `out`.
+    pub fn preprocess_rgb(&mut self, image: &RgbImage, out: &mut [f32]) -> Result<(), Error> {
+        self.check_out(out)?;
+        self.finish(image, image.width(), image.height(), out)
+    }
+
+    /// Decodes `bytes` to RGB8 into `image` (a buffer reused across calls) without resizing,
+    /// as PIL's `Image.open(..).convert("RGB")` would.
+    pub fn decode(&mut self, bytes: &[u8], image: &mut RgbImage) -> Result<ImageInfo, Error> {
+        self.decoder.decode(bytes, image)
+    }
+
+    fn plan(&self) -> Plan {
+        Plan { resize: self.config.resize, crop: self.config.crop_size, filter: self.config.filter }
+    }
+
+    fn check_out(&self, out: &[f32]) -> Result<(), Error> {
+        if out.len() != self.output_len() {
+            return Err(Error::OutputLength { expected: self.output_len(), actual: out.len() });
+        }
+        Ok(())
+    }
+
+    /// Short side a DCT-downscaled JPEG must keep in fast mode: the resize target, so the
+    /// cubic filter never upscales.
+    fn min_decode_short_side(&self) -> u32 {
+        match self.config.resize {
+            ResizeTarget::ShortestEdge(e) => e,
+            ResizeTarget::Exact { height, width } => height.max(width),
+        }
+    }
+
+    fn finish(
+        &mut self,
+        image: &RgbImage,
+        src_width: u32,
+        src_height: u32,
+        out: &mut [f32],
+    ) -> Result<(), Error> {
+        let (w, h) = (image.width() as usize, image.height() as usize);
+        if w == 0 || h == 0 {
+            return Err(Error::Corrupt {
+                format: ImageFormat::sniff(&[]).unwrap_or(ImageFormat::Png),
+                reason: "zero-sized image".into(),
+            });
+        }
+        // Sizes come from the source dimensions even when a JPEG was DCT-downscaled.
+        let win = self.plan().window(src_width, src_height);
+        let (out_width, out_height) = (win.out_width, win.out_height);
+        let s = self.image_size();
+        let plane = s * s;
+        let lut = &self.lut;
+        let mut emit = |y: usize, row: &[u8]| {
+            let (r, rest) = out.split_at_mut(plane);
+            let (g, b) = rest.split_at_mut(plane);
+            let line = y * s..(y + 1) * s;
+            for (((px, r), g), b) in row
+                .chunks_exact(3)
+                .zip(&mut r[line.clone()])
+                .zip(&mut g[line.clone()])
+                .zip(&mut b[line])
+            {
+                *r = lut[px[0] as usize];
+                *g = lut[256 + px[1] as usize];
+                *b = lut[512 + px[2] as usize];
+            }
+        };
+        match self.options.mode {
+            Mode::Exact => {
+                self.resampler.resize_window(
+                    image.as_raw(),
+                    w,
+                    h,
+                    self.config.filter,
+                    win,
+                    &mut emit,
+                );
+            }
+            Mode::Fast => {
+                // The window in source coordinates (of the possibly downscaled decode).
+                let sx = w as f64 / out_width as f64;
+                let sy = h as f64 / out_height as f64;
+                let src = fir::images::ImageRef::new(
+                    w as u32,
+                    h as u32,
+                    image.as_raw(),
+                    fir::PixelType::U8x3,
+                )
+                .map_err(|e| Error::config(format!("fast resize: {e}")))?;
+                self.crop.clear();
+                self.crop.resize(plane * 3, 0);
+                let mut dst = fir::images::Image::from_slice_u8(
+                    s as u32,
+                    s as u32,
+                    &mut self.crop,
+                    fir::PixelType::U8x3,
+                )
+                .map_err(|e| Error::config(format!("fast resize: {e}")))?;
+                let options = fir::ResizeOptions::new()
+                    .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::CatmullRom))
+                    .crop(win.left as f64 * sx, win.top as f64 * sy, s as f64 * sx, s as f64 * sy);
+                self.fast
+                    .resize(&src, &mut dst, &options)
+                    .map_err(|e| Error::config(format!("fast resize: {e}")))?;
+                for (y, row) in self.crop.chunks_exact(s * 3).enumerate() {
+                    emit(y, row);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// transformers' arithmetic for every 8-bit value: `rescale` multiplies in f64 and rounds to
+/// f32; `normalize` computes `(x - mean) / std` in f32 with mean and std rounded to f32.
+fn lookup_table(config: &PreprocessConfig) -> Vec<f32> {
+    let mut lut = vec![0f32; 3 * 256];
+    for c in 0..3 {
+        for v in 0..256 {
+            let mut x = if config.do_rescale {
+                (v as f64 * config.rescale_factor) as f32
+            } else {
+                v as f32
+            };
+            if config.do_normalize {
+                x = (x - config.image_mean[c]) / config.image_std[c];
+            }
+            lut[c * 256 + v] = x;
+        }
+    }
+    lut
+}
+
+/// Where the crop window of a source of a given size lies: the geometry of resize + crop.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Plan {
+    pub(crate) resize: ResizeTarget,
+    pub(crate) crop: u32,
+    pub(crate) filter: Filter,
+}
+
+impl Plan {
+    /// Resize target for a `width` x `height` source, as transformers'
+    /// `get_resize_output_image_size(default_to_square=False)` computes it, and the
+    /// floor-offset center crop in it.
+    pub(crate) fn window(&self, width: u32, height: u32) -> Window {
+        let (out_width, out_height) = match self.resize {
+            ResizeTarget::ShortestEdge(edge) => {
+                let (short, long) = if width <= height { (width, height) } else { (height, width) };
+                // Python: int(edge * long / short), true division in f64, truncated.
+                let new_long = ((edge as u64 * long as u64) as f64 / short as f64) as usize;
+                if width <= height { (edge as usize, new_long) } else { (new_long, edge as usize) }
+            }
+            ResizeTarget::Exact { height, width } => (width as usize, height as usize),
+        };
+        let s = self.crop as usize;
+        Window {
+            out_width,
+            out_height,
+            left: (out_width - s) / 2,
+            top: (out_height - s) / 2,
+            width: s,
+            height: s,
+        }
+    }
+
+    /// Source columns `x0..x1` and rows `y0..y1` the window reads.
+    pub(crate) fn source_region(&self, width: u32, height: u32) -> [usize; 4] {
+        let w = self.window(width, height);
+        let (x0, x1) = input_span(width as usize, w.out_width, self.filter, w.left, w.width);
+        let (y0, y1) = input_span(height as usize, w.out_height, self.filter, w.top, w.height);
+        [x0, x1, y0, y1]
+    }
+}
