@@ -1,2 +1,108 @@
 //! CLIP ViT image tower and projection on candle, loaded from Hugging Face checkpoints.
+//!
+//! - [`ClipVision`]: the model. [`ClipVision::load`] reads a Hugging Face model directory
+//!   (a full `CLIPModel`, whose text tower stays on disk, or a vision tower alone);
+//!   [`ClipVision::embed`] turns an [`ImageBatch`](aesthete_tensor::ImageBatch) into
+//!   [`NormalizedEmbeddings`](aesthete_tensor::NormalizedEmbeddings).
+//! - [`ClipVisionConfig`]: the sizes, read from `config.json` (ViT-B/32, B/16, L/14, L/14-336…).
+//! - [`extract_vision_tower`]: writes a smaller vision-only checkpoint, optionally in f16.
+//! - [`parse_device`]: `cpu`, `cuda`, `cuda:N` (CUDA with the `cuda` feature).
+//!
+//! Every tensor is checked against the config before anything is computed: a missing or
+//! mis-shaped tensor is an [`Error`] naming it, never filled in at random. The forward pass
+//! runs in f32 on CPU and in f32, f16 or bf16 on CUDA; embeddings come back as f32.
+//!
+//! ```
+//! use aesthete_clip::{ClipVision, DType, Device};
+//! use aesthete_tensor::ImageBatch;
+//!
+//! let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+//!     .join("../../fixtures/clip/tiny-vit-224-768");
+//! let model = ClipVision::load(&dir, &Device::Cpu, DType::F32)?;
+//! let mut batch = ImageBatch::with_capacity(2, model.image_size());
+//! batch.push_slot().fill(0.25);
+//! let embeddings = model.embed(&batch)?;
+//! assert_eq!((embeddings.len(), embeddings.dim()), (1, 768));
+//! # Ok::<(), aesthete_clip::Error>(())
+//! ```
 #![deny(missing_docs)]
+
+mod checkpoint;
+mod config;
+mod cpu;
+mod device;
+mod error;
+mod model;
+mod ops;
+
+use std::path::Path;
+
+use aesthete_tensor::{ImageBatch, NormalizedEmbeddings};
+
+pub use candle_core::{DType, Device};
+pub use candle_nn::VarBuilder;
+pub use checkpoint::extract_vision_tower;
+pub use config::{Activation, ClipVisionConfig};
+pub use device::parse_device;
+pub use error::Error;
+pub use model::ClipVision;
+
+impl ClipVision {
+    /// Loads `dir/config.json` and the vision tensors of `dir/model.safetensors` (or of the
+    /// shards listed in `dir/model.safetensors.index.json`) onto `device` as `dtype`.
+    ///
+    /// Files are memory-mapped and only vision tensors are read; every one is checked for
+    /// presence, shape and dtype before any is loaded. CPU runs f32 only.
+    pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self, Error> {
+        check_dtype(device, dtype)?;
+        let config = ClipVisionConfig::from_json_file(&dir.join("config.json"))?;
+        let _span = tracing::info_span!("clip_load", dir = %dir.display()).entered();
+        let checkpoint = checkpoint::Checkpoint::open(dir, &config)?;
+        let vb = VarBuilder::from_backend(Box::new(checkpoint.tensors), dtype, device.clone());
+        let model = ClipVision::new(vb, &config)?;
+        tracing::info!(
+            layers = config.num_hidden_layers,
+            hidden = config.hidden_size,
+            image_size = config.image_size,
+            embedding_dim = config.projection_dim,
+            ?dtype,
+            "loaded clip vision tower"
+        );
+        Ok(model)
+    }
+
+    /// Embeds a batch of preprocessed images (host f32, NCHW) into host f32 rows of unit norm.
+    pub fn embed(&self, batch: &ImageBatch) -> Result<NormalizedEmbeddings, Error> {
+        if batch.image_size() != self.image_size() {
+            return Err(Error::ImageSize {
+                expected: self.image_size(),
+                actual: batch.image_size(),
+            });
+        }
+        let dim = self.embedding_dim();
+        if batch.is_empty() {
+            return NormalizedEmbeddings::from_normalized(Vec::new(), dim)
+                .map_err(Error::Embeddings);
+        }
+        let pixels =
+            candle_core::Tensor::from_slice(batch.as_slice(), &batch.shape()[..], self.device())?;
+        let rows =
+            self.forward(&pixels)?.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+        NormalizedEmbeddings::from_normalized(rows, dim).map_err(Error::Embeddings)
+    }
+}
+
+fn check_dtype(device: &Device, dtype: DType) -> Result<(), Error> {
+    let ok = match device {
+        Device::Cpu => dtype == DType::F32,
+        _ => matches!(dtype, DType::F32 | DType::F16 | DType::BF16),
+    };
+    if ok {
+        return Ok(());
+    }
+    let (name, hint) = match device {
+        Device::Cpu => ("cpu".to_string(), " (use f32)"),
+        other => (format!("{:?}", other.location()), " (use f32, f16 or bf16)"),
+    };
+    Err(Error::UnsupportedDtype { dtype, device: name, hint })
+}

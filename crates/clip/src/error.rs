@@ -1,0 +1,117 @@
+use std::path::PathBuf;
+
+/// Everything that can go wrong loading or running a CLIP vision tower.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("i/o error on {path}")]
+    Io {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A JSON file (config or shard index) is not valid JSON of the expected form.
+    #[error("invalid json in {path}")]
+    Json {
+        /// The file, or `<string>` for [`ClipVisionConfig::from_json_str`](crate::ClipVisionConfig::from_json_str).
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The config parses but describes no model this crate can build.
+    #[error("invalid config: `{field}` {reason}")]
+    Config {
+        /// The offending config field.
+        field: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The directory holds no safetensors weights this crate can read.
+    #[error(
+        "no safetensors weights in {dir} (expected model.safetensors or model.safetensors.index.json){hint}"
+    )]
+    NoWeights {
+        /// The model directory.
+        dir: PathBuf,
+        /// Extra advice, such as how to convert a PyTorch pickle.
+        hint: &'static str,
+    },
+    /// A safetensors file could not be opened or parsed.
+    #[error("cannot read safetensors file {path}")]
+    Safetensors {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: candle_core::Error,
+    },
+    /// A tensor the vision tower needs is absent from the checkpoint.
+    #[error("missing tensor `{name}` in {path}")]
+    MissingTensor {
+        /// Full checkpoint name, e.g. `vision_model.post_layernorm.weight`.
+        name: String,
+        /// The file (or shard index) that should hold it.
+        path: PathBuf,
+    },
+    /// A tensor has a shape other than the config implies.
+    #[error("tensor `{name}` has shape {actual:?}, expected {expected:?}")]
+    TensorShape {
+        /// Full checkpoint name.
+        name: String,
+        /// Shape implied by the config.
+        expected: Vec<usize>,
+        /// Shape found in the checkpoint.
+        actual: Vec<usize>,
+    },
+    /// A tensor is stored with a data type that is not a float type.
+    #[error("tensor `{name}` has dtype {dtype}, expected f32, f16 or bf16")]
+    TensorDtype {
+        /// Full checkpoint name.
+        name: String,
+        /// The stored data type.
+        dtype: String,
+    },
+    /// The data type is not supported on the device (CPU runs f32 only).
+    #[error("dtype {dtype:?} is not supported on {device}{hint}")]
+    UnsupportedDtype {
+        /// The requested data type.
+        dtype: candle_core::DType,
+        /// The device, as text.
+        device: String,
+        /// What to use instead.
+        hint: &'static str,
+    },
+    /// A device string is neither `cpu`, `cuda` nor `cuda:N`.
+    #[error("unknown device `{0}` (expected cpu, cuda or cuda:N)")]
+    UnknownDevice(String),
+    /// A CUDA device was asked for but the crate was built without the `cuda` feature.
+    #[error("device `{0}` needs aesthete-clip built with the `cuda` feature")]
+    CudaNotCompiled(String),
+    /// The device could not be opened.
+    #[error("cannot open device `{name}`")]
+    Device {
+        /// The device string.
+        name: String,
+        /// The underlying error.
+        #[source]
+        source: candle_core::Error,
+    },
+    /// The image batch does not have the size the model was trained on.
+    #[error("image batch has {actual}×{actual} pixels, the model expects {expected}×{expected}")]
+    ImageSize {
+        /// The model's `image_size`.
+        expected: usize,
+        /// The batch's image size.
+        actual: usize,
+    },
+    /// The model produced embeddings that cannot be normalized (NaN, infinite or zero).
+    #[error("model produced invalid embeddings")]
+    Embeddings(#[source] aesthete_tensor::ShapeError),
+    /// A tensor operation failed.
+    #[error("tensor operation failed")]
+    Candle(#[from] candle_core::Error),
+}

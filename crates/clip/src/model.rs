@@ -1,0 +1,364 @@
+//! The CLIP ViT image tower and projection.
+//!
+//! Mirrors `CLIPVisionTransformer` and `CLIPVisionModelWithProjection` of transformers:
+//! <https://github.com/huggingface/transformers/blob/v4.57.6/src/transformers/models/clip/modeling_clip.py>
+//! Weight names follow the Hugging Face checkpoint exactly. Differences in computation, all
+//! exact in real arithmetic:
+//! - the patch convolution (kernel = stride = patch) runs as one matrix product over
+//!   flattened patches;
+//! - q, k and v are one projection, concatenated at load, with q's weight and bias
+//!   pre-multiplied by `head_dim^-0.5`.
+//!
+//! On CPU in f32 the encoder layers run through `cpu.rs` (direct `gemm` calls over reused
+//! buffers) instead of the candle operations here; both paths are tested against transformers.
+
+use candle_core::{D, DType, Device, IndexOp, Module, Result, Tensor};
+use candle_nn::VarBuilder;
+
+use std::sync::Mutex;
+
+use crate::{Activation, ClipVisionConfig};
+use crate::{cpu, ops};
+
+/// `y = x Wᵀ + b` over the last dimension of a 2-D input.
+#[derive(Debug, Clone)]
+struct Linear {
+    weight: Tensor,
+    bias: Tensor,
+}
+
+impl Linear {
+    fn new(vb: VarBuilder, in_dim: usize, out_dim: usize) -> Result<Self> {
+        Ok(Linear { weight: vb.get((out_dim, in_dim), "weight")?, bias: vb.get(out_dim, "bias")? })
+    }
+}
+
+impl Module for Linear {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)
+    }
+}
+
+/// `nn.LayerNorm` over the last dimension.
+#[derive(Debug, Clone)]
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+fn layer_norm(vb: VarBuilder, size: usize, eps: f64) -> Result<LayerNorm> {
+    Ok(LayerNorm { weight: vb.get(size, "weight")?, bias: vb.get(size, "bias")?, eps })
+}
+
+impl Module for LayerNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32)
+    }
+}
+
+/// `CLIPVisionEmbeddings`: patch embedding, class token, position embedding.
+#[derive(Debug, Clone)]
+struct Embeddings {
+    /// `patch_embedding.weight` as `(hidden, channels · patch²)`.
+    patch: Tensor,
+    class: Tensor,
+    position: Tensor,
+    channels: usize,
+    patch_size: usize,
+    grid: usize,
+    hidden: usize,
+}
+
+impl Embeddings {
+    fn new(vb: VarBuilder, cfg: &ClipVisionConfig) -> Result<Self> {
+        let (h, c, p) = (cfg.hidden_size, cfg.num_channels, cfg.patch_size);
+        let patch = vb.get((h, c, p, p), "patch_embedding.weight")?.reshape((h, c * p * p))?;
+        let class = vb.get(h, "class_embedding")?;
+        let position = vb.get((cfg.num_positions(), h), "position_embedding.weight")?;
+        Ok(Embeddings {
+            patch,
+            class,
+            position,
+            channels: c,
+            patch_size: p,
+            grid: cfg.grid_size(),
+            hidden: h,
+        })
+    }
+}
+
+impl Module for Embeddings {
+    /// `(n, c, S, S)` pixels → `(n, 1 + g², h)` tokens.
+    fn forward(&self, pixels: &Tensor) -> Result<Tensor> {
+        let (n, c, p, g, h) =
+            (pixels.dim(0)?, self.channels, self.patch_size, self.grid, self.hidden);
+        // Like the strided convolution, ignore pixels past the last whole patch.
+        let used = g * p;
+        let pixels = pixels.narrow(2, 0, used)?.narrow(3, 0, used)?;
+        let patches = pixels
+            .reshape((n, c, g, p, g, p))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((n * g * g, c * p * p))?;
+        let patches = patches.matmul(&self.patch.t()?)?.reshape((n, g * g, h))?;
+        let class = self.class.reshape((1, 1, h))?.broadcast_as((n, 1, h))?;
+        Tensor::cat(&[&class, &patches], 1)?.broadcast_add(&self.position.unsqueeze(0)?)
+    }
+}
+
+/// `CLIPAttention` with q, k and v fused into one projection.
+#[derive(Debug, Clone)]
+struct Attention {
+    qkv: Linear,
+    out_proj: Linear,
+    heads: usize,
+    head_dim: usize,
+}
+
+impl Attention {
+    fn new(vb: VarBuilder, cfg: &ClipVisionConfig) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let scale = (cfg.head_dim() as f64).powf(-0.5);
+        let q = Linear::new(vb.pp("q_proj"), h, h)?;
+        let k = Linear::new(vb.pp("k_proj"), h, h)?;
+        let v = Linear::new(vb.pp("v_proj"), h, h)?;
+        let weight = Tensor::cat(&[(&q.weight * scale)?, k.weight, v.weight], 0)?;
+        let bias = Tensor::cat(&[(&q.bias * scale)?, k.bias, v.bias], 0)?;
+        Ok(Attention {
+            qkv: Linear { weight, bias },
+            out_proj: Linear::new(vb.pp("out_proj"), h, h)?,
+            heads: cfg.num_attention_heads,
+            head_dim: cfg.head_dim(),
+        })
+    }
+
+    /// `x`: `(n · s, h)` for `n` images of `s` tokens.
+    fn forward(&self, x: &Tensor, n: usize, s: usize) -> Result<Tensor> {
+        let (heads, d) = (self.heads, self.head_dim);
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((n, s, 3, heads, d))?
+            .permute((2, 0, 3, 1, 4))?
+            .contiguous()?;
+        let q = qkv.i(0)?.reshape((n * heads, s, d))?;
+        let k = qkv.i(1)?.reshape((n * heads, s, d))?;
+        let v = qkv.i(2)?.reshape((n * heads, s, d))?;
+        let weights = ops::softmax_last_dim(q.matmul(&k.t()?)?)?;
+        let out = weights.matmul(&v)?.reshape((n, heads, s, d))?.transpose(1, 2)?;
+        self.out_proj.forward(&out.contiguous()?.reshape((n * s, heads * d))?)
+    }
+}
+
+/// `CLIPMLP`.
+#[derive(Debug, Clone)]
+struct Mlp {
+    fc1: Linear,
+    fc2: Linear,
+    act: Activation,
+}
+
+impl Mlp {
+    fn new(vb: VarBuilder, cfg: &ClipVisionConfig) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Mlp {
+            fc1: Linear::new(vb.pp("fc1"), h, i)?,
+            fc2: Linear::new(vb.pp("fc2"), i, h)?,
+            act: cfg.hidden_act,
+        })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.fc1.forward(x)?;
+        let x = match self.act {
+            Activation::QuickGelu => ops::quick_gelu(x)?,
+            Activation::Gelu => x.gelu_erf()?,
+            Activation::GeluTanh => x.gelu()?,
+        };
+        self.fc2.forward(&x)
+    }
+}
+
+/// `CLIPEncoderLayer`: pre-norm attention and MLP blocks with residuals.
+#[derive(Debug, Clone)]
+struct EncoderLayer {
+    layer_norm1: LayerNorm,
+    self_attn: Attention,
+    layer_norm2: LayerNorm,
+    mlp: Mlp,
+}
+
+impl EncoderLayer {
+    fn new(vb: VarBuilder, cfg: &ClipVisionConfig) -> Result<Self> {
+        let (h, eps) = (cfg.hidden_size, cfg.layer_norm_eps);
+        Ok(EncoderLayer {
+            layer_norm1: layer_norm(vb.pp("layer_norm1"), h, eps)?,
+            self_attn: Attention::new(vb.pp("self_attn"), cfg)?,
+            layer_norm2: layer_norm(vb.pp("layer_norm2"), h, eps)?,
+            mlp: Mlp::new(vb.pp("mlp"), cfg)?,
+        })
+    }
+
+    fn cpu_tensors(&self) -> cpu::LayerTensors<'_> {
+        let (attn, mlp) = (&self.self_attn, &self.mlp);
+        [
+            &self.layer_norm1.weight,
+            &self.layer_norm1.bias,
+            &attn.qkv.weight,
+            &attn.qkv.bias,
+            &attn.out_proj.weight,
+            &attn.out_proj.bias,
+            &self.layer_norm2.weight,
+            &self.layer_norm2.bias,
+            &mlp.fc1.weight,
+            &mlp.fc1.bias,
+            &mlp.fc2.weight,
+            &mlp.fc2.bias,
+        ]
+    }
+
+    fn forward(&self, x: &Tensor, n: usize, s: usize) -> Result<Tensor> {
+        let attn = self.self_attn.forward(&self.layer_norm1.forward(x)?, n, s)?;
+        let x = (x + attn)?;
+        let mlp = self.mlp.forward(&self.layer_norm2.forward(&x)?)?;
+        x + mlp
+    }
+}
+
+/// A CLIP ViT image tower with its projection: pixels in, L2-normalized embeddings out.
+///
+/// Built from a Hugging Face checkpoint with [`ClipVision::load`] or from any [`VarBuilder`]
+/// with [`ClipVision::new`]. One instance can serve many threads.
+#[derive(Debug)]
+pub struct ClipVision {
+    config: ClipVisionConfig,
+    embeddings: Embeddings,
+    pre_layrnorm: LayerNorm,
+    layers: Vec<EncoderLayer>,
+    post_layernorm: LayerNorm,
+    /// `visual_projection.weight`, `(projection_dim, hidden)`, no bias.
+    visual_projection: Tensor,
+    device: Device,
+    dtype: DType,
+    /// Scratch buffers of the CPU encoder, kept between calls; a call that finds them busy
+    /// uses fresh ones.
+    workspace: Mutex<cpu::Workspace>,
+}
+
+impl ClipVision {
+    /// Builds the model from tensors named as in a Hugging Face `CLIPModel` or
+    /// `CLIPVisionModelWithProjection` checkpoint (`vision_model.*`, `visual_projection.weight`),
+    /// on `vb`'s device and dtype. Any missing or mis-shaped tensor is an error.
+    pub fn new(vb: VarBuilder, config: &ClipVisionConfig) -> Result<Self> {
+        config.validate().map_err(candle_core::Error::wrap)?;
+        let (h, eps) = (config.hidden_size, config.layer_norm_eps);
+        let v = vb.pp("vision_model");
+        let layers = (0..config.num_hidden_layers)
+            .map(|i| EncoderLayer::new(v.pp("encoder").pp("layers").pp(i), config))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ClipVision {
+            config: config.clone(),
+            embeddings: Embeddings::new(v.pp("embeddings"), config)?,
+            pre_layrnorm: layer_norm(v.pp("pre_layrnorm"), h, eps)?,
+            layers,
+            post_layernorm: layer_norm(v.pp("post_layernorm"), h, eps)?,
+            visual_projection: vb
+                .pp("visual_projection")
+                .get((config.projection_dim, h), "weight")?,
+            device: vb.device().clone(),
+            dtype: vb.dtype(),
+            workspace: Mutex::default(),
+        })
+    }
+
+    /// The sizes the model was built with.
+    pub fn config(&self) -> &ClipVisionConfig {
+        &self.config
+    }
+
+    /// Side of the square input images in pixels.
+    pub fn image_size(&self) -> usize {
+        self.config.image_size
+    }
+
+    /// Length of each embedding (`projection_dim`).
+    pub fn embedding_dim(&self) -> usize {
+        self.config.projection_dim
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The dtype the model computes in.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Embeds `(n, channels, image_size, image_size)` pixels (any float dtype, on the model's
+    /// device) into `(n, projection_dim)` f32 rows of unit L2 norm.
+    ///
+    /// On CPU in f32 the encoder layers run as direct matrix products over reused buffers;
+    /// elsewhere as candle operations.
+    pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        let fast = self.device.is_cpu() && self.dtype == DType::F32;
+        self.forward_with(pixel_values, fast)
+    }
+
+    /// [`ClipVision::forward`] through candle operations only, as on CUDA; for tests.
+    #[doc(hidden)]
+    pub fn forward_portable(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        self.forward_with(pixel_values, false)
+    }
+
+    fn forward_with(&self, pixel_values: &Tensor, cpu_encoder: bool) -> Result<Tensor> {
+        let (n, c, height, width) = pixel_values.dims4()?;
+        let (s, cc) = (self.config.image_size, self.config.num_channels);
+        if (c, height, width) != (cc, s, s) {
+            candle_core::bail!(
+                "pixel_values have shape {:?}, expected (n, {cc}, {s}, {s})",
+                pixel_values.dims()
+            );
+        }
+        let _span = tracing::trace_span!("clip_forward", images = n).entered();
+        let x = self.embeddings.forward(&pixel_values.to_dtype(self.dtype)?)?;
+        let tokens = x.dim(1)?;
+        let mut x =
+            self.pre_layrnorm.forward(&x)?.reshape((n * tokens, self.config.hidden_size))?;
+        if cpu_encoder {
+            x = self.encode_cpu(&x, n, tokens)?;
+        } else {
+            for layer in &self.layers {
+                x = layer.forward(&x, n, tokens)?;
+            }
+        }
+        let class = x.reshape((n, tokens, self.config.hidden_size))?.i((.., 0))?;
+        let pooled = self.post_layernorm.forward(&class.contiguous()?)?;
+        let projected = pooled.matmul(&self.visual_projection.t()?)?.to_dtype(DType::F32)?;
+        let norm = projected.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+        projected.broadcast_div(&norm)
+    }
+
+    fn encode_cpu(&self, x: &Tensor, n: usize, tokens: usize) -> Result<Tensor> {
+        let dims = cpu::Dims {
+            n,
+            s: tokens,
+            hidden: self.config.hidden_size,
+            heads: self.config.num_attention_heads,
+            intermediate: self.config.intermediate_size,
+            eps: self.config.layer_norm_eps as f32,
+            act: self.config.hidden_act,
+        };
+        let mut stream = x.flatten_all()?.to_vec1::<f32>()?;
+        let layers = self.layers.iter().map(EncoderLayer::cpu_tensors);
+        match self.workspace.try_lock() {
+            Ok(mut ws) => cpu::run_layers(&mut stream, layers, &dims, &mut ws)?,
+            Err(_) => cpu::run_layers(&mut stream, layers, &dims, &mut cpu::Workspace::default())?,
+        }
+        Tensor::from_vec(stream, x.shape(), x.device())
+    }
+}

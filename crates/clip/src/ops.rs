@@ -1,0 +1,357 @@
+//! Fused CPU kernels for the hot element-wise steps, with portable candle fallbacks.
+//!
+//! candle's generic versions run several allocating passes with a scalar `exp`; these run one
+//! pass in place over a freshly computed tensor, with an `exp` the compiler vectorizes (AVX2
+//! chosen at run time).
+
+use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Result, Tensor, bail};
+use rayon::prelude::*;
+
+/// `x · sigmoid(1.702 x)`. `x` must be a fresh tensor whose storage nobody else shares: on CPU
+/// f32 it is overwritten in place.
+pub(crate) fn quick_gelu(x: Tensor) -> Result<Tensor> {
+    if fast_path(&x) {
+        x.inplace_op1(&QuickGelu)?;
+        return Ok(x);
+    }
+    let gate = candle_nn::ops::sigmoid(&(&x * 1.702)?)?;
+    x * gate
+}
+
+/// Softmax over the last dimension, computed in f32. `x` must be a fresh tensor whose storage
+/// nobody else shares: on CPU f32 it is overwritten in place.
+pub(crate) fn softmax_last_dim(x: Tensor) -> Result<Tensor> {
+    if fast_path(&x) {
+        let row = x.dim(candle_core::D::Minus1)?;
+        x.inplace_op1(&SoftmaxLastDim { row })?;
+        return Ok(x);
+    }
+    let dtype = x.dtype();
+    candle_nn::ops::softmax_last_dim(&x.to_dtype(DType::F32)?)?.to_dtype(dtype)
+}
+
+fn fast_path(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32 && x.is_contiguous()
+}
+
+fn f32_slice<'a>(storage: &'a mut CpuStorage, layout: &Layout, op: &str) -> Result<&'a mut [f32]> {
+    let CpuStorage::F32(data) = storage else { bail!("{op} expects f32") };
+    let Some((start, end)) = layout.contiguous_offsets() else {
+        bail!("{op} expects a contiguous tensor")
+    };
+    Ok(&mut data[start..end])
+}
+
+struct QuickGelu;
+
+impl InplaceOp1 for QuickGelu {
+    fn name(&self) -> &'static str {
+        "quick-gelu"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        let data = f32_slice(storage, layout, self.name())?;
+        data.par_chunks_mut(16 * 1024).for_each(kernels::quick_gelu);
+        Ok(())
+    }
+}
+
+struct SoftmaxLastDim {
+    row: usize,
+}
+
+impl InplaceOp1 for SoftmaxLastDim {
+    fn name(&self) -> &'static str {
+        "softmax-last-dim"
+    }
+
+    fn cpu_fwd(&self, storage: &mut CpuStorage, layout: &Layout) -> Result<()> {
+        let data = f32_slice(storage, layout, self.name())?;
+        if self.row == 0 {
+            return Ok(());
+        }
+        data.par_chunks_mut(self.row).with_min_len(32).for_each(kernels::softmax);
+        Ok(())
+    }
+}
+
+/// Slice kernels, compiled twice: for the baseline target and for AVX2 + FMA, picked at run
+/// time. Both compile the same Rust without contracting multiply-adds, so they agree bit for
+/// bit.
+pub(crate) mod kernels {
+    macro_rules! dispatch {
+        ($(#[$doc:meta])* $name:ident, $body:ident, $avx2:ident, ($($arg:ident: $ty:ty),*)) => {
+            $(#[$doc])*
+            pub(crate) fn $name($($arg: $ty),*) {
+                #[cfg(target_arch = "x86_64")]
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    // SAFETY: the CPU supports AVX2 and FMA, checked just above.
+                    unsafe { $avx2($($arg),*) };
+                    return;
+                }
+                $body($($arg),*)
+            }
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            fn $avx2($($arg: $ty),*) {
+                $body($($arg),*)
+            }
+        };
+    }
+
+    dispatch!(
+        /// `x · sigmoid(1.702 x)` in place.
+        quick_gelu, quick_gelu_portable, quick_gelu_avx2, (xs: &mut [f32])
+    );
+    dispatch!(
+        /// Exact (erf) GELU in place.
+        gelu_erf, gelu_erf_portable, gelu_erf_avx2, (xs: &mut [f32])
+    );
+    dispatch!(
+        /// Tanh-approximated GELU in place.
+        gelu_tanh, gelu_tanh_portable, gelu_tanh_avx2, (xs: &mut [f32])
+    );
+    dispatch!(
+        /// Softmax of one row in place.
+        softmax, softmax_portable, softmax_avx2, (row: &mut [f32])
+    );
+    dispatch!(
+        /// Layer norm of one row: `out = (x - mean) / sqrt(var + eps) · weight + bias`.
+        layer_norm,
+        layer_norm_portable,
+        layer_norm_avx2,
+        (x: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], eps: f32)
+    );
+
+    const LANES: usize = 8;
+
+    /// Sum with `LANES` independent accumulators, so that it vectorizes.
+    #[inline(always)]
+    fn sum(xs: &[f32]) -> f32 {
+        let mut acc = [0.0f32; LANES];
+        let mut chunks = xs.chunks_exact(LANES);
+        for c in &mut chunks {
+            for j in 0..LANES {
+                acc[j] += c[j];
+            }
+        }
+        acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+    }
+
+    #[inline(always)]
+    pub(crate) fn layer_norm_portable(
+        x: &[f32],
+        out: &mut [f32],
+        weight: &[f32],
+        bias: &[f32],
+        eps: f32,
+    ) {
+        let n = x.len() as f32;
+        let mean = sum(x) / n;
+        for (o, &v) in out.iter_mut().zip(x) {
+            *o = (v - mean) * (v - mean);
+        }
+        let inv = 1.0 / (sum(out) / n + eps).sqrt();
+        for (((o, &v), &w), &b) in out.iter_mut().zip(x).zip(weight).zip(bias) {
+            *o = (v - mean) * inv * w + b;
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn gelu_erf_portable(xs: &mut [f32]) {
+        for x in xs.iter_mut() {
+            let v = *x;
+            *x = 0.5 * v * (1.0 + erf(v * std::f32::consts::FRAC_1_SQRT_2));
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn gelu_tanh_portable(xs: &mut [f32]) {
+        const C: f32 = 0.797_884_6; // sqrt(2 / pi)
+        for x in xs.iter_mut() {
+            let v = *x;
+            let z = C * (v + 0.044_715 * v * v * v);
+            let tanh = 1.0 - 2.0 / (exp(2.0 * z) + 1.0);
+            *x = 0.5 * v * (1.0 + tanh);
+        }
+    }
+
+    /// `erf` within 1.5e-7 (Abramowitz & Stegun 7.1.26).
+    #[inline(always)]
+    pub(crate) fn erf(x: f32) -> f32 {
+        let a = x.abs();
+        let t = 1.0 / (1.0 + 0.327_591_1 * a);
+        let mut p = 1.061_405_4;
+        p = p * t - 1.453_152_1;
+        p = p * t + 1.421_413_8;
+        p = p * t - 0.284_496_72;
+        p = p * t + 0.254_829_6;
+        let y = 1.0 - p * t * exp(-a * a);
+        if x < 0.0 { -y } else { y }
+    }
+
+    #[inline(always)]
+    pub(crate) fn quick_gelu_portable(xs: &mut [f32]) {
+        for x in xs.iter_mut() {
+            let v = *x;
+            *x = v / (1.0 + exp(-1.702 * v));
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn softmax_portable(row: &mut [f32]) {
+        let mut max = [f32::NEG_INFINITY; LANES];
+        let mut chunks = row.chunks_exact(LANES);
+        for c in &mut chunks {
+            for j in 0..LANES {
+                max[j] = if c[j] > max[j] { c[j] } else { max[j] };
+            }
+        }
+        let mut m = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        m = max.iter().fold(m, |m, &v| m.max(v));
+        for v in row.iter_mut() {
+            *v = exp(*v - m);
+        }
+        let inv = 1.0 / sum(row);
+        for v in row.iter_mut() {
+            *v *= inv;
+        }
+    }
+
+    /// `e^x` within 2 ulp over the f32 range, as straight-line code that vectorizes (Cephes
+    /// `expf`: range reduction by `ln 2`, degree-6 polynomial, exponent built from bits).
+    /// Clamps to `[-87, 88]`, so `exp` of very negative inputs is ~1.6e-38, not 0.
+    #[inline(always)]
+    pub(crate) fn exp(x: f32) -> f32 {
+        const LOG2E: f32 = std::f32::consts::LOG2_E;
+        const LN2_HI: f32 = 0.693_359_4;
+        const LN2_LO: f32 = -2.121_944_4e-4;
+        // 1.5 · 2^23: adding it rounds to an integer held in the low mantissa bits.
+        const ROUND: f32 = 12_582_912.0;
+        let x = if x < -87.0 { -87.0 } else { x };
+        let x = if x > 88.0 { 88.0 } else { x };
+        let t = x * LOG2E + ROUND;
+        let n = t - ROUND;
+        let r = x - n * LN2_HI - n * LN2_LO;
+        let mut p = 1.987_569_1e-4;
+        p = p * r + 1.398_199_9e-3;
+        p = p * r + 8.333_452e-3;
+        p = p * r + 4.166_579_6e-2;
+        p = p * r + 0.166_666_65;
+        p = p * r + 0.5;
+        let y = p * (r * r) + r + 1.0;
+        let exponent = t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23;
+        y * f32::from_bits(exponent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::kernels::{
+        exp, gelu_erf, gelu_tanh, layer_norm, quick_gelu_portable, softmax, softmax_portable,
+    };
+    use super::*;
+
+    #[test]
+    fn exp_is_accurate() {
+        let mut worst = 0.0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let want = f64::from(x).exp();
+            let got = f64::from(exp(x));
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 3e-7, "worst relative error {worst}");
+        assert_eq!(exp(0.0), 1.0);
+        assert!(exp(-1000.0) < 1e-37 && exp(-1000.0) >= 0.0);
+        assert!(exp(1000.0).is_finite());
+    }
+
+    #[test]
+    fn erf_and_gelus_are_accurate() {
+        let xs = sample(2001);
+        let (mut erf_gelu, mut tanh_gelu) = (xs.clone(), xs.clone());
+        gelu_erf(&mut erf_gelu);
+        gelu_tanh(&mut tanh_gelu);
+        for ((&x, &e), &t) in xs.iter().zip(&erf_gelu).zip(&tanh_gelu) {
+            let x = f64::from(x);
+            let c = (2.0 / std::f64::consts::PI).sqrt();
+            let want_tanh = 0.5 * x * (1.0 + (c * (x + 0.044715 * x.powi(3))).tanh());
+            assert!((f64::from(t) - want_tanh).abs() < 1e-5, "gelu_tanh({x}) = {t}");
+            let want_erf = 0.5 * x * (1.0 + erf64(x / 2f64.sqrt()));
+            assert!((f64::from(e) - want_erf).abs() < 1e-5, "gelu_erf({x}) = {e}");
+        }
+    }
+
+    /// erf by its Taylor series below 4 (cancellation costs < 1e-9 there), ±1 beyond
+    /// (1 - erf(4) < 2e-8).
+    fn erf64(x: f64) -> f64 {
+        if x.abs() >= 4.0 {
+            return x.signum();
+        }
+        let (mut term, mut total, mut n) = (x, x, 0.0);
+        while term.abs() > 1e-17 {
+            n += 1.0;
+            term *= -x * x / n;
+            total += term / (2.0 * n + 1.0);
+        }
+        total * 2.0 / std::f64::consts::PI.sqrt()
+    }
+
+    #[test]
+    fn layer_norm_matches_candle() -> Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let x = sample(3 * 37);
+        let w: Vec<f32> = (0..37).map(|i| 1.0 + i as f32 / 50.0).collect();
+        let b: Vec<f32> = (0..37).map(|i| i as f32 / 10.0 - 1.0).collect();
+        let mut got = vec![0.0; x.len()];
+        for (o, r) in got.chunks_exact_mut(37).zip(x.chunks_exact(37)) {
+            layer_norm(r, o, &w, &b, 1e-5);
+        }
+        let want = candle_nn::ops::layer_norm(
+            &Tensor::from_vec(x, (3, 37), &dev)?,
+            &Tensor::new(w.as_slice(), &dev)?,
+            &Tensor::new(b.as_slice(), &dev)?,
+            1e-5,
+        )?;
+        let diff = (want - Tensor::from_vec(got, (3, 37), &dev)?)?.abs()?.max_all()?;
+        assert!(diff.to_scalar::<f32>()? < 1e-5);
+        Ok(())
+    }
+
+    fn sample(n: usize) -> Vec<f32> {
+        (0..n).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 37.0).collect()
+    }
+
+    #[test]
+    fn dispatched_kernels_match_portable_bit_for_bit() {
+        let x = sample(1037);
+        let (mut a, mut b) = (x.clone(), x.clone());
+        super::kernels::quick_gelu(&mut a);
+        quick_gelu_portable(&mut b);
+        assert_eq!(a, b);
+        let (mut a, mut b) = (x.clone(), x);
+        softmax(&mut a);
+        softmax_portable(&mut b);
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn fused_ops_match_candle() -> Result<()> {
+        let dev = candle_core::Device::Cpu;
+        let x = Tensor::from_vec(sample(6 * 257), (6, 257), &dev)?;
+        let want = (&x * candle_nn::ops::sigmoid(&(&x * 1.702)?)?)?;
+        let got = super::quick_gelu(x.copy()?)?;
+        let diff = (want - got)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-5, "quick_gelu differs by {diff}");
+        let want = candle_nn::ops::softmax_last_dim(&x)?;
+        let got = super::softmax_last_dim(x.copy()?)?;
+        let diff = (want - got)?.abs()?.max_all()?.to_scalar::<f32>()?;
+        assert!(diff < 1e-6, "softmax differs by {diff}");
+        Ok(())
+    }
+}

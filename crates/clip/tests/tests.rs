@@ -1,0 +1,9 @@
+//! Integration tests of aesthete-clip against reference embeddings from transformers.
+//!
+//! Fixtures live in `fixtures/clip/` and are made by `fixtures/clip/generate.py`.
+
+mod errors;
+mod extract;
+mod parity;
+mod util;
+mod vit_l14;
