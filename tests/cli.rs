@@ -203,6 +203,49 @@ mod filter {
         assert!(kept_total > 0 && kept_total < 24, "threshold 5 should split the fixture");
     }
 
+    /// The CLI's scores are the crates' composition, image by image:
+    /// aesthete-head(aesthete-clip(aesthete-preprocess(bytes))).
+    #[test]
+    fn scores_equal_the_crates_composed_by_hand() {
+        use aesthete_clip::{ClipVision, DType, Device};
+        use aesthete_head::AestheticHead;
+        use aesthete_preprocess::{
+            PreprocessConfig, PreprocessOptions, Preprocessor, is_image_extension,
+        };
+        use aesthete_tensor::ImageBatch;
+
+        let clip_dir = fixtures().join("clip/tiny-vit-224-768");
+        let config =
+            PreprocessConfig::from_json_file(&clip_dir.join("preprocessor_config.json")).unwrap();
+        let mut preprocessor = Preprocessor::new(config, PreprocessOptions::default());
+        let clip = ClipVision::load(&clip_dir, &Device::Cpu, DType::F32).unwrap();
+        let head = AestheticHead::load(&fixtures().join("pipeline/head-768.safetensors")).unwrap();
+
+        let out = tempfile::tempdir().unwrap();
+        let input = good_shards()[2].clone();
+        let result = run_filter(&[input.clone()], out.path(), &[]);
+        assert!(result.status.success(), "{}", stderr(&result));
+        let rows = read_table(&out.path().join("good-000002.parquet"));
+        let samples = input_samples(&input);
+        for row in rows {
+            let (_, bytes) = samples[&row.key]
+                .iter()
+                .find(|(name, _)| is_image_extension(aesthete_shards::split_name(name).1))
+                .unwrap();
+            let mut batch = ImageBatch::with_capacity(1, preprocessor.image_size());
+            let info = preprocessor.preprocess(bytes, batch.push_slot()).unwrap();
+            let embedding = clip.embed(&batch).unwrap();
+            let score = head.score(&embedding).unwrap()[0];
+            assert_eq!(row.size, Some((info.width, info.height)));
+            assert!(
+                (row.score.unwrap() - score).abs() <= 1e-5,
+                "{}: cli {} vs crates {score}",
+                row.key,
+                row.score.unwrap()
+            );
+        }
+    }
+
     #[test]
     fn default_threshold_keeps_every_real_score_and_sidecars_survive() {
         let out = tempfile::tempdir().unwrap();

@@ -1,0 +1,142 @@
+//! End-to-end images/s of the pipeline against model-only images/s, same batch size and dtype.
+//!
+//! `cargo bench -p aesthete-pipeline --bench end_to_end`. Two models:
+//! - `vit_l14`: random weights of the real ViT-L/14 shape (written to a temporary model
+//!   directory), the figure that matters: end to end should be ≥ 0.95 × model only, i.e.
+//!   decoding is hidden behind the model. Slow: about 10 s per iteration on 2 cores.
+//!   `AESTHETE_BENCH_SKIP_VIT_L=1` skips it.
+//! - `tiny`: the tiny fixture CLIP, where the model costs almost nothing, so the figure is the
+//!   pipeline's own ceiling (read, decode, preprocess, write).
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use aesthete_clip::{ClipVisionConfig, DType, Device};
+use aesthete_pipeline::{ModelPaths, Models, NoProgress, RunConfig, Selection};
+use aesthete_preprocess::{PreprocessOptions, Preprocessor};
+use aesthete_shards::{Sample, ShardWriter};
+use aesthete_tensor::ImageBatch;
+use candle_core::Tensor;
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+
+const BATCH: usize = 8;
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+}
+
+/// JPEG photos from the preprocessing fixtures (0.27 MP and 1 MP, alternating).
+fn photos() -> Vec<Vec<u8>> {
+    let dir = fixtures().join("preprocess/images");
+    ["rocket.jpg", "retina_large_1000.jpg"]
+        .iter()
+        .map(|name| std::fs::read(dir.join(name)).expect("fixture photo"))
+        .collect()
+}
+
+/// One shard of `images` samples (a JPEG and a caption each) in `dir`.
+fn write_shard(dir: &Path, images: usize) -> PathBuf {
+    let photos = photos();
+    let path = dir.join("bench-000000.tar");
+    let mut writer = ShardWriter::create(&path).unwrap();
+    for i in 0..images {
+        let sample = Sample::new(format!("{i:06}"))
+            .with("jpg", photos[i % photos.len()].clone())
+            .with("txt", format!("caption {i}").into_bytes());
+        writer.write_sample(&sample).unwrap();
+    }
+    writer.commit().unwrap();
+    path
+}
+
+/// A CLIPVisionModelWithProjection directory with random ViT-L/14 weights.
+fn random_vit_l14(dir: &Path) -> PathBuf {
+    let config = ClipVisionConfig::vit_large_patch14();
+    let model_dir = dir.join("vit-l14");
+    std::fs::create_dir_all(&model_dir).unwrap();
+    let mut tensors = HashMap::new();
+    for (name, shape) in config.checkpoint_tensors() {
+        let t = if name.contains("norm") && name.ends_with(".weight") {
+            Tensor::ones(shape, DType::F32, &Device::Cpu)
+        } else {
+            Tensor::randn(0f32, 0.02, shape, &Device::Cpu)
+        };
+        tensors.insert(name, t.unwrap());
+    }
+    candle_core::safetensors::save(&tensors, model_dir.join("model.safetensors")).unwrap();
+    let config_json = r#"{
+  "architectures": ["CLIPVisionModelWithProjection"],
+  "model_type": "clip_vision_model",
+  "hidden_act": "quick_gelu", "hidden_size": 1024, "image_size": 224,
+  "intermediate_size": 4096, "layer_norm_eps": 1e-05, "num_attention_heads": 16,
+  "num_channels": 3, "num_hidden_layers": 24, "patch_size": 14, "projection_dim": 768
+}"#;
+    std::fs::write(model_dir.join("config.json"), config_json).unwrap();
+    std::fs::copy(
+        fixtures().join("clip/tiny-vit-224-768/preprocessor_config.json"),
+        model_dir.join("preprocessor_config.json"),
+    )
+    .unwrap();
+    model_dir
+}
+
+fn bench_model(c: &mut Criterion, name: &str, clip_dir: &Path, images: usize) {
+    let tmp = tempfile::tempdir().unwrap();
+    let shard = write_shard(tmp.path(), images);
+    let paths = ModelPaths {
+        clip_dir: clip_dir.to_path_buf(),
+        head_file: fixtures().join("pipeline/head-768.safetensors"),
+    };
+    let models = Models::load(&paths, &Device::Cpu, DType::F32).unwrap();
+
+    // Model only: the same images, preprocessed once, in batches of BATCH.
+    let mut pre =
+        Preprocessor::new(models.preprocess_config().clone(), PreprocessOptions::default());
+    let photos = photos();
+    let mut batches = Vec::new();
+    let mut batch = ImageBatch::with_capacity(BATCH, pre.image_size());
+    for i in 0..images {
+        pre.preprocess(&photos[i % photos.len()], batch.push_slot()).unwrap();
+        if batch.is_full() || i + 1 == images {
+            batches.push(std::mem::replace(
+                &mut batch,
+                ImageBatch::with_capacity(BATCH, pre.image_size()),
+            ));
+        }
+    }
+
+    let mut group = c.benchmark_group(format!("pipeline_{name}_f32_cpu"));
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(images as u64));
+    group.bench_function(BenchmarkId::new("model_only", BATCH), |b| {
+        b.iter(|| {
+            for batch in &batches {
+                let embeddings = models.clip().embed(batch).unwrap();
+                models.head().score(&embeddings).unwrap();
+            }
+        })
+    });
+    let out = tmp.path().join("out");
+    let config = RunConfig::new([shard.display().to_string()], &out)
+        .unwrap()
+        .selection(Selection::Threshold(5.0))
+        .unwrap()
+        .batch_size(BATCH)
+        .unwrap()
+        .overwrite(true);
+    group.bench_function(BenchmarkId::new("end_to_end", BATCH), |b| {
+        b.iter(|| aesthete_pipeline::run(&config, &models, &NoProgress).unwrap())
+    });
+    group.finish();
+}
+
+fn end_to_end(c: &mut Criterion) {
+    bench_model(c, "tiny", &fixtures().join("clip/tiny-vit-224-768"), 64);
+    if std::env::var_os("AESTHETE_BENCH_SKIP_VIT_L").is_none() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = random_vit_l14(tmp.path());
+        bench_model(c, "vit_l14", &dir, BATCH);
+    }
+}
+
+criterion_group!(benches, end_to_end);
+criterion_main!(benches);
