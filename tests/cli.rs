@@ -566,3 +566,90 @@ mod partition {
         assert_eq!(tables, ["good-000001.parquet", "good-000003.parquet"]);
     }
 }
+
+/// CUDA integration tests: `cargo xtask gpu-test` builds with `--features cuda` and runs them
+/// on a machine with a GPU and the CUDA toolkit. CI never does.
+mod gpu {
+    use super::*;
+    use aesthete_clip::{ClipVision, DType, Device};
+    use aesthete_head::AestheticHead;
+    use aesthete_preprocess::{PreprocessConfig, PreprocessOptions, Preprocessor};
+    use aesthete_tensor::ImageBatch;
+
+    fn batch() -> ImageBatch {
+        let clip_dir = fixtures().join("clip/tiny-vit-224-768");
+        let config =
+            PreprocessConfig::from_json_file(&clip_dir.join("preprocessor_config.json")).unwrap();
+        let mut pre = Preprocessor::new(config, PreprocessOptions::default());
+        let samples = input_samples(&good_shards()[0]);
+        let mut batch = ImageBatch::with_capacity(samples.len(), pre.image_size());
+        for members in samples.values() {
+            let (_, bytes) = members
+                .iter()
+                .find(|(n, _)| {
+                    aesthete_preprocess::is_image_extension(aesthete_shards::split_name(n).1)
+                })
+                .unwrap();
+            pre.preprocess(bytes, batch.push_slot()).unwrap();
+        }
+        batch
+    }
+
+    fn embed(
+        device: &Device,
+        dtype: DType,
+        batch: &ImageBatch,
+    ) -> aesthete_tensor::NormalizedEmbeddings {
+        let clip =
+            ClipVision::load(&fixtures().join("clip/tiny-vit-224-768"), device, dtype).unwrap();
+        clip.embed(batch).unwrap()
+    }
+
+    #[test]
+    #[ignore = "needs a CUDA GPU; run cargo xtask gpu-test"]
+    fn gpu_clip_f32_matches_the_cpu() {
+        let cuda = aesthete_clip::parse_device("cuda:0").unwrap();
+        let batch = batch();
+        let cpu = embed(&Device::Cpu, DType::F32, &batch);
+        let gpu = embed(&cuda, DType::F32, &batch);
+        for (a, b) in cpu.rows().zip(gpu.rows()) {
+            let cos: f32 = a.iter().zip(b).map(|(x, y)| x * y).sum();
+            assert!(cos >= 0.99999, "cosine {cos}");
+        }
+    }
+
+    #[test]
+    #[ignore = "needs a CUDA GPU; run cargo xtask gpu-test"]
+    fn gpu_half_precision_scores_stay_close() {
+        let cuda = aesthete_clip::parse_device("cuda:0").unwrap();
+        let head = AestheticHead::load(&fixtures().join("pipeline/head-768.safetensors")).unwrap();
+        let batch = batch();
+        let reference = head.score(&embed(&cuda, DType::F32, &batch)).unwrap();
+        for dtype in [DType::F16, DType::BF16] {
+            let scores = head.score(&embed(&cuda, dtype, &batch)).unwrap();
+            for (a, b) in reference.iter().zip(&scores) {
+                assert!((a - b).abs() <= 0.02, "{dtype:?}: {b} vs f32 {a}");
+            }
+        }
+    }
+
+    #[test]
+    #[ignore = "needs a CUDA GPU; run cargo xtask gpu-test"]
+    fn gpu_end_to_end_filter() {
+        let out = tempfile::tempdir().unwrap();
+        let result = run_filter(
+            &good_shards(),
+            out.path(),
+            &["--device", "cuda", "--dtype", "f16", "--threshold", "5"],
+        );
+        assert!(result.status.success(), "{}", stderr(&result));
+        let reference = reference();
+        for (i, input) in good_shards().iter().enumerate() {
+            let name = input.file_name().unwrap().to_str().unwrap();
+            let rows = read_table(&out.path().join(format!("good-{i:06}.parquet")));
+            for (row, want) in rows.iter().zip(&reference.shards[name]) {
+                assert!((row.score.unwrap() - want.score.unwrap()).abs() <= 0.02, "{row:?}");
+            }
+        }
+    }
+}
