@@ -86,7 +86,8 @@ fn cut_for(scores: &mut [f32], fraction: f32) -> f32 {
         return f32::INFINITY;
     }
     scores.sort_by(|a, b| b.total_cmp(a));
-    let keep = ((scores.len() as f64) * f64::from(fraction)).ceil().max(1.0) as usize;
+    // A hair below the product, so that 5 × 0.4 (0.4 is not exact in binary) keeps 2, not 3.
+    let keep = ((scores.len() as f64) * f64::from(fraction) - 1e-6).ceil().max(1.0) as usize;
     scores[keep.min(scores.len()) - 1]
 }
 
