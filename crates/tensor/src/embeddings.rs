@@ -34,7 +34,7 @@ impl NormalizedEmbeddings {
         check_rows(data.len(), dim)?;
         for (row, values) in data.chunks_exact(dim).enumerate() {
             let norm = l2_norm(values);
-            if !((norm - 1.0).abs() <= NORM_TOLERANCE) {
+            if norm.is_nan() || (norm - 1.0).abs() > NORM_TOLERANCE {
                 return Err(ShapeError::NotNormalized { row, norm });
             }
         }
