@@ -223,7 +223,7 @@ mod filter {
 
         let out = tempfile::tempdir().unwrap();
         let input = good_shards()[2].clone();
-        let result = run_filter(&[input.clone()], out.path(), &[]);
+        let result = run_filter(std::slice::from_ref(&input), out.path(), &[]);
         assert!(result.status.success(), "{}", stderr(&result));
         let rows = read_table(&out.path().join("good-000002.parquet"));
         let samples = input_samples(&input);
@@ -250,11 +250,10 @@ mod filter {
     fn default_threshold_keeps_every_real_score_and_sidecars_survive() {
         let out = tempfile::tempdir().unwrap();
         let input = good_shards()[1].clone();
-        let result = run_filter(&[input.clone()], out.path(), &[]);
+        let result = run_filter(std::slice::from_ref(&input), out.path(), &[]);
         assert!(result.status.success(), "{}", stderr(&result));
         let rows = read_table(&out.path().join("good-000001.parquet"));
         assert!(rows.iter().all(|r| r.kept));
-        assert_eq!(fs::read(out.path().join("good-000001.tar")).unwrap().len() > 0, true);
         let names: Vec<String> =
             members(&out.path().join("good-000001.tar")).into_iter().map(|m| m.0).collect();
         assert!(

@@ -535,17 +535,16 @@ pub(crate) fn finish_output(
 ) -> ShardReport {
     let dir = &config.output_dir;
     let mut write_error = out.write_error.take();
-    if write_error.is_none() {
-        if let Some(tar) = out.tar.take() {
-            if let Err(e) = tar.commit() {
-                write_error = Some(error_chain(&e));
-            }
-        }
+    if write_error.is_none()
+        && let Some(tar) = out.tar.take()
+        && let Err(e) = tar.commit()
+    {
+        write_error = Some(error_chain(&e));
     }
-    if write_error.is_none() {
-        if let Err(e) = out.table.write(&job.table_path(dir)) {
-            write_error = Some(format!("writing {}: {e}", job.table_path(dir).display()));
-        }
+    if write_error.is_none()
+        && let Err(e) = out.table.write(&job.table_path(dir))
+    {
+        write_error = Some(format!("writing {}: {e}", job.table_path(dir).display()));
     }
     let mut report = out.report;
     report.error = match (read_error, &write_error) {
@@ -591,10 +590,13 @@ pub(crate) fn skipped_sample_key(error: &aesthete_shards::Error) -> Option<Strin
 }
 
 fn first_shard(items: &[Item]) -> Option<usize> {
-    items.iter().find_map(|item| match item {
-        Item::Entry(e) => Some(e.shard),
-        Item::ShardEnd { shard, .. } => Some(*shard),
-    })
+    items
+        .iter()
+        .map(|item| match item {
+            Item::Entry(e) => e.shard,
+            Item::ShardEnd { shard, .. } => *shard,
+        })
+        .next()
 }
 
 fn no_image_error(members: &[Member]) -> String {

@@ -81,7 +81,7 @@ impl NormalizedEmbeddings {
 }
 
 fn check_rows(len: usize, dim: usize) -> Result<(), ShapeError> {
-    if dim == 0 || len % dim != 0 {
+    if dim == 0 || !len.is_multiple_of(dim) {
         return Err(ShapeError::NotRows { len, row_len: dim });
     }
     Ok(())
