@@ -27,15 +27,9 @@ pub fn convert_pth_to_safetensors(src: &Path, dst: &Path) -> Result<(), Error> {
     }
     let tensors = checkpoint::read_pth(src)?;
     let layers = Layers::parse(src, tensors)?;
+    let kind = layers.kind;
     let tensors: HashMap<String, Tensor> = layers
-        .layers
-        .into_iter()
-        .flat_map(|l| {
-            [
-                (format!("layers.{}.weight", l.index), l.weight),
-                (format!("layers.{}.bias", l.index), l.bias),
-            ]
-        })
+        .into_state_dict()
         .map(|(name, t)| t.contiguous().map(|t| (name, t)))
         .collect::<candle_core::Result<_>>()
         .map_err(Error::Compute)?;
@@ -49,6 +43,6 @@ pub fn convert_pth_to_safetensors(src: &Path, dst: &Path) -> Result<(), Error> {
     };
     candle_core::safetensors::save(&tensors, &partial).map_err(|e| write_error(Box::new(e)))?;
     std::fs::rename(&partial, dst).map_err(|e| write_error(Box::new(e)))?;
-    tracing::debug!(kind = %layers.kind, tensors = tensors.len(), "converted aesthetic head");
+    tracing::debug!(%kind, tensors = tensors.len(), "converted aesthetic head");
     Ok(())
 }

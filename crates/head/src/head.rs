@@ -59,18 +59,11 @@ impl AestheticHead {
                     .chain(layers.layers.iter().map(|l| l.weight.dims()[0]))
                     .collect();
                 let indices: Vec<usize> = layers.layers.iter().map(|l| l.index).collect();
-                let tensors: HashMap<String, Tensor> = layers
-                    .layers
-                    .into_iter()
-                    .flat_map(|l| {
-                        [
-                            (format!("layers.{}.weight", l.index), l.weight),
-                            (format!("layers.{}.bias", l.index), l.bias),
-                        ]
-                    })
-                    .collect();
+                let kind = layers.kind;
+                let tensors: HashMap<String, Tensor> = layers.into_state_dict().collect();
                 let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
-                Model::Relu(ReluMlp::new(vb.pp("layers"), &indices, &dims)?)
+                let model = Model::Relu(ReluMlp::new(vb.pp("layers"), &indices, &dims)?);
+                return Ok(AestheticHead { kind, input_dim, model });
             }
         };
         Ok(AestheticHead { kind: layers.kind, input_dim, model })

@@ -72,6 +72,16 @@ pub(crate) struct Layers {
 }
 
 impl Layers {
+    /// The layers as a state dict: `layers.{index}.{weight,bias}`, the checkpoint's own names.
+    pub(crate) fn into_state_dict(self) -> impl Iterator<Item = (String, Tensor)> {
+        self.layers.into_iter().flat_map(|l| {
+            [
+                (format!("layers.{}.weight", l.index), l.weight),
+                (format!("layers.{}.bias", l.index), l.bias),
+            ]
+        })
+    }
+
     /// The embedding size the first layer takes.
     pub(crate) fn input_dim(&self) -> usize {
         self.layers[0].weight.dims()[1]
