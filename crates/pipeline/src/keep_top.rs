@@ -36,7 +36,6 @@ pub(crate) fn run(
     scoring.output_dir = config.output_dir.join(SCRATCH_DIR);
     scoring.outputs = Outputs::ScoresOnly;
     scoring.selection = Selection::Threshold(f32::INFINITY);
-    scoring.overwrite = config.overwrite;
     let scoring_plan = plan::plan(&scoring)?;
     let mut scoring_summary = RunSummary::default();
     run::stream(&scoring, models, progress, &scoring_plan.todo, &|_| false, &mut scoring_summary)?;
@@ -110,8 +109,8 @@ fn rewrite(
             for item in reader {
                 let (key, members) = match item {
                     Ok(sample) => (sample.key, sample.members),
-                    Err(e) => match run::skipped_sample_key(&e) {
-                        Some(key) => (key, Vec::new()),
+                    Err(e) => match e.skipped_sample_key() {
+                        Some(key) => (key.to_string(), Vec::new()),
                         None => {
                             read_error = Some(run::error_chain(&e));
                             break;

@@ -32,6 +32,8 @@ pub(crate) struct Entry {
 }
 
 pub(crate) enum Outcome {
+    /// Has an image member, not yet preprocessed.
+    Pending,
     /// Preprocessed into batch slot `slot`; the score arrives with the model stage.
     Decoded {
         slot: usize,
@@ -172,10 +174,12 @@ fn read_stage(config: &RunConfig, jobs: &[ShardJob], tx: Sender<ReadEvent>) {
                         Ok(sample) => {
                             ReadEvent::Sample { shard, key: sample.key, members: sample.members }
                         }
-                        Err(e) => match skipped_sample_key(&e) {
-                            Some(key) => {
-                                ReadEvent::SampleError { shard, key, error: error_chain(&e) }
-                            }
+                        Err(e) => match e.skipped_sample_key() {
+                            Some(key) => ReadEvent::SampleError {
+                                shard,
+                                key: key.to_string(),
+                                error: error_chain(&e),
+                            },
                             None => {
                                 error = Some(error_chain(&e));
                                 break;
@@ -223,7 +227,7 @@ fn prepare_stage(
                     let outcome = match image {
                         Some(_) => {
                             images += 1;
-                            Outcome::Decoded { slot: usize::MAX, size: (0, 0) }
+                            Outcome::Pending
                         }
                         None => Outcome::Failed { size: None, error: no_image_error(&members) },
                     };
@@ -271,7 +275,7 @@ fn decode_batch(
     let mut pending: Vec<&mut Entry> = items
         .iter_mut()
         .filter_map(|item| match item {
-            Item::Entry(e) if matches!(e.outcome, Outcome::Decoded { .. }) => Some(e),
+            Item::Entry(e) if matches!(e.outcome, Outcome::Pending) => Some(e),
             _ => None,
         })
         .collect();
@@ -389,6 +393,7 @@ fn model_stage(
                 }
                 Outcome::Failed { .. } => failed += 1,
                 Outcome::Scored { .. } => {}
+                Outcome::Pending => unreachable!("the decode stage settles every entry"),
             }
         }
         progress.batch_scored(image_count, failed);
@@ -501,7 +506,9 @@ pub(crate) fn write_entry(
             (Some(*score), Some(*size), None, embedding.as_deref())
         }
         Outcome::Failed { size, error } => (None, *size, Some(error.as_str()), None),
-        Outcome::Decoded { .. } => unreachable!("the model stage scores every decoded entry"),
+        Outcome::Decoded { .. } | Outcome::Pending => {
+            unreachable!("the model stage scores every decoded entry")
+        }
     };
     let kept = score.is_some_and(keep);
     out.table.push(&Row { key: &entry.key, score, kept, error, size, embedding });
@@ -576,17 +583,6 @@ pub(crate) fn finish_output(
         tracing::info!(shard = %job.input.display(), samples = report.samples, kept = report.kept, failed = report.failed, "shard done");
     }
     report
-}
-
-/// The key of the sample a reader error skipped, when the reader goes on after it (size
-/// limits, unreadable names); `None` when the error ends the shard.
-pub(crate) fn skipped_sample_key(error: &aesthete_shards::Error) -> Option<String> {
-    use aesthete_shards::Error as E;
-    match error {
-        E::MemberTooLarge { key, .. } | E::SampleTooLarge { key, .. } => Some(key.clone()),
-        E::NonUtf8Name { name, .. } => Some(aesthete_shards::split_name(name).0.to_string()),
-        _ => None,
-    }
 }
 
 fn first_shard(items: &[Item]) -> Option<usize> {

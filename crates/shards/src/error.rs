@@ -147,7 +147,40 @@ pub enum Error {
 }
 
 impl Error {
+    /// The key of the sample this error skipped, when the reader goes on after it (a size
+    /// limit, a name that is not UTF-8); `None` when the error ends the shard or is not a
+    /// reading error. A caller recording failures per sample uses it to name the sample.
+    pub fn skipped_sample_key(&self) -> Option<&str> {
+        match self {
+            Error::MemberTooLarge { key, .. } | Error::SampleTooLarge { key, .. } => Some(key),
+            Error::NonUtf8Name { name, .. } => Some(crate::split_name(name).0),
+            _ => None,
+        }
+    }
+
     pub(crate) fn io(path: impl Into<PathBuf>, source: io::Error) -> Error {
         Error::Io { path: path.into(), source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_errors_name_their_sample_and_shard_errors_do_not() {
+        let too_large = Error::MemberTooLarge {
+            shard: "s.tar".into(),
+            key: "a/b/001".into(),
+            member: "a/b/001.jpg".into(),
+            size: 10,
+            limit: 5,
+        };
+        assert_eq!(too_large.skipped_sample_key(), Some("a/b/001"));
+        let bad_name =
+            Error::NonUtf8Name { shard: "s.tar".into(), offset: 0, name: "x/\u{fffd}.jpg".into() };
+        assert_eq!(bad_name.skipped_sample_key(), Some("x/\u{fffd}"));
+        let cut = Error::Truncated { shard: "s.tar".into(), offset: 512 };
+        assert_eq!(cut.skipped_sample_key(), None);
     }
 }
