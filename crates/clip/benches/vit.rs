@@ -3,6 +3,10 @@
 //! `cargo bench -p aesthete-clip --bench vit`; batch sizes from `AESTHETE_BENCH_BATCHES`
 //! (default `1,4`; 16 is slow on 2 cores); `AESTHETE_BENCH_PORTABLE=1` also times the
 //! candle-ops path. Compare with `fixtures/clip/bench_torch.py`.
+//!
+//! `sgemm_f32_cpu/gemm/2048` measures the machine's f32 matrix-multiply peak through the gemm
+//! crate the CPU encoder calls (throughput in FLOP/s, as "elements"): with PyTorch's own sgemm
+//! peak, `cargo xtask bench` turns it into the ceiling for ViT-L/14 images/s on this machine.
 
 use std::collections::HashMap;
 
@@ -52,5 +56,46 @@ fn forward(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, forward);
+/// `C = A · B` for square f32 matrices, on every thread, as the encoder's linear layers run.
+fn sgemm_peak(c: &mut Criterion) {
+    const N: usize = 2048;
+    let a: Vec<f32> = (0..N * N).map(|i| (i % 7) as f32 * 0.25).collect();
+    let b: Vec<f32> = (0..N * N).map(|i| (i % 5) as f32 * 0.5).collect();
+    let mut out = vec![0f32; N * N];
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut group = c.benchmark_group("sgemm_f32_cpu");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(2 * (N as u64).pow(3)));
+    group.bench_function(BenchmarkId::new("gemm", N), |bench| {
+        bench.iter(|| {
+            // SAFETY: three row-major N × N matrices, `out` distinct from the inputs.
+            unsafe {
+                gemm::gemm(
+                    N,
+                    N,
+                    N,
+                    out.as_mut_ptr(),
+                    1,
+                    N as isize,
+                    false,
+                    a.as_ptr(),
+                    1,
+                    N as isize,
+                    b.as_ptr(),
+                    1,
+                    N as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(threads),
+                )
+            }
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, sgemm_peak, forward);
 criterion_main!(benches);

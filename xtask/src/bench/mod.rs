@@ -1,5 +1,9 @@
 //! `cargo xtask bench`: run the criterion benches, compare CLIP with PyTorch where torch is
-//! installed, and write `BENCHMARKS.md` with the machine, the command and the units.
+//! installed and with the machine's matrix-multiply ceiling, measure the CLI's peak memory
+//! against the number of shards ([`memory`]), and write `BENCHMARKS.md` with the machine,
+//! the command and the units.
+
+pub mod memory;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -18,6 +22,19 @@ pub const BENCHES: [(&str, &str, &str); 5] = [
     ("pipeline", "aesthete-pipeline", "end_to_end"),
 ];
 
+/// The name that selects the peak-memory runs of [`memory`].
+pub const MEMORY: &str = "memory";
+
+/// Multiply-adds ×2 of one ViT-L/14 forward at 224 pixels: 24 layers over 257 tokens
+/// (QKV and output projections 4·d², MLP 2·d·4d, attention scores and mixing 2·257·d per
+/// token), plus the patch embedding (256 patches × 588 inputs × d). Layer norms, softmax and
+/// the projection are left out (under 0.1%).
+pub const VIT_L14_FLOP_PER_IMAGE: f64 = {
+    let (layers, d, mlp, tokens) = (24.0, 1024.0, 4096.0, 257.0);
+    let per_layer = 2.0 * tokens * (4.0 * d * d + 2.0 * d * mlp) + 4.0 * tokens * tokens * d;
+    layers * per_layer + 2.0 * 256.0 * 588.0 * d
+};
+
 /// The PyTorch comparison script, written with the CLIP crate. Contract: run as
 /// `python3 SCRIPT --threads N`, it prints one JSON object as its last stdout line with at
 /// least `"images_per_second"` (transformers `CLIPVisionModelWithProjection`, fp32, random
@@ -29,7 +46,7 @@ pub const TORCH_SCRIPT: &str = "fixtures/clip/bench_torch.py";
 pub struct BenchOptions {
     /// Short warm-up and measurement times, for a smoke run.
     pub quick: bool,
-    /// Names from [`BENCHES`] to run; all when empty.
+    /// Names from [`BENCHES`], or [`MEMORY`], to run; all when empty.
     pub only: Vec<String>,
 }
 
@@ -47,11 +64,13 @@ pub struct Measurement {
 /// Runs the selected benches and writes `BENCHMARKS.md` under `root`.
 pub fn run(root: &Path, opts: &BenchOptions) -> anyhow::Result<()> {
     for name in &opts.only {
-        if !BENCHES.iter().any(|(n, ..)| n == name) {
-            let names: Vec<_> = BENCHES.iter().map(|(n, ..)| *n).collect();
+        if name != MEMORY && !BENCHES.iter().any(|(n, ..)| n == name) {
+            let mut names: Vec<_> = BENCHES.iter().map(|(n, ..)| *n).collect();
+            names.push(MEMORY);
             bail!("bench: unknown bench `{name}` (known: {})", names.join(", "));
         }
     }
+    let selected = |name: &str| opts.only.is_empty() || opts.only.iter().any(|n| n == name);
     let started = SystemTime::now();
     let target = std::env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
@@ -59,7 +78,7 @@ pub fn run(root: &Path, opts: &BenchOptions) -> anyhow::Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut commands = Vec::new();
     for (name, package, bench) in BENCHES {
-        if !opts.only.is_empty() && !opts.only.iter().any(|n| n == name) {
+        if !selected(name) {
             continue;
         }
         let dir = if package == "aesthete" {
@@ -98,8 +117,13 @@ pub fn run(root: &Path, opts: &BenchOptions) -> anyhow::Result<()> {
         commands.push(command);
     }
     let measurements = collect(&target.join("criterion"), started)?;
-    let torch = torch_comparison(root, opts.quick)?;
-    let text = report(&commands, &measurements, &torch);
+    let torch = if selected("clip") { torch_comparison(root, opts.quick)? } else { Vec::new() };
+    let memory = if selected(MEMORY) {
+        Some(memory::measure(root, &target, &cargo, opts.quick)?)
+    } else {
+        None
+    };
+    let text = report(&commands, &measurements, &torch, memory.as_ref());
     let out = root.join("BENCHMARKS.md");
     std::fs::write(&out, text).with_context(|| format!("cannot write {}", out.display()))?;
     eprintln!("bench: wrote {} ({} measurements)", out.display(), measurements.len());
@@ -178,7 +202,16 @@ fn torch_comparison(root: &Path, quick: bool) -> anyhow::Result<Vec<Value>> {
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).to_string();
     let seconds = if quick { "5" } else { "20" };
-    let args = ["--threads", &threads, "--batches", "1,4", "--compile", "--min-seconds", seconds];
+    let args = [
+        "--threads",
+        &threads,
+        "--batches",
+        "1,4",
+        "--compile",
+        "--sgemm",
+        "--min-seconds",
+        seconds,
+    ];
     eprintln!("bench: {python} {TORCH_SCRIPT} {}", args.join(" "));
     let out = Command::new(&python)
         .arg(&script)
@@ -189,7 +222,8 @@ fn torch_comparison(root: &Path, quick: bool) -> anyhow::Result<Vec<Value>> {
     if !out.status.success() {
         bail!("{TORCH_SCRIPT} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
-    // One JSON object per line: {"system", "batch", "images_per_s" | "error", "threads"}.
+    // One JSON object per line: {"system", "batch", "images_per_s" | "error", "threads"}, and
+    // {"system": "torch-sgemm", "gflops"}.
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.trim_start().starts_with('{'))
@@ -199,7 +233,12 @@ fn torch_comparison(root: &Path, quick: bool) -> anyhow::Result<Vec<Value>> {
         .collect()
 }
 
-fn report(commands: &[String], measurements: &[Measurement], torch: &[Value]) -> String {
+fn report(
+    commands: &[String],
+    measurements: &[Measurement],
+    torch: &[Value],
+    memory: Option<&memory::MemoryReport>,
+) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# Benchmarks\n\nGenerated by `cargo xtask bench`; do not edit by hand.\n");
     let _ = writeln!(s, "- Date: {}", utc_date(SystemTime::now()));
@@ -218,10 +257,9 @@ fn report(commands: &[String], measurements: &[Measurement], torch: &[Value]) ->
     );
     let _ = writeln!(s, "| benchmark | mean time | throughput |\n|---|---:|---:|");
     for m in measurements {
-        let throughput = m.throughput.map_or_else(
-            || "—".to_owned(),
-            |(n, unit)| format!("{:.1} {unit}/s", n / (m.mean_ns * 1e-9)),
-        );
+        let throughput = m
+            .throughput
+            .map_or_else(|| "—".to_owned(), |(n, unit)| human_rate(n / (m.mean_ns * 1e-9), unit));
         let _ = writeln!(s, "| `{}` | {} | {throughput} |", m.id, human_time(m.mean_ns));
     }
     let rate = |m: &Measurement| {
@@ -265,7 +303,7 @@ fn report(commands: &[String], measurements: &[Measurement], torch: &[Value]) ->
             s,
             "| system | batch | images/s | aesthete-clip images/s | ratio |\n|---|---:|---:|---:|---:|"
         );
-        for t in torch {
+        for t in torch.iter().filter(|t| t["system"] != "torch-sgemm") {
             let batch = t["batch"].as_u64().map_or_else(|| "?".to_owned(), |b| b.to_string());
             let system = t["system"].as_str().unwrap_or("?");
             let Some(theirs) = t["images_per_s"].as_f64() else {
@@ -287,7 +325,84 @@ fn report(commands: &[String], measurements: &[Measurement], torch: &[Value]) ->
             }
         }
     }
+    ceiling_section(&mut s, torch, &find);
+    if let Some(memory) = memory {
+        memory_section(&mut s, memory);
+    }
     s
+}
+
+/// ViT-L/14 images/s against what the machine's f32 matmul peak allows.
+fn ceiling_section(
+    s: &mut String,
+    torch: &[Value],
+    find: &dyn Fn(&str, &str, &str) -> Option<f64>,
+) {
+    let gemm = find("sgemm_f32_cpu", "gemm", "2048");
+    let torch_gemm = torch
+        .iter()
+        .find(|t| t["system"] == "torch-sgemm")
+        .and_then(|t| t["gflops"].as_f64())
+        .map(|g| g * 1e9);
+    let Some(peak) = gemm.into_iter().chain(torch_gemm).reduce(f64::max) else { return };
+    let ceiling = peak / VIT_L14_FLOP_PER_IMAGE;
+    let gflops =
+        |f: Option<f64>| f.map_or_else(|| "not measured".to_owned(), |f| format!("{:.1}", f / 1e9));
+    let _ = writeln!(s, "\n## CLIP ViT-L/14 against the machine's ceiling\n");
+    let _ = writeln!(
+        s,
+        "f32 matrix-multiply peak on square 2048 matrices, all cores: gemm crate (`sgemm_f32_cpu/gemm/2048`) {} GFLOP/s, PyTorch's BLAS {} GFLOP/s. One ViT-L/14 image is {:.1} GFLOP, so the best peak allows {ceiling:.3} images/s.\n",
+        gflops(gemm),
+        gflops(torch_gemm),
+        VIT_L14_FLOP_PER_IMAGE / 1e9,
+    );
+    let _ = writeln!(
+        s,
+        "| batch | aesthete-clip images/s | ceiling images/s | fraction of ceiling |\n|---:|---:|---:|---:|"
+    );
+    for batch in ["1", "4", "8", "16"] {
+        if let Some(ours) = find("clip_vit_l14_f32_cpu", "forward", batch) {
+            let _ = writeln!(s, "| {batch} | {ours:.3} | {ceiling:.3} | {:.2} |", ours / ceiling);
+        }
+    }
+}
+
+/// Peak RSS of `aesthete filter` over growing numbers of shards.
+fn memory_section(s: &mut String, memory: &memory::MemoryReport) {
+    let _ = writeln!(s, "\n## Peak memory against the number of shards\n");
+    let _ = writeln!(
+        s,
+        "`{}`, then `{}` (tiny fixture CLIP, default batch 32 and queues; peak RSS from the kernel when the process exits). Target: flat in the number of shards.\n",
+        memory.build, memory.command
+    );
+    let _ = writeln!(s, "| shards | samples | peak RSS | wall time |\n|---:|---:|---:|---:|");
+    for run in &memory.runs {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {:.1} MiB | {:.1} s |",
+            run.shards,
+            run.samples,
+            run.peak_rss as f64 / f64::from(1 << 20),
+            run.seconds
+        );
+    }
+}
+
+/// A rate with three significant digits, bytes in decimal multiples.
+fn human_rate(per_second: f64, unit: &str) -> String {
+    let (value, unit) = match unit {
+        "bytes" if per_second >= 1e9 => (per_second / 1e9, "GB".to_owned()),
+        "bytes" if per_second >= 1e6 => (per_second / 1e6, "MB".to_owned()),
+        "bytes" if per_second >= 1e3 => (per_second / 1e3, "kB".to_owned()),
+        unit => (per_second, unit.to_owned()),
+    };
+    let decimals = match value.abs() {
+        v if v >= 100.0 => 0,
+        v if v >= 10.0 => 1,
+        v if v >= 1.0 => 2,
+        _ => 3,
+    };
+    format!("{value:.decimals$} {unit}/s")
 }
 
 fn human_time(ns: f64) -> String {
@@ -364,11 +479,9 @@ mod tests {
                 throughput: Some((4096.0, "elements"))
             }]
         );
-        let text = report(&["cargo bench -p aesthete-head --bench score --".into()], &found, &[]);
-        assert!(
-            text.contains("| `score/linear/4096` | 2.048 ms | 2000000.0 elements/s |"),
-            "{text}"
-        );
+        let text =
+            report(&["cargo bench -p aesthete-head --bench score --".into()], &found, &[], None);
+        assert!(text.contains("| `score/linear/4096` | 2.048 ms | 2000000 elements/s |"), "{text}");
         assert!(text.contains("- Command: `cargo bench -p aesthete-head --bench score --`"));
 
         // Results older than the run are left out.
@@ -403,7 +516,7 @@ mod tests {
             serde_json::json!({"system": "torch-eager", "batch": 4, "images_per_s": 0.5, "threads": 2}),
             serde_json::json!({"system": "torch-compile", "batch": 1, "error": "no compiler"}),
         ];
-        let text = report(&[], &found, &torch);
+        let text = report(&[], &found, &torch, None);
         assert!(text.contains("| torch-eager | 4 | 0.500 | 1.000 | 2.00× |"), "{text}");
         assert!(text.contains("| torch-compile | 1 | failed: no compiler | | |"), "{text}");
         assert!(
@@ -412,5 +525,51 @@ mod tests {
             ),
             "{text}"
         );
+    }
+
+    /// The figure: 162 GFLOP per ViT-L/14 image.
+    #[test]
+    fn vit_l14_costs_162_gflop() {
+        assert!((VIT_L14_FLOP_PER_IMAGE / 1e9 - 162.0).abs() < 0.5, "{VIT_L14_FLOP_PER_IMAGE}");
+    }
+
+    /// The ceiling takes the better of the two matmul peaks; memory runs become a table.
+    #[test]
+    fn report_states_the_ceiling_and_the_memory_runs() {
+        let m = |id: &str, mean_ns: f64, n: f64| Measurement {
+            id: id.into(),
+            mean_ns,
+            throughput: Some((n, "elements")),
+        };
+        // 81 GFLOP/s from gemm, 162 GFLOP/s from torch: ceiling 1 image/s.
+        let found = [
+            m("clip_vit_l14_f32_cpu/forward/4", 5e9, 4.0),
+            m("sgemm_f32_cpu/gemm/2048", 1e9, VIT_L14_FLOP_PER_IMAGE / 2.0),
+        ];
+        let torch = vec![serde_json::json!({
+            "system": "torch-sgemm", "n": 2048, "gflops": VIT_L14_FLOP_PER_IMAGE / 1e9
+        })];
+        let memory = memory::MemoryReport {
+            build: "cargo build --release -p aesthete --bin aesthete".into(),
+            command: "aesthete filter @shards-N.txt".into(),
+            runs: vec![memory::MemoryRun {
+                shards: 4,
+                samples: 24,
+                peak_rss: 100 << 20,
+                seconds: 1.25,
+            }],
+        };
+        let text = report(&[], &found, &torch, Some(&memory));
+        assert!(text.contains("| 4 | 0.800 | 1.000 | 0.80 |"), "{text}");
+        assert!(!text.contains("| torch-sgemm |"), "{text}");
+        assert!(text.contains("| 4 | 24 | 100.0 MiB | 1.2 s |"), "{text}");
+    }
+
+    #[test]
+    fn rates_keep_three_significant_digits() {
+        assert_eq!(human_rate(0.4141, "elements"), "0.414 elements/s");
+        assert_eq!(human_rate(138.12, "elements"), "138 elements/s");
+        assert_eq!(human_rate(3_512_750_845.7, "bytes"), "3.51 GB/s");
+        assert_eq!(human_rate(187_834_092.7, "bytes"), "188 MB/s");
     }
 }
