@@ -3,6 +3,9 @@
 //! The JPEGs are made here: a real photo from the fixtures (`rocket.jpg`, 640x427) upscaled
 //! to 944x531 and 3000x2000 with light deterministic noise for texture, encoded as baseline
 //! 4:2:0 JPEG at quality 90. Single thread; throughput in images per second.
+//!
+//! `cargo bench -p aesthete-preprocess --bench preprocess` measures the default build (plain C
+//! libjpeg-turbo); with `--features simd` (needs nasm) the groups are `jpeg_simd_*`.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -52,7 +55,9 @@ fn bench(c: &mut Criterion) {
     let sizes = [("0.5MP", 944, 531), ("6MP", 3000, 2000)];
     for (label, w, h) in sizes {
         let bytes = jpeg(&src, w, h);
-        let mut group = c.benchmark_group(format!("jpeg_{label}_{w}x{h}"));
+        // The SIMD build (`--features simd`, libjpeg-turbo's nasm code) is named apart.
+        let build = if cfg!(feature = "simd") { "_simd" } else { "" };
+        let mut group = c.benchmark_group(format!("jpeg{build}_{label}_{w}x{h}"));
         group.throughput(Throughput::Elements(1));
         if label == "6MP" {
             group.sample_size(10);

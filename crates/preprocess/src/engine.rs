@@ -86,7 +86,7 @@ impl Preprocessor {
         self.check_out(out)?;
         let hint = match self.options.mode {
             Mode::Exact => Hint::Region(self.plan()),
-            Mode::Fast => Hint::Scale(self.min_decode_short_side()),
+            Mode::Fast => Hint::Scale(self.min_decode_short_side(), Some(self.plan())),
         };
         let mut image = std::mem::take(&mut self.image);
         let result = self.decoder.decode_inner(bytes, hint, &mut image).and_then(|info| {
@@ -269,5 +269,44 @@ impl Plan {
         let (x0, x1) = input_span(width as usize, w.out_width, self.filter, w.left, w.width);
         let (y0, y1) = input_span(height as usize, w.out_height, self.filter, w.top, w.height);
         [x0, x1, y0, y1]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fast mode decodes only the crop window of a DCT-downscaled JPEG; the tensor is the one
+    /// that resizing the whole downscaled image gives, for every fixture JPEG.
+    #[test]
+    fn fast_mode_region_decode_changes_nothing() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/preprocess/images");
+        let mut tested = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "jpg") {
+                continue;
+            }
+            let bytes = std::fs::read(&path).unwrap();
+            for config in [PreprocessConfig::clip_vit_l14(), PreprocessConfig::clip_vit_l14_336()] {
+                let mut p = Preprocessor::new(config, PreprocessOptions::new().mode(Mode::Fast));
+                let mut region = vec![0f32; p.output_len()];
+                p.preprocess(&bytes, &mut region).unwrap();
+
+                let mut whole = RgbImage::new();
+                let hint = Hint::Scale(p.min_decode_short_side(), None);
+                let info = p.decoder.decode_inner(&bytes, hint, &mut whole).unwrap();
+                let mut expected = vec![0f32; p.output_len()];
+                p.finish(&whole, info.width, info.height, &mut expected).unwrap();
+                assert!(
+                    region == expected,
+                    "{}: fast mode differs with a region decode",
+                    path.display()
+                );
+                tested += 1;
+            }
+        }
+        assert!(tested >= 20, "only {tested} images compared");
     }
 }

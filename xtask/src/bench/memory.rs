@@ -53,17 +53,9 @@ pub fn measure(
     quick: bool,
 ) -> anyhow::Result<MemoryReport> {
     let counts: &[usize] = if quick { &[8, 64, 512] } else { &[8, 256, 2048] };
-    let build_args = ["build", "--release", "-p", "aesthete", "--bin", "aesthete"];
-    let build = format!("cargo {}", build_args.join(" "));
-    eprintln!("bench: {build}");
-    let status = Command::new(cargo)
-        .args(build_args)
-        .current_dir(root)
-        .status()
-        .context("cannot run cargo")?;
-    if !status.success() {
-        bail!("`{build}` failed ({status})");
-    }
+    let build_args =
+        ["build", "--release", "-p", "aesthete", "--bin", "aesthete"].map(String::from);
+    let build = super::run_cargo(cargo, root, &build_args)?;
     let binary = target.join("release").join(format!("aesthete{}", std::env::consts::EXE_SUFFIX));
 
     let work = target.join("bench-memory");

@@ -104,17 +104,17 @@ pub fn run(root: &Path, opts: &BenchOptions) -> anyhow::Result<()> {
                     .map(String::from),
             );
         }
-        let command = format!("cargo {}", args.join(" "));
-        eprintln!("bench: {command}");
-        let status = Command::new(&cargo)
-            .args(&args)
-            .current_dir(root)
-            .status()
-            .context("cannot run cargo")?;
-        if !status.success() {
-            bail!("`{command}` failed ({status})");
+        commands.push(run_cargo(&cargo, root, &args)?);
+        if name == "preprocess" {
+            // The optional SIMD build of libjpeg-turbo, where nasm can build it.
+            if command_line("nasm", &["-v"]).is_some() {
+                let mut simd = args.clone();
+                simd.splice(3..3, ["--features".to_owned(), "simd".to_owned()]);
+                commands.push(run_cargo(&cargo, root, &simd)?);
+            } else {
+                eprintln!("bench: no SIMD build of aesthete-preprocess: nasm is not installed");
+            }
         }
-        commands.push(command);
     }
     let measurements = collect(&target.join("criterion"), started)?;
     let torch = if selected("clip") { torch_comparison(root, opts.quick)? } else { Vec::new() };
@@ -128,6 +128,18 @@ pub fn run(root: &Path, opts: &BenchOptions) -> anyhow::Result<()> {
     std::fs::write(&out, text).with_context(|| format!("cannot write {}", out.display()))?;
     eprintln!("bench: wrote {} ({} measurements)", out.display(), measurements.len());
     Ok(())
+}
+
+/// Runs `cargo ARGS` in `root`; returns the command line as the report shows it.
+pub(crate) fn run_cargo(cargo: &str, root: &Path, args: &[String]) -> anyhow::Result<String> {
+    let command = format!("cargo {}", args.join(" "));
+    eprintln!("bench: {command}");
+    let status =
+        Command::new(cargo).args(args).current_dir(root).status().context("cannot run cargo")?;
+    if !status.success() {
+        bail!("`{command}` failed ({status})");
+    }
+    Ok(command)
 }
 
 /// Every benchmark under `criterion_dir` whose results were written after `since`.

@@ -67,9 +67,10 @@ pub(crate) struct Decoded {
 
 /// Decodes `bytes` into `out` as RGB8.
 ///
-/// [`Hint::Scale`] lets libjpeg downscale in the DCT domain (by n/8); [`Hint::Region`] lets it
-/// skip the IDCT, upsampling and color conversion outside the region (with a margin), while
-/// still entropy-decoding everything so that truncation is caught as PIL catches it.
+/// [`Hint::Scale`] lets libjpeg downscale in the DCT domain (by n/8); [`Hint::Region`] and
+/// [`Hint::Scale`] with a plan let it skip the IDCT, upsampling and color conversion outside
+/// the region (with a margin), while still entropy-decoding everything so that truncation is
+/// caught as PIL catches it.
 pub(crate) fn decode(
     bytes: &[u8],
     limits: &Limits,
@@ -159,7 +160,7 @@ unsafe fn run(
             }
             n => return Err(Error::unsupported(FORMAT, format!("{n} color components"))),
         };
-        if let Hint::Scale(target) = hint {
+        if let Hint::Scale(target, _) = hint {
             let short = width.min(height) as u64;
             // Smallest of 1/8, 1/4, 1/2 (libjpeg-turbo's fast reduced IDCTs) whose scaled short
             // side (libjpeg rounds up) still covers `target`; else no scaling.
@@ -174,7 +175,7 @@ unsafe fn run(
         let (w, h) = (cinfo.output_width, cinfo.output_height);
         // Full decode unless a region leaves enough out to be worth it.
         let [mut x0, mut x1, mut y0, mut y1] = [0, w as usize, 0, h as usize];
-        let rows = if let Hint::Region(plan) = hint {
+        let rows = if let Hint::Region(plan) | Hint::Scale(_, Some(plan)) = hint {
             // Fancy upsampling treats the edges of a cropped region as image edges; a margin
             // of one iMCU (at most 16 pixels) keeps the pixels we read identical to a full
             // decode.

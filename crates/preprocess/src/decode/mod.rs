@@ -15,8 +15,9 @@ pub(crate) enum Hint {
     /// Decode everything.
     Full,
     /// Fast mode: a JPEG may be downscaled by libjpeg (DCT domain) as far as its short side
-    /// stays at least this long.
-    Scale(u32),
+    /// stays at least this long; with a plan, as for [`Hint::Region`], only the pixels under
+    /// the plan's crop window (of the downscaled image) will be read.
+    Scale(u32, Option<Plan>),
     /// Exact mode: only the source pixels under this plan's crop window will be read, so a
     /// JPEG may leave the rest of the buffer stale (all data is still entropy-decoded, so
     /// errors are the same).
