@@ -93,9 +93,13 @@ pub fn measure(
         let samples = (0..n).map(|i| samples_per_source[i % SOURCE_SHARDS.len()]).sum();
         runs.push(MemoryRun { shards: n, samples, peak_rss, seconds });
     }
+    // The binary as the report names it: relative to the workspace, or under the target dir.
+    let shown = match binary.strip_prefix(root) {
+        Ok(relative) => relative.display().to_string(),
+        Err(_) => "$CARGO_TARGET_DIR/release/aesthete".to_owned(),
+    };
     let command = format!(
-        "{} filter @shards-N.txt --output out-N --clip {CLIP_DIR} --head {HEAD_FILE} --quiet",
-        binary.strip_prefix(root).unwrap_or(&binary).display()
+        "{shown} filter @shards-N.txt --output out-N --clip {CLIP_DIR} --head {HEAD_FILE} --quiet"
     );
     Ok(MemoryReport { build, command, runs })
 }

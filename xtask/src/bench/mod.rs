@@ -406,6 +406,8 @@ fn human_rate(per_second: f64, unit: &str) -> String {
         "bytes" if per_second >= 1e9 => (per_second / 1e9, "GB".to_owned()),
         "bytes" if per_second >= 1e6 => (per_second / 1e6, "MB".to_owned()),
         "bytes" if per_second >= 1e3 => (per_second / 1e3, "kB".to_owned()),
+        unit if per_second >= 1e9 => (per_second / 1e9, format!("G{unit}")),
+        unit if per_second >= 1e6 => (per_second / 1e6, format!("M{unit}")),
         unit => (per_second, unit.to_owned()),
     };
     let decimals = match value.abs() {
@@ -493,7 +495,7 @@ mod tests {
         );
         let text =
             report(&["cargo bench -p aesthete-head --bench score --".into()], &found, &[], None);
-        assert!(text.contains("| `score/linear/4096` | 2.048 ms | 2000000 elements/s |"), "{text}");
+        assert!(text.contains("| `score/linear/4096` | 2.048 ms | 2.00 Melements/s |"), "{text}");
         assert!(text.contains("- Command: `cargo bench -p aesthete-head --bench score --`"));
 
         // Results older than the run are left out.
@@ -583,5 +585,7 @@ mod tests {
         assert_eq!(human_rate(138.12, "elements"), "138 elements/s");
         assert_eq!(human_rate(3_512_750_845.7, "bytes"), "3.51 GB/s");
         assert_eq!(human_rate(187_834_092.7, "bytes"), "188 MB/s");
+        assert_eq!(human_rate(68_846_638_074.0, "elements"), "68.8 Gelements/s");
+        assert_eq!(human_rate(1_167_620.0, "elements"), "1.17 Melements/s");
     }
 }
