@@ -280,15 +280,8 @@ mod tests {
     /// that resizing the whole downscaled image gives, for every fixture JPEG.
     #[test]
     fn fast_mode_region_decode_changes_nothing() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fixtures/preprocess/images");
         let mut tested = 0;
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_none_or(|e| e != "jpg") {
-                continue;
-            }
-            let bytes = std::fs::read(&path).unwrap();
+        for (path, bytes) in crate::fixture_jpegs() {
             for config in [PreprocessConfig::clip_vit_l14(), PreprocessConfig::clip_vit_l14_336()] {
                 let mut p = Preprocessor::new(config, PreprocessOptions::new().mode(Mode::Fast));
                 let mut region = vec![0f32; p.output_len()];

@@ -37,6 +37,24 @@ mod format;
 mod options;
 mod resample;
 
+/// Fixture JPEGs (path and bytes) for the crate's unit tests.
+#[cfg(test)]
+fn fixture_jpegs() -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let dir =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/preprocess/images");
+    let mut found: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|path| path.extension().is_some_and(|e| e == "jpg"))
+        .map(|path| {
+            let bytes = std::fs::read(&path).unwrap();
+            (path, bytes)
+        })
+        .collect();
+    found.sort();
+    found
+}
+
 pub use config::{CLIP_MEAN, CLIP_STD, Filter, PreprocessConfig, ResizeTarget};
 pub use decode::{Decoder, RgbImage};
 pub use engine::{ImageInfo, Preprocessor};

@@ -259,17 +259,10 @@ mod tests {
     /// window reads, for every fixture JPEG and several crop geometries.
     #[test]
     fn region_decode_matches_full_decode() {
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../../fixtures/preprocess/images");
         let limits = Limits::default();
         let mut scratch = Vec::new();
         let mut tested = 0;
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_none_or(|e| e != "jpg") {
-                continue;
-            }
-            let bytes = std::fs::read(&path).unwrap();
+        for (path, bytes) in crate::fixture_jpegs() {
             let mut full = RgbImage::new();
             decode(&bytes, &limits, Hint::Full, &mut full, &mut scratch).unwrap();
             for (resize, crop) in [
