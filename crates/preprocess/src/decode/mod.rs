@@ -95,12 +95,13 @@ impl RgbImage {
 pub struct Decoder {
     limits: Limits,
     scratch: Vec<u8>,
+    jpeg: jpeg::Planes,
 }
 
 impl Decoder {
     /// A decoder that enforces `limits`.
     pub fn new(limits: Limits) -> Self {
-        Decoder { limits, scratch: Vec::new() }
+        Decoder { limits, scratch: Vec::new(), jpeg: jpeg::Planes::default() }
     }
 
     /// The limits in force.
@@ -130,7 +131,7 @@ impl Decoder {
         let limits = &self.limits;
         let (width, height) = match format {
             ImageFormat::Jpeg => {
-                let d = jpeg::decode(bytes, limits, hint, out, &mut self.scratch)?;
+                let d = jpeg::decode(bytes, limits, hint, out, &mut self.scratch, &mut self.jpeg)?;
                 (d.width, d.height)
             }
             ImageFormat::Png => png::decode(bytes, limits, out, &mut self.scratch)?,

@@ -1,0 +1,154 @@
+//! The region route for YCbCr JPEGs: libjpeg entropy-decodes the whole file to DCT
+//! coefficients (`jpeg_read_coefficients`), then only the blocks under the region go through
+//! our inverse DCT, upsampling and color conversion (AVX2 where the CPU has it, else
+//! portable; the same integer formulas as libjpeg's C code, so the same bytes as its scanline
+//! route).
+
+use mozjpeg_sys::*;
+
+use super::FORMAT;
+use super::idct::{self, Block};
+use super::ycc::{ChromaRows, RowConverter, Upsample};
+use crate::decode::RgbImage;
+use crate::{Error, Limits};
+
+/// Buffers reused from one JPEG to the next.
+#[derive(Debug, Default)]
+pub(crate) struct Planes {
+    /// Samples of each component at its own resolution (only the needed blocks written).
+    samples: [Vec<u8>; 3],
+    converter: RowConverter,
+}
+
+/// One component's geometry.
+#[derive(Debug, Clone, Copy)]
+struct Component {
+    /// Luma pixels per sample across and down (1 or 2).
+    h: usize,
+    v: usize,
+    /// Samples per row and rows (libjpeg's `downsampled_width` / `downsampled_height`).
+    width: usize,
+    height: usize,
+    /// Bytes per row of the sample buffer (whole blocks).
+    stride: usize,
+    blocks_high: usize,
+}
+
+/// The chroma layout this route handles, from the header; `None` sends the image down
+/// libjpeg's scanline route (grayscale, CMYK, RGB, 4:4:0, 4:1:1, images too narrow for fancy
+/// upsampling).
+pub(super) fn supported(cinfo: &jpeg_decompress_struct) -> Option<Upsample> {
+    if cinfo.num_components != 3 || cinfo.jpeg_color_space != J_COLOR_SPACE::JCS_YCbCr {
+        return None;
+    }
+    // SAFETY: after jpeg_read_header, comp_info holds num_components entries.
+    let comps = unsafe { std::slice::from_raw_parts(cinfo.comp_info, 3) };
+    if comps[1..].iter().any(|c| (c.h_samp_factor, c.v_samp_factor) != (1, 1)) {
+        return None;
+    }
+    let kind = match (comps[0].h_samp_factor, comps[0].v_samp_factor) {
+        (1, 1) => Upsample::None,
+        (2, 1) => Upsample::H2V1,
+        (2, 2) => Upsample::H2V2,
+        _ => return None,
+    };
+    // libjpeg upsamples chroma 2 samples wide or less by replication, not the triangle.
+    let chroma_width = (cinfo.image_width as usize).div_ceil(2);
+    if kind != Upsample::None && chroma_width <= 2 {
+        return None;
+    }
+    Some(kind)
+}
+
+/// Decodes columns `x0..x1` of rows `y0..y1` into `out` (sized for the whole image, the rest
+/// left stale); `cinfo` has read the header and passed [`supported`] with `kind`.
+///
+/// # Safety
+/// `cinfo` is a decompressor that has read the header and not started decompressing; libjpeg
+/// errors unwind out of this function.
+pub(super) unsafe fn decode(
+    cinfo: &mut jpeg_decompress_struct,
+    kind: Upsample,
+    region: [usize; 4],
+    limits: &Limits,
+    out: &mut RgbImage,
+    planes: &mut Planes,
+) -> Result<(), Error> {
+    let [x0, x1, y0, y1] = region;
+    let (width, height) = (cinfo.image_width as usize, cinfo.image_height as usize);
+    // SAFETY (whole body): `cinfo` is as documented; the arrays returned by
+    // jpeg_read_coefficients live until jpeg_finish/destroy_decompress.
+    unsafe {
+        let arrays = jpeg_read_coefficients(cinfo);
+        if arrays.is_null() {
+            return Err(Error::corrupt(FORMAT, "no coefficients"));
+        }
+        let (max_h, max_v) = (cinfo.max_h_samp_factor as usize, cinfo.max_v_samp_factor as usize);
+        let access = (*cinfo.common.mem).access_virt_barray.expect("libjpeg memory manager");
+        let mut comps = [None; 3];
+        for (ci, comp) in comps.iter_mut().enumerate() {
+            let info = &*cinfo.comp_info.add(ci);
+            let (hf, vf) = (info.h_samp_factor as usize, info.v_samp_factor as usize);
+            let c = Component {
+                h: max_h / hf,
+                v: max_v / vf,
+                width: (width * hf).div_ceil(max_h),
+                height: (height * vf).div_ceil(max_v),
+                stride: info.width_in_blocks as usize * 8,
+                blocks_high: info.height_in_blocks as usize,
+            };
+            let table = info.quant_table;
+            if table.is_null() {
+                return Err(Error::corrupt(FORMAT, "missing quantization table"));
+            }
+            // libjpeg's ISLOW_MULT_TYPE is a short.
+            let quant: [i16; 64] = (*table).quantval.map(|q| q as i16);
+            // Samples the region reads, with the upsampling filter's neighbors.
+            let (sx0, sx1) = (x0 / c.h, (x1 - 1) / c.h + 1);
+            let (sy0, sy1) = (y0 / c.v, (y1 - 1) / c.v + 1);
+            let (sx0, sx1) = (sx0.saturating_sub(c.h - 1), (sx1 + c.h - 1).min(c.width));
+            let (sy0, sy1) = (sy0.saturating_sub(c.v - 1), (sy1 + c.v - 1).min(c.height));
+            let samples = &mut planes.samples[ci];
+            let len = c.stride * c.blocks_high * 8;
+            limits.check_alloc(len as u64)?;
+            if samples.len() < len {
+                samples.resize(len, 0);
+            }
+            for by in sy0 / 8..sy1.div_ceil(8) {
+                let rows = access(&mut cinfo.common, arrays.add(ci).read(), by as JDIMENSION, 1, 0);
+                let blocks: *const Block = (*rows).cast_const();
+                let band = &mut samples[by * 8 * c.stride..][..8 * c.stride];
+                for bx in sx0 / 8..sx1.div_ceil(8) {
+                    idct::idct(&*blocks.add(bx), &quant, &mut band[bx * 8..], c.stride);
+                }
+            }
+            *comp = Some(c);
+        }
+        let [luma, cb, cr] = comps.map(|c| c.expect("three components"));
+        let rows = out.reset_stale(width as u32, height as u32, limits)?;
+        let [luma_samples, cb_samples, cr_samples] = &planes.samples;
+        for y in y0..y1 {
+            let line = &luma_samples[y * luma.stride + x0..][..x1 - x0];
+            let rgb = &mut rows[(y * width + x0) * 3..][..(x1 - x0) * 3];
+            let chroma = [chroma_rows(cb_samples, cb, y), chroma_rows(cr_samples, cr, y)];
+            planes.converter.row(line, x0, kind, chroma, rgb);
+        }
+        jpeg_finish_decompress(cinfo);
+    }
+    Ok(())
+}
+
+/// The chroma rows output row `y` reads from a component's samples: for 4:2:0 the nearest
+/// row and the one above (even `y`) or below (odd `y`), clamped to the image.
+fn chroma_rows(samples: &[u8], c: Component, y: usize) -> ChromaRows<'_> {
+    let row = |r: usize| &samples[r * c.stride..][..c.width];
+    let near = y / c.v;
+    let far = if c.v == 1 {
+        near
+    } else if y.is_multiple_of(2) {
+        near.saturating_sub(1)
+    } else {
+        (near + 1).min(c.height - 1)
+    };
+    ChromaRows { near: row(near), far: row(far) }
+}
