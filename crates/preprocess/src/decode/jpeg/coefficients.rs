@@ -10,6 +10,7 @@ use super::FORMAT;
 use super::idct::{self, Block};
 use super::ycc::{ChromaRows, RowConverter, Upsample};
 use crate::decode::RgbImage;
+use crate::engine::Plan;
 use crate::{Error, Limits};
 
 /// Buffers reused from one JPEG to the next.
@@ -23,7 +24,7 @@ pub(crate) struct Planes {
 /// One component's geometry.
 #[derive(Debug, Clone, Copy)]
 struct Component {
-    /// Luma pixels per sample across and down (1 or 2).
+    /// Output pixels per sample across and down (1 or 2).
     h: usize,
     v: usize,
     /// Samples per row and rows (libjpeg's `downsampled_width` / `downsampled_height`).
@@ -31,13 +32,12 @@ struct Component {
     height: usize,
     /// Bytes per row of the sample buffer (whole blocks).
     stride: usize,
-    blocks_high: usize,
 }
 
-/// The chroma layout this route handles, from the header; `None` sends the image down
-/// libjpeg's scanline route (grayscale, CMYK, RGB, 4:4:0, 4:1:1, images too narrow for fancy
-/// upsampling).
-pub(super) fn supported(cinfo: &jpeg_decompress_struct) -> Option<Upsample> {
+/// The chroma layout this route handles at DCT scaling `scale` / 8, from the header; `None`
+/// sends the image down libjpeg's scanline route (grayscale, CMYK, RGB, 4:4:0, 4:1:1, images
+/// too narrow for fancy upsampling, 4:2:2 when downscaled).
+pub(super) fn supported(cinfo: &jpeg_decompress_struct, scale: usize) -> Option<Upsample> {
     if cinfo.num_components != 3 || cinfo.jpeg_color_space != J_COLOR_SPACE::JCS_YCbCr {
         return None;
     }
@@ -48,20 +48,25 @@ pub(super) fn supported(cinfo: &jpeg_decompress_struct) -> Option<Upsample> {
     }
     let kind = match (comps[0].h_samp_factor, comps[0].v_samp_factor) {
         (1, 1) => Upsample::None,
-        (2, 1) => Upsample::H2V1,
+        (2, 1) if scale == 8 => Upsample::H2V1,
         (2, 2) => Upsample::H2V2,
         _ => return None,
     };
     // libjpeg upsamples chroma 2 samples wide or less by replication, not the triangle.
     let chroma_width = (cinfo.image_width as usize).div_ceil(2);
-    if kind != Upsample::None && chroma_width <= 2 {
+    if scale == 8 && kind != Upsample::None && chroma_width <= 2 {
         return None;
     }
     Some(kind)
 }
 
-/// Decodes columns `x0..x1` of rows `y0..y1` into `out` (sized for the whole image, the rest
-/// left stale); `cinfo` has read the header and passed [`supported`] with `kind`.
+/// Decodes the pixels `plan`'s window reads (without a plan, all) into `out` (sized for the
+/// whole image, the rest left stale); `cinfo` has read the header and passed [`supported`] with `kind` and `scale`.
+///
+/// At `scale` 8 the output is exact; below, it is the image downscaled by `scale` / 8 in the
+/// DCT domain (libjpeg's output size, rounded up), every component decoded straight onto the
+/// output grid by reduced IDCTs (4:2:0 chroma at twice the luma's reduced size), so nothing
+/// is upsampled.
 ///
 /// # Safety
 /// `cinfo` is a decompressor that has read the header and not started decompressing; libjpeg
@@ -69,13 +74,18 @@ pub(super) fn supported(cinfo: &jpeg_decompress_struct) -> Option<Upsample> {
 pub(super) unsafe fn decode(
     cinfo: &mut jpeg_decompress_struct,
     kind: Upsample,
-    region: [usize; 4],
+    scale: usize,
+    plan: Option<Plan>,
     limits: &Limits,
     out: &mut RgbImage,
     planes: &mut Planes,
 ) -> Result<(), Error> {
-    let [x0, x1, y0, y1] = region;
     let (width, height) = (cinfo.image_width as usize, cinfo.image_height as usize);
+    let (out_width, out_height) = ((width * scale).div_ceil(8), (height * scale).div_ceil(8));
+    let [x0, x1, y0, y1] = match plan {
+        Some(plan) => plan.source_region(out_width as u32, out_height as u32),
+        None => [0, out_width, 0, out_height],
+    };
     // SAFETY (whole body): `cinfo` is as documented; the arrays returned by
     // jpeg_read_coefficients live until jpeg_finish/destroy_decompress.
     unsafe {
@@ -89,13 +99,20 @@ pub(super) unsafe fn decode(
         for (ci, comp) in comps.iter_mut().enumerate() {
             let info = &*cinfo.comp_info.add(ci);
             let (hf, vf) = (info.h_samp_factor as usize, info.v_samp_factor as usize);
-            let c = Component {
-                h: max_h / hf,
-                v: max_v / vf,
-                width: (width * hf).div_ceil(max_h),
-                height: (height * vf).div_ceil(max_v),
-                stride: info.width_in_blocks as usize * 8,
-                blocks_high: info.height_in_blocks as usize,
+            // Samples per block edge, and the component's grid.
+            let (size, c) = if scale == 8 {
+                let c = Component {
+                    h: max_h / hf,
+                    v: max_v / vf,
+                    width: (width * hf).div_ceil(max_h),
+                    height: (height * vf).div_ceil(max_v),
+                    stride: info.width_in_blocks as usize * 8,
+                };
+                (8, c)
+            } else {
+                let size = scale * max_h / hf;
+                let stride = info.width_in_blocks as usize * size;
+                (size, Component { h: 1, v: 1, width: out_width, height: out_height, stride })
             };
             let table = info.quant_table;
             if table.is_null() {
@@ -109,27 +126,33 @@ pub(super) unsafe fn decode(
             let (sx0, sx1) = (sx0.saturating_sub(c.h - 1), (sx1 + c.h - 1).min(c.width));
             let (sy0, sy1) = (sy0.saturating_sub(c.v - 1), (sy1 + c.v - 1).min(c.height));
             let samples = &mut planes.samples[ci];
-            let len = c.stride * c.blocks_high * 8;
+            let len = c.stride * info.height_in_blocks as usize * size;
             limits.check_alloc(len as u64)?;
             if samples.len() < len {
                 samples.resize(len, 0);
             }
-            for by in sy0 / 8..sy1.div_ceil(8) {
+            let reduced = (size < 8).then(|| idct::Reduced::new(size));
+            for by in sy0 / size..sy1.div_ceil(size) {
                 let rows = access(&mut cinfo.common, arrays.add(ci).read(), by as JDIMENSION, 1, 0);
                 let blocks: *const Block = (*rows).cast_const();
-                let band = &mut samples[by * 8 * c.stride..][..8 * c.stride];
-                for bx in sx0 / 8..sx1.div_ceil(8) {
-                    idct::idct(&*blocks.add(bx), &quant, &mut band[bx * 8..], c.stride);
+                let band = &mut samples[by * size * c.stride..][..size * c.stride];
+                for bx in sx0 / size..sx1.div_ceil(size) {
+                    let (block, at) = (&*blocks.add(bx), &mut band[bx * size..]);
+                    match &reduced {
+                        None => idct::idct(block, &quant, at, c.stride),
+                        Some(r) => r.transform(block, &quant, at, c.stride),
+                    }
                 }
             }
             *comp = Some(c);
         }
         let [luma, cb, cr] = comps.map(|c| c.expect("three components"));
-        let rows = out.reset_stale(width as u32, height as u32, limits)?;
+        let kind = if scale == 8 { kind } else { Upsample::None };
+        let rows = out.reset_stale(out_width as u32, out_height as u32, limits)?;
         let [luma_samples, cb_samples, cr_samples] = &planes.samples;
         for y in y0..y1 {
             let line = &luma_samples[y * luma.stride + x0..][..x1 - x0];
-            let rgb = &mut rows[(y * width + x0) * 3..][..(x1 - x0) * 3];
+            let rgb = &mut rows[(y * out_width + x0) * 3..][..(x1 - x0) * 3];
             let chroma = [chroma_rows(cb_samples, cb, y), chroma_rows(cr_samples, cr, y)];
             planes.converter.row(line, x0, kind, chroma, rgb);
         }

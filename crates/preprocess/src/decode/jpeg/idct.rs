@@ -135,6 +135,79 @@ pub(super) fn idct_scalar(block: &Block, quant: &[i16; 64], out: &mut [u8], stri
     }
 }
 
+/// A reduced inverse DCT to `k` x `k` samples (`k` of 1, 2, 4) for fast mode's DCT-domain
+/// downscaling: the 8-point reconstruction from the block's lowest `k` x `k` frequencies,
+/// averaged over each cell of `8 / k` x `8 / k` pixels, in `f32`. Not libjpeg's reduced IDCT,
+/// and not exact; fast mode's error bound covers it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Reduced {
+    k: usize,
+    /// `basis[x][u]`: the weight of frequency `u` at output sample `x`.
+    basis: [[f32; 4]; 4],
+}
+
+impl Reduced {
+    pub(super) fn new(k: usize) -> Self {
+        assert!(matches!(k, 1 | 2 | 4), "reduced IDCT to {k} samples");
+        let m = (8 / k) as f64;
+        let mut basis = [[0f32; 4]; 4];
+        for (x, row) in basis.iter_mut().enumerate().take(k) {
+            for (u, w) in row.iter_mut().enumerate().take(k) {
+                let theta = u as f64 * std::f64::consts::PI / 16.0;
+                // JPEG's 1-D normalization: 1/2 · C(u), C(0) = 1/√2.
+                let c = if u == 0 { 0.5 * std::f64::consts::FRAC_1_SQRT_2 } else { 0.5 };
+                // The mean of cos((2i + 1)θ) over the cell's m pixels i = m·x .. m·x + m.
+                let mean = if u == 0 {
+                    1.0
+                } else {
+                    (m * theta).sin() / (m * theta.sin()) * ((2.0 * m * x as f64 + m) * theta).cos()
+                };
+                *w = (c * mean) as f32;
+            }
+        }
+        Reduced { k, basis }
+    }
+
+    /// Samples of `block` dequantized by `quant` into `k` rows of `k` at `out[row * stride..]`.
+    pub(super) fn transform(
+        &self,
+        block: &Block,
+        quant: &[i16; 64],
+        out: &mut [u8],
+        stride: usize,
+    ) {
+        match self.k {
+            1 => self.transform_k::<1>(block, quant, out, stride),
+            2 => self.transform_k::<2>(block, quant, out, stride),
+            _ => self.transform_k::<4>(block, quant, out, stride),
+        }
+    }
+
+    #[inline(always)]
+    fn transform_k<const K: usize>(
+        &self,
+        block: &Block,
+        quant: &[i16; 64],
+        out: &mut [u8],
+        stride: usize,
+    ) {
+        let f: [[f32; K]; K] = std::array::from_fn(|v| {
+            std::array::from_fn(|u| (block[v * 8 + u] as i32 * quant[v * 8 + u] as i32) as f32)
+        });
+        // tmp[v][x]: the pass over horizontal frequencies u, then over vertical ones.
+        let tmp: [[f32; K]; K] = std::array::from_fn(|v| {
+            std::array::from_fn(|x| (0..K).fold(0.0, |a, u| a + self.basis[x][u] * f[v][u]))
+        });
+        for y in 0..K {
+            for x in 0..K {
+                let v = (0..K).fold(0.0, |a, v| a + self.basis[y][v] * tmp[v][x]);
+                // Round half up; `as` saturates after the clamp.
+                out[y * stride + x] = (v + 128.5).clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 pub(super) mod avx2 {
     //! Eight columns (then eight rows) at once in 32-bit lanes: the scalar sums lane by lane.

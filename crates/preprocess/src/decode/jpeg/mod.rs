@@ -84,8 +84,8 @@ pub(crate) struct Decoded {
 /// [`Hint::Scale`] lets libjpeg downscale in the DCT domain (by n/8); [`Hint::Region`] and
 /// [`Hint::Scale`] with a plan let it skip the IDCT, upsampling and color conversion outside
 /// the region (with a margin), while still entropy-decoding everything so that truncation is
-/// caught as PIL catches it. With [`Hint::Region`], YCbCr JPEGs in the common chroma layouts
-/// go through the DCT coefficients and our own transforms on just the region's blocks (see
+/// caught as PIL catches it. With a region, YCbCr JPEGs in the common chroma layouts go
+/// through the DCT coefficients and our own transforms on just the region's blocks (see
 /// `coefficients`).
 pub(crate) fn decode(
     bytes: &[u8],
@@ -146,6 +146,14 @@ fn map_abort(abort: Abort, limits: &Limits) -> Error {
     }
 }
 
+/// DCT scaling `n` (of n/8) for fast mode: the smallest of 1/8, 1/4, 1/2 (libjpeg-turbo's
+/// fast reduced IDCTs) whose scaled short side (libjpeg rounds up) still covers `target`;
+/// else 8, no scaling.
+fn dct_scale(width: u32, height: u32, target: u32) -> usize {
+    let short = width.min(height) as u64;
+    [1, 2, 4, 8].into_iter().find(|&n| (short * n as u64).div_ceil(8) >= target as u64).unwrap_or(8)
+}
+
 /// The decode proper; may unwind out through `error_exit`.
 unsafe fn run(
     cinfo: &mut jpeg_decompress_struct,
@@ -163,11 +171,22 @@ unsafe fn run(
         jpeg_read_header(cinfo, 1);
         let (width, height) = (cinfo.image_width, cinfo.image_height);
         limits.check_pixels(width, height)?;
-        if let Hint::Region(plan) = hint
-            && let Some(kind) = coefficients::supported(cinfo)
+        // Exact mode's region, and fast mode, through the coefficients where the layout allows
+        // (a full decode stays on libjpeg's scanline route, the reference the tests hold the
+        // coefficient route to).
+        let route = match hint {
+            Hint::Region(plan) => Some((Some(plan), 8)),
+            // At 1/8 libjpeg's scanline route is faster: its entropy decoder skips storing the
+            // AC coefficients that a DC-only IDCT does not read.
+            Hint::Scale(target, plan) => {
+                Some((plan, dct_scale(width, height, target))).filter(|&(_, scale)| scale > 1)
+            }
+            Hint::Full => None,
+        };
+        if let Some((plan, scale)) = route
+            && let Some(kind) = coefficients::supported(cinfo, scale)
         {
-            let region = plan.source_region(width, height);
-            coefficients::decode(cinfo, kind, region, limits, out, planes)?;
+            coefficients::decode(cinfo, kind, scale, plan, limits, out, planes)?;
             return Ok(Decoded { width, height });
         }
         let channels = match cinfo.num_components {
@@ -186,14 +205,7 @@ unsafe fn run(
             n => return Err(Error::unsupported(FORMAT, format!("{n} color components"))),
         };
         if let Hint::Scale(target, _) = hint {
-            let short = width.min(height) as u64;
-            // Smallest of 1/8, 1/4, 1/2 (libjpeg-turbo's fast reduced IDCTs) whose scaled short
-            // side (libjpeg rounds up) still covers `target`; else no scaling.
-            let num = [1u64, 2, 4, 8]
-                .into_iter()
-                .find(|n| (short * n).div_ceil(8) >= target as u64)
-                .unwrap_or(8);
-            cinfo.scale_num = num as _;
+            cinfo.scale_num = dct_scale(width, height, target) as _;
             cinfo.scale_denom = 8;
         }
         jpeg_start_decompress(cinfo);
