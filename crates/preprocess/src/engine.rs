@@ -30,8 +30,8 @@ pub struct Preprocessor {
     resampler: Resampler,
     fast: fir::Resizer,
     crop: Vec<u8>,
-    /// `lut[c * 256 + v]`: the output float for channel `c` and 8-bit value `v`.
-    lut: Vec<f32>,
+    /// `lut[c][v]`: the output float for channel `c` and 8-bit value `v`.
+    lut: Box<[[f32; 256]; 3]>,
 }
 
 impl Preprocessor {
@@ -153,15 +153,13 @@ impl Preprocessor {
             let (r, rest) = out.split_at_mut(plane);
             let (g, b) = rest.split_at_mut(plane);
             let line = y * s..(y + 1) * s;
-            for (((px, r), g), b) in row
-                .chunks_exact(3)
-                .zip(&mut r[line.clone()])
-                .zip(&mut g[line.clone()])
-                .zip(&mut b[line])
-            {
-                *r = lut[px[0] as usize];
-                *g = lut[256 + px[1] as usize];
-                *b = lut[512 + px[2] as usize];
+            let (r, g, b) = (&mut r[line.clone()], &mut g[line.clone()], &mut b[line]);
+            let [lut_r, lut_g, lut_b] = &**lut;
+            // Indexing 256-entry tables by bytes needs no bounds checks.
+            for (x, px) in row.chunks_exact(3).enumerate().take(s) {
+                r[x] = lut_r[px[0] as usize];
+                g[x] = lut_g[px[1] as usize];
+                b[x] = lut_b[px[2] as usize];
             }
         };
         match self.options.mode {
@@ -212,10 +210,10 @@ impl Preprocessor {
 
 /// transformers' arithmetic for every 8-bit value: `rescale` multiplies in f64 and rounds to
 /// f32; `normalize` computes `(x - mean) / std` in f32 with mean and std rounded to f32.
-fn lookup_table(config: &PreprocessConfig) -> Vec<f32> {
-    let mut lut = vec![0f32; 3 * 256];
-    for c in 0..3 {
-        for v in 0..256 {
+fn lookup_table(config: &PreprocessConfig) -> Box<[[f32; 256]; 3]> {
+    let mut lut = Box::new([[0f32; 256]; 3]);
+    for (c, table) in lut.iter_mut().enumerate() {
+        for (v, out) in table.iter_mut().enumerate() {
             let mut x = if config.do_rescale {
                 (v as f64 * config.rescale_factor) as f32
             } else {
@@ -224,7 +222,7 @@ fn lookup_table(config: &PreprocessConfig) -> Vec<f32> {
             if config.do_normalize {
                 x = (x - config.image_mean[c]) / config.image_std[c];
             }
-            lut[c * 256 + v] = x;
+            *out = x;
         }
     }
     lut
