@@ -4,7 +4,9 @@ use crate::Error;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Mode {
     /// Bit-exact with transformers' `CLIPImageProcessor` on PIL (max |Δ| = 0 for JPEG, PNG,
-    /// WebP and GIF): libjpeg-turbo decoding and a port of Pillow's resampler.
+    /// WebP and GIF): JPEGs decoded as libjpeg-turbo decodes them (its entropy decoder, then its
+    /// integer inverse DCT, fancy upsampling and color conversion, ours or its own) and a port
+    /// of Pillow's resampler.
     #[default]
     Exact,
     /// `fast_image_resize` (Catmull-Rom, the same cubic as PIL's bicubic, SIMD at run time)
