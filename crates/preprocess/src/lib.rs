@@ -37,6 +37,15 @@ mod format;
 mod options;
 mod resample;
 
+/// A xorshift64 step: deterministic noise for the crate's unit tests.
+#[cfg(test)]
+fn xorshift(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
+}
+
 /// Fixture JPEGs (path and bytes) for the crate's unit tests.
 #[cfg(test)]
 fn fixture_jpegs() -> Vec<(std::path::PathBuf, Vec<u8>)> {

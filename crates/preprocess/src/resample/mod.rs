@@ -395,14 +395,7 @@ mod tests {
     /// A deterministic pseudo-random row of `len` bytes.
     fn noise(len: usize, seed: u64) -> Vec<u8> {
         let mut state = seed | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 24) as u8
-            })
-            .collect()
+        (0..len).map(|_| (crate::xorshift(&mut state) >> 24) as u8).collect()
     }
 
     /// The runtime-chosen pass equals the scalar one, byte for byte, for every filter,

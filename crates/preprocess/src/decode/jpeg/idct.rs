@@ -427,17 +427,11 @@ mod tests {
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn idct_versions_agree() {
-        if !crate::decode::jpeg::avx2_available() {
-            eprintln!("skipped: this CPU has no AVX2");
+        if crate::decode::jpeg::skip_without_avx2() {
             return;
         }
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut next = move || crate::xorshift(&mut state);
         for round in 0..20_000 {
             let magnitude = [8, 64, 1024, 32768][round % 4];
             let density = [1, 4, 16, 64][round / 4 % 4];
@@ -470,10 +464,8 @@ mod tests {
         let mut state = 0x0123_4567_89ab_cdefu64;
         for round in 0..5_000 {
             let block: Block = std::array::from_fn(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                if state.is_multiple_of(3) { ((state >> 20) % 512) as i16 - 256 } else { 0 }
+                let r = crate::xorshift(&mut state);
+                if r.is_multiple_of(3) { ((r >> 20) % 512) as i16 - 256 } else { 0 }
             });
             let quant: [i16; 64] = std::array::from_fn(|i| 1 + (i as i16 * 7 + round as i16) % 60);
             let (mut expected, mut got) = ([0u8; 4 * 9], [0u8; 4 * 9]);

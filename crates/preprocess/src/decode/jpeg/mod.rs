@@ -146,6 +146,15 @@ fn map_abort(abort: Abort, limits: &Limits) -> Error {
     }
 }
 
+/// For the AVX2 unit tests: true, with a one-line reason, on a CPU without AVX2.
+#[cfg(test)]
+fn skip_without_avx2() -> bool {
+    if !avx2_available() {
+        eprintln!("skipped: this CPU has no AVX2");
+    }
+    !avx2_available()
+}
+
 /// DCT scaling `n` (of n/8) for fast mode: the smallest of 1/8, 1/4, 1/2 (libjpeg-turbo's
 /// fast reduced IDCTs) whose scaled short side (libjpeg rounds up) still covers `target`;
 /// else 8, no scaling.
@@ -301,9 +310,7 @@ mod tests {
         for (i, &(w, h)) in sizes.iter().enumerate() {
             let pixels: Vec<u8> = (0..w * h * 3)
                 .map(|p| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
+                    crate::xorshift(&mut state);
                     let (x, y) = ((p / 3) % w, (p / 3) / w);
                     let smooth = ((x * 255 / w + y * 128 / h + p % 3 * 60) % 256) as u8;
                     // Every other image is noise, which drives the transforms to their limits.
