@@ -28,7 +28,7 @@ pub(super) fn available() -> bool {
     is_x86_feature_detected!("avx2")
 }
 
-/// Lays out `c`'s weights for [`horizontal_row`]: per output pixel, `ksize.div_ceil(4)` steps
+/// Lays out `c`'s weights for [`horizontal_rows`]: per output pixel, `ksize.div_ceil(4)` steps
 /// of [`STEP_WEIGHTS`] 16-bit weights (taps past a pixel's count weigh 0).
 pub(super) fn pack(c: &Coeffs, packed: &mut Vec<i16>) {
     let steps = c.ksize.div_ceil(STEP);

@@ -171,7 +171,7 @@ fn clip8(v: i32) -> u8 {
     (v >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
-/// Reusable state for [`resize_window`].
+/// Reusable state for [`Resampler::resize_window`].
 #[derive(Debug, Default)]
 pub(crate) struct Resampler {
     horizontal: Coeffs,

@@ -61,7 +61,8 @@ pub(super) fn supported(cinfo: &jpeg_decompress_struct, scale: usize) -> Option<
 }
 
 /// Decodes the pixels `plan`'s window reads (without a plan, all) into `out` (sized for the
-/// whole image, the rest left stale); `cinfo` has read the header and passed [`supported`] with `kind` and `scale`.
+/// whole image, the rest left stale); `cinfo` has read the header and passed [`supported`]
+/// with `kind` and `scale`.
 ///
 /// At `scale` 8 the output is exact; below, it is the image downscaled by `scale` / 8 in the
 /// DCT domain (libjpeg's output size, rounded up), every component decoded straight onto the

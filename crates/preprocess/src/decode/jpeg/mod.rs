@@ -1,6 +1,7 @@
 //! JPEG through libjpeg-turbo (as vendored by `mozjpeg-sys`), set up as Pillow sets it up:
 //! accurate integer IDCT and fancy upsampling (libjpeg's defaults), CMYK read with Adobe's
-//! inverted polarity.
+//! inverted polarity. For the common colour layouts, the stages after entropy decoding are
+//! ours (`coefficients`, `idct`, `ycc`), with libjpeg's formulas.
 
 mod coefficients;
 mod idct;
@@ -81,12 +82,12 @@ pub(crate) struct Decoded {
 
 /// Decodes `bytes` into `out` as RGB8.
 ///
-/// [`Hint::Scale`] lets libjpeg downscale in the DCT domain (by n/8); [`Hint::Region`] and
-/// [`Hint::Scale`] with a plan let it skip the IDCT, upsampling and color conversion outside
-/// the region (with a margin), while still entropy-decoding everything so that truncation is
-/// caught as PIL catches it. With a region, YCbCr JPEGs in the common chroma layouts go
-/// through the DCT coefficients and our own transforms on just the region's blocks (see
-/// `coefficients`).
+/// Everything is always entropy-decoded, so truncation is caught as PIL catches it. With
+/// [`Hint::Region`], or [`Hint::Scale`] at 1/2 or 1/4, YCbCr JPEGs in the common chroma layouts
+/// go through their DCT coefficients and our own transforms on just the blocks the plan reads
+/// (see `coefficients`). Otherwise libjpeg's scanline decoder runs, downscaling by n/8 for
+/// [`Hint::Scale`] and, with a plan, skipping the IDCT, upsampling and color conversion outside
+/// the region (with a margin).
 pub(crate) fn decode(
     bytes: &[u8],
     limits: &Limits,
