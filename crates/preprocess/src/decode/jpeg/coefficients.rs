@@ -1,8 +1,8 @@
 //! The region route for YCbCr JPEGs: libjpeg entropy-decodes the whole file to DCT
 //! coefficients (`jpeg_read_coefficients`), then only the blocks under the region go through
-//! our inverse DCT, upsampling and color conversion (AVX2 where the CPU has it, else
-//! portable; the same integer formulas as libjpeg's C code, so the same bytes as its scanline
-//! route).
+//! our inverse DCT (SSE2 on x86-64), upsampling and color conversion (AVX2 where the CPU has
+//! it); portable versions elsewhere; the same integer formulas as libjpeg's C code, so the
+//! same bytes as its scanline route.
 
 use mozjpeg_sys::*;
 

@@ -1,9 +1,11 @@
 //! libjpeg's accurate integer inverse DCT (`jpeg_idct_islow` in `jidctint.c`): 13-bit
 //! constants, two extra bits between the passes, the same integer sums, so the same samples.
 //!
-//! One difference, only on data no encoder writes: libjpeg's C code wraps a result outside
-//! -512..=511 through its range-limit table, libjpeg-turbo's SIMD code (which Pillow runs)
-//! saturates; both versions here saturate, as Pillow does.
+//! Like libjpeg-turbo's SIMD code (which Pillow runs), both versions here hold the dequantized
+//! coefficients and the results of the first pass in 16 bits: a product `coefficient ·
+//! quantizer` wraps, a first-pass result saturates, and a sample outside 0..=255 saturates.
+//! None of that happens on data an encoder writes from 8-bit samples (there the sums are the C
+//! code's exactly); it only pins down what garbage coefficients give.
 
 /// One 8x8 block of quantized coefficients, natural (row-major) order.
 pub(super) type Block = [i16; 64];
@@ -24,95 +26,65 @@ const FIX_2_562915447: i32 = 20995;
 const FIX_3_072711026: i32 = 25172;
 
 /// The eight outputs of one 1-D pass over inputs `x[0..8]`, before descaling: libjpeg's even
-/// and odd parts (`tmp10 + tmp3`, `tmp11 + tmp2`, ... in its output order 0..8).
-///
-/// Generic over the lane type so the scalar and AVX2 versions are the same sums.
+/// and odd parts (`tmp10 + tmp3`, `tmp11 + tmp2`, ... in its output order 0..8). With 16-bit
+/// inputs every sum fits in 32 bits.
 #[inline(always)]
-fn butterfly<T: Lane>(x: [T; 8]) -> [T; 8] {
+fn butterfly(x: [i32; 8]) -> [i32; 8] {
     // Even part.
     let (z2, z3) = (x[2], x[6]);
-    let z1 = z2.add(z3).mul(FIX_0_541196100);
-    let tmp2 = z1.add(z3.mul(-FIX_1_847759065));
-    let tmp3 = z1.add(z2.mul(FIX_0_765366865));
-    let tmp0 = x[0].add(x[4]).shl(CONST_BITS);
-    let tmp1 = x[0].sub(x[4]).shl(CONST_BITS);
-    let (tmp10, tmp13) = (tmp0.add(tmp3), tmp0.sub(tmp3));
-    let (tmp11, tmp12) = (tmp1.add(tmp2), tmp1.sub(tmp2));
+    let z1 = (z2 + z3) * FIX_0_541196100;
+    let tmp2 = z1 + z3 * -FIX_1_847759065;
+    let tmp3 = z1 + z2 * FIX_0_765366865;
+    let tmp0 = (x[0] + x[4]) << CONST_BITS;
+    let tmp1 = (x[0] - x[4]) << CONST_BITS;
+    let (tmp10, tmp13) = (tmp0 + tmp3, tmp0 - tmp3);
+    let (tmp11, tmp12) = (tmp1 + tmp2, tmp1 - tmp2);
     // Odd part.
     let (t0, t1, t2, t3) = (x[7], x[5], x[3], x[1]);
-    let (z1, z2, z3, z4) = (t0.add(t3), t1.add(t2), t0.add(t2), t1.add(t3));
-    let z5 = z3.add(z4).mul(FIX_1_175875602);
-    let (t0, t1) = (t0.mul(FIX_0_298631336), t1.mul(FIX_2_053119869));
-    let (t2, t3) = (t2.mul(FIX_3_072711026), t3.mul(FIX_1_501321110));
-    let (z1, z2) = (z1.mul(-FIX_0_899976223), z2.mul(-FIX_2_562915447));
-    let (z3, z4) = (z3.mul(-FIX_1_961570560).add(z5), z4.mul(-FIX_0_390180644).add(z5));
-    let t0 = t0.add(z1.add(z3));
-    let t1 = t1.add(z2.add(z4));
-    let t2 = t2.add(z2.add(z3));
-    let t3 = t3.add(z1.add(z4));
-    [
-        tmp10.add(t3),
-        tmp11.add(t2),
-        tmp12.add(t1),
-        tmp13.add(t0),
-        tmp13.sub(t0),
-        tmp12.sub(t1),
-        tmp11.sub(t2),
-        tmp10.sub(t3),
-    ]
-}
-
-/// What [`butterfly`] needs of a lane: 32-bit wrapping integer arithmetic.
-trait Lane: Copy {
-    fn add(self, o: Self) -> Self;
-    fn sub(self, o: Self) -> Self;
-    fn mul(self, c: i32) -> Self;
-    fn shl(self, bits: u32) -> Self;
-}
-
-impl Lane for i32 {
-    #[inline(always)]
-    fn add(self, o: Self) -> Self {
-        self.wrapping_add(o)
-    }
-    #[inline(always)]
-    fn sub(self, o: Self) -> Self {
-        self.wrapping_sub(o)
-    }
-    #[inline(always)]
-    fn mul(self, c: i32) -> Self {
-        self.wrapping_mul(c)
-    }
-    #[inline(always)]
-    fn shl(self, bits: u32) -> Self {
-        self.wrapping_shl(bits)
-    }
+    let (z1, z2, z3, z4) = (t0 + t3, t1 + t2, t0 + t2, t1 + t3);
+    let z5 = (z3 + z4) * FIX_1_175875602;
+    let (t0, t1) = (t0 * FIX_0_298631336, t1 * FIX_2_053119869);
+    let (t2, t3) = (t2 * FIX_3_072711026, t3 * FIX_1_501321110);
+    let (z1, z2) = (z1 * -FIX_0_899976223, z2 * -FIX_2_562915447);
+    let (z3, z4) = (z3 * -FIX_1_961570560 + z5, z4 * -FIX_0_390180644 + z5);
+    let t0 = t0 + z1 + z3;
+    let t1 = t1 + z2 + z4;
+    let t2 = t2 + z2 + z3;
+    let t3 = t3 + z1 + z4;
+    [tmp10 + t3, tmp11 + t2, tmp12 + t1, tmp13 + t0, tmp13 - t0, tmp12 - t1, tmp11 - t2, tmp10 - t3]
 }
 
 /// `(x + 2^(bits-1)) >> bits`, libjpeg's `DESCALE`.
 #[inline(always)]
 fn descale(x: i32, bits: u32) -> i32 {
-    x.wrapping_add(1 << (bits - 1)) >> bits
+    (x + (1 << (bits - 1))) >> bits
 }
 
-/// The sample of a block whose only nonzero coefficient is the dequantized DC `dc`: the
-/// full sums with zero AC terms, written out.
+/// A dequantized coefficient, held in 16 bits.
 #[inline(always)]
-fn flat(dc: i32) -> i32 {
-    let pass1 = descale(dc.shl(CONST_BITS), CONST_BITS - PASS1_BITS);
-    descale(pass1.shl(CONST_BITS), CONST_BITS + PASS1_BITS + 3) + 128
+fn dequantize(coefficient: i16, quantizer: i16) -> i32 {
+    coefficient.wrapping_mul(quantizer) as i32
+}
+
+/// A first-pass result, saturated to 16 bits.
+#[inline(always)]
+fn pass1(v: i32) -> i32 {
+    descale(v, CONST_BITS - PASS1_BITS).clamp(i16::MIN as i32, i16::MAX as i32)
+}
+
+/// A sample from a second-pass result.
+#[inline(always)]
+fn sample(v: i32) -> u8 {
+    (descale(v, CONST_BITS + PASS1_BITS + 3) + 128).clamp(0, 255) as u8
 }
 
 /// The inverse DCT of `block` dequantized by `quant` into 8 rows of 8 samples at
-/// `out[row * stride..]`: AVX2 where the CPU has it.
+/// `out[row * stride..]`: SSE2 on x86-64 (every such CPU has it), else portable.
 #[inline]
 pub(super) fn idct(block: &Block, quant: &[i16; 64], out: &mut [u8], stride: usize) {
     #[cfg(target_arch = "x86_64")]
-    if super::avx2_available() {
-        // SAFETY: the CPU has AVX2; `avx2::idct` checks the extent of `out`.
-        unsafe { avx2::idct(block, quant, out, stride) };
-        return;
-    }
+    return sse2::idct(block, quant, out, stride);
+    #[cfg(not(target_arch = "x86_64"))]
     idct_scalar(block, quant, out, stride);
 }
 
@@ -121,16 +93,16 @@ pub(super) fn idct_scalar(block: &Block, quant: &[i16; 64], out: &mut [u8], stri
     let mut ws = [0i32; 64];
     for col in 0..8 {
         let x: [i32; 8] =
-            std::array::from_fn(|k| block[k * 8 + col] as i32 * quant[k * 8 + col] as i32);
+            std::array::from_fn(|k| dequantize(block[k * 8 + col], quant[k * 8 + col]));
         for (k, v) in butterfly(x).into_iter().enumerate() {
-            ws[k * 8 + col] = descale(v, CONST_BITS - PASS1_BITS);
+            ws[k * 8 + col] = pass1(v);
         }
     }
     for row in 0..8 {
         let x: [i32; 8] = std::array::from_fn(|k| ws[row * 8 + k]);
         let line = &mut out[row * stride..][..8];
         for (o, v) in line.iter_mut().zip(butterfly(x)) {
-            *o = (descale(v, CONST_BITS + PASS1_BITS + 3) + 128).clamp(0, 255) as u8;
+            *o = sample(v);
         }
     }
 }
@@ -275,144 +247,182 @@ impl Reduced {
 }
 
 #[cfg(target_arch = "x86_64")]
-pub(super) mod avx2 {
-    //! Eight columns (then eight rows) at once in 32-bit lanes: the scalar sums lane by lane.
+pub(super) mod sse2 {
+    //! Eight columns (then eight rows) of 16-bit values in one register. Each pair of
+    //! multiplications that libjpeg adds is one `_mm_madd_epi16` on interleaved inputs, with
+    //! libjpeg's constants combined (`z1 = (z2 + z3) · c` distributed over `z2` and `z3`, and
+    //! so on): the same integer sums, which fit in 32 bits for any 16-bit inputs.
 
     use std::arch::x86_64::*;
 
-    use super::{Block, CONST_BITS, Lane, PASS1_BITS, butterfly};
+    use super::{
+        Block, CONST_BITS, FIX_0_298631336 as F0298, FIX_0_390180644 as F0390,
+        FIX_0_541196100 as F0541, FIX_0_765366865 as F0765, FIX_0_899976223 as F0899,
+        FIX_1_175875602 as F1175, FIX_1_501321110 as F1501, FIX_1_847759065 as F1847,
+        FIX_1_961570560 as F1961, FIX_2_053119869 as F2053, FIX_2_562915447 as F2562,
+        FIX_3_072711026 as F3072, PASS1_BITS,
+    };
 
+    /// A pair of 16-bit weights `(a, b)` for `_mm_madd_epi16` on `(x, y)` pairs: `a·x + b·y`.
+    #[inline(always)]
+    fn pair(a: i32, b: i32) -> __m128i {
+        // SAFETY: SSE2 is part of x86-64.
+        unsafe { _mm_set1_epi32((a & 0xffff) | (b << 16)) }
+    }
+
+    /// Both halves (lanes 0..4 and 4..8) of a 32-bit result.
     #[derive(Clone, Copy)]
-    struct V(__m256i);
+    struct Wide(__m128i, __m128i);
 
-    impl Lane for V {
+    impl Wide {
         #[inline(always)]
-        fn add(self, o: Self) -> Self {
-            // SAFETY: only reached from `idct`, which requires AVX2.
-            V(unsafe { _mm256_add_epi32(self.0, o.0) })
+        fn add(self, o: Wide) -> Wide {
+            // SAFETY: SSE2 is part of x86-64.
+            unsafe { Wide(_mm_add_epi32(self.0, o.0), _mm_add_epi32(self.1, o.1)) }
         }
         #[inline(always)]
-        fn sub(self, o: Self) -> Self {
+        fn sub(self, o: Wide) -> Wide {
             // SAFETY: as in `add`.
-            V(unsafe { _mm256_sub_epi32(self.0, o.0) })
-        }
-        #[inline(always)]
-        fn mul(self, c: i32) -> Self {
-            // SAFETY: as in `add`.
-            V(unsafe { _mm256_mullo_epi32(self.0, _mm256_set1_epi32(c)) })
-        }
-        #[inline(always)]
-        fn shl(self, bits: u32) -> Self {
-            // SAFETY: as in `add`.
-            V(unsafe { _mm256_sll_epi32(self.0, _mm_cvtsi32_si128(bits as i32)) })
+            unsafe { Wide(_mm_sub_epi32(self.0, o.0), _mm_sub_epi32(self.1, o.1)) }
         }
     }
 
-    /// Transposes 8 rows of 8 32-bit lanes.
+    /// `a·x + b·y` lane by lane, in 32 bits.
     #[inline(always)]
-    unsafe fn transpose(r: [V; 8]) -> [V; 8] {
-        // SAFETY: callers run with AVX2.
+    fn madd(x: __m128i, y: __m128i, a: i32, b: i32) -> Wide {
+        // SAFETY: SSE2 is part of x86-64.
         unsafe {
-            let t0 = _mm256_unpacklo_epi32(r[0].0, r[1].0);
-            let t1 = _mm256_unpackhi_epi32(r[0].0, r[1].0);
-            let t2 = _mm256_unpacklo_epi32(r[2].0, r[3].0);
-            let t3 = _mm256_unpackhi_epi32(r[2].0, r[3].0);
-            let t4 = _mm256_unpacklo_epi32(r[4].0, r[5].0);
-            let t5 = _mm256_unpackhi_epi32(r[4].0, r[5].0);
-            let t6 = _mm256_unpacklo_epi32(r[6].0, r[7].0);
-            let t7 = _mm256_unpackhi_epi32(r[6].0, r[7].0);
-            let u0 = _mm256_unpacklo_epi64(t0, t2);
-            let u1 = _mm256_unpackhi_epi64(t0, t2);
-            let u2 = _mm256_unpacklo_epi64(t1, t3);
-            let u3 = _mm256_unpackhi_epi64(t1, t3);
-            let u4 = _mm256_unpacklo_epi64(t4, t6);
-            let u5 = _mm256_unpackhi_epi64(t4, t6);
-            let u6 = _mm256_unpacklo_epi64(t5, t7);
-            let u7 = _mm256_unpackhi_epi64(t5, t7);
+            let w = pair(a, b);
+            Wide(
+                _mm_madd_epi16(_mm_unpacklo_epi16(x, y), w),
+                _mm_madd_epi16(_mm_unpackhi_epi16(x, y), w),
+            )
+        }
+    }
+
+    /// `a·x + b·y + c·z + d·w`.
+    #[inline(always)]
+    fn madd4(x: [__m128i; 4], c: [i32; 4]) -> Wide {
+        madd(x[0], x[1], c[0], c[1]).add(madd(x[2], x[3], c[2], c[3]))
+    }
+
+    /// [`super::butterfly`] on eight lanes of 16-bit inputs.
+    #[inline(always)]
+    fn butterfly(x: [__m128i; 8]) -> [Wide; 8] {
+        let one = 1 << CONST_BITS;
+        // Even part: tmp0, tmp1 = (x0 ± x4) << 13; tmp3, tmp2 from z1 = (x2 + x6) · F0541.
+        let tmp0 = madd(x[0], x[4], one, one);
+        let tmp1 = madd(x[0], x[4], one, -one);
+        let tmp3 = madd(x[2], x[6], F0541 + F0765, F0541);
+        let tmp2 = madd(x[2], x[6], F0541, F0541 - F1847);
+        let (tmp10, tmp13) = (tmp0.add(tmp3), tmp0.sub(tmp3));
+        let (tmp11, tmp12) = (tmp1.add(tmp2), tmp1.sub(tmp2));
+        // Odd part, each output a sum over (t0, t1, t2, t3) = (x7, x5, x3, x1).
+        let t = [x[7], x[5], x[3], x[1]];
+        let t0 = madd4(t, [F0298 - F0899 - F1961 + F1175, F1175, F1175 - F1961, F1175 - F0899]);
+        let t1 = madd4(t, [F1175, F2053 - F2562 - F0390 + F1175, F1175 - F2562, F1175 - F0390]);
+        let t2 = madd4(t, [F1175 - F1961, F1175 - F2562, F3072 - F2562 - F1961 + F1175, F1175]);
+        let t3 = madd4(t, [F1175 - F0899, F1175 - F0390, F1175, F1501 - F0899 - F0390 + F1175]);
+        [
+            tmp10.add(t3),
+            tmp11.add(t2),
+            tmp12.add(t1),
+            tmp13.add(t0),
+            tmp13.sub(t0),
+            tmp12.sub(t1),
+            tmp11.sub(t2),
+            tmp10.sub(t3),
+        ]
+    }
+
+    /// `(v + round) >> SHIFT` on both halves, saturated to 16 bits.
+    #[inline(always)]
+    fn narrow<const SHIFT: i32>(v: Wide, round: i32) -> __m128i {
+        // SAFETY: SSE2 is part of x86-64.
+        unsafe {
+            let r = _mm_set1_epi32(round);
+            _mm_packs_epi32(
+                _mm_srai_epi32::<SHIFT>(_mm_add_epi32(v.0, r)),
+                _mm_srai_epi32::<SHIFT>(_mm_add_epi32(v.1, r)),
+            )
+        }
+    }
+
+    /// Transposes 8 rows of 8 16-bit lanes.
+    #[inline(always)]
+    fn transpose(r: [__m128i; 8]) -> [__m128i; 8] {
+        // SAFETY: SSE2 is part of x86-64.
+        unsafe {
+            let a = [
+                _mm_unpacklo_epi16(r[0], r[1]),
+                _mm_unpackhi_epi16(r[0], r[1]),
+                _mm_unpacklo_epi16(r[2], r[3]),
+                _mm_unpackhi_epi16(r[2], r[3]),
+                _mm_unpacklo_epi16(r[4], r[5]),
+                _mm_unpackhi_epi16(r[4], r[5]),
+                _mm_unpacklo_epi16(r[6], r[7]),
+                _mm_unpackhi_epi16(r[6], r[7]),
+            ];
+            let b = [
+                _mm_unpacklo_epi32(a[0], a[2]),
+                _mm_unpackhi_epi32(a[0], a[2]),
+                _mm_unpacklo_epi32(a[1], a[3]),
+                _mm_unpackhi_epi32(a[1], a[3]),
+                _mm_unpacklo_epi32(a[4], a[6]),
+                _mm_unpackhi_epi32(a[4], a[6]),
+                _mm_unpacklo_epi32(a[5], a[7]),
+                _mm_unpackhi_epi32(a[5], a[7]),
+            ];
             [
-                V(_mm256_permute2x128_si256(u0, u4, 0x20)),
-                V(_mm256_permute2x128_si256(u1, u5, 0x20)),
-                V(_mm256_permute2x128_si256(u2, u6, 0x20)),
-                V(_mm256_permute2x128_si256(u3, u7, 0x20)),
-                V(_mm256_permute2x128_si256(u0, u4, 0x31)),
-                V(_mm256_permute2x128_si256(u1, u5, 0x31)),
-                V(_mm256_permute2x128_si256(u2, u6, 0x31)),
-                V(_mm256_permute2x128_si256(u3, u7, 0x31)),
+                _mm_unpacklo_epi64(b[0], b[4]),
+                _mm_unpackhi_epi64(b[0], b[4]),
+                _mm_unpacklo_epi64(b[1], b[5]),
+                _mm_unpackhi_epi64(b[1], b[5]),
+                _mm_unpacklo_epi64(b[2], b[6]),
+                _mm_unpackhi_epi64(b[2], b[6]),
+                _mm_unpacklo_epi64(b[3], b[7]),
+                _mm_unpackhi_epi64(b[3], b[7]),
             ]
         }
     }
 
-    /// [`super::idct_scalar`] with AVX2; a block whose AC coefficients are all zero takes
-    /// libjpeg's own shortcut (a flat block, the same value the full sums give).
-    ///
-    /// # Safety
-    /// The CPU must support AVX2, and `out` must hold 8 rows of 8 bytes at `stride`.
-    #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn idct(block: &Block, quant: &[i16; 64], out: &mut [u8], stride: usize) {
+    /// [`super::idct_scalar`] in SSE2; a block whose AC coefficients are all zero takes
+    /// libjpeg's own shortcut (a flat block, the value the full sums give).
+    pub(in super::super) fn idct(block: &Block, quant: &[i16; 64], out: &mut [u8], stride: usize) {
         assert!(out.len() >= 7 * stride + 8);
-        // SAFETY: AVX2 is enabled; every load reads 16 of the 64 coefficients or weights, and
-        // every store writes 8 bytes of a row the assert keeps inside `out`.
+        // SAFETY: SSE2 is part of x86-64; every load reads 8 of the 64 coefficients or
+        // quantizers, every store 8 bytes of a row the assert keeps inside `out`.
         unsafe {
-            let load = |p: &[i16; 64], row: usize| {
-                _mm256_cvtepi16_epi32(_mm_loadu_si128(p.as_ptr().add(row * 8).cast()))
-            };
-            // Coefficients 1..64 OR-ed together (the DC, 16-bit lane 0 of the first load,
-            // masked out).
-            let load16 = |at: usize| _mm256_loadu_si256(block.as_ptr().add(at).cast::<__m256i>());
-            let no_dc =
-                _mm256_setr_epi16(0, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1);
-            let ac = _mm256_or_si256(
-                _mm256_or_si256(_mm256_and_si256(load16(0), no_dc), load16(16)),
-                _mm256_or_si256(load16(32), load16(48)),
+            let load = |p: &[i16; 64], k: usize| _mm_loadu_si128(p.as_ptr().add(k * 8).cast());
+            let rows: [__m128i; 8] = std::array::from_fn(|k| load(block, k));
+            let mut ac = _mm_or_si128(
+                _mm_or_si128(_mm_or_si128(rows[1], rows[2]), _mm_or_si128(rows[3], rows[4])),
+                _mm_or_si128(_mm_or_si128(rows[5], rows[6]), rows[7]),
             );
-            let dc_only = _mm256_testz_si256(ac, ac) == 1;
-            if dc_only {
-                let dc = block[0] as i32 * quant[0] as i32;
-                let v = super::flat(dc);
-                let row = [v.clamp(0, 255) as u8; 8];
+            // Row 0 without its first lane, the DC.
+            ac = _mm_or_si128(ac, _mm_srli_si128::<2>(rows[0]));
+            if _mm_movemask_epi8(_mm_cmpeq_epi16(ac, _mm_setzero_si128())) == 0xffff {
+                let dc = super::dequantize(block[0], quant[0]);
+                let v = super::sample(super::pass1(dc << CONST_BITS) << CONST_BITS);
                 for r in 0..8 {
-                    out[r * stride..][..8].copy_from_slice(&row);
+                    out[r * stride..][..8].fill(v);
                 }
                 return;
             }
-            // Pass 1: lanes are columns, rows are coefficient rows.
-            let x: [V; 8] =
-                std::array::from_fn(|k| V(_mm256_mullo_epi32(load(block, k), load(quant, k))));
-            let round1 = _mm256_set1_epi32(1 << (CONST_BITS - PASS1_BITS - 1));
-            let ws = butterfly(x).map(|v| {
-                V(_mm256_srai_epi32::<{ (CONST_BITS - PASS1_BITS) as i32 }>(_mm256_add_epi32(
-                    v.0, round1,
-                )))
-            });
-            // Pass 2: lanes are rows.
-            let y = butterfly(transpose(ws));
-            let round2 = _mm256_set1_epi32(1 << (CONST_BITS + PASS1_BITS + 2));
-            let center = _mm256_set1_epi32(128);
-            let y = y.map(|v| {
-                let shifted = _mm256_srai_epi32::<{ (CONST_BITS + PASS1_BITS + 3) as i32 }>(
-                    _mm256_add_epi32(v.0, round2),
-                );
-                V(_mm256_add_epi32(shifted, center))
-            });
-            // Back to rows of samples: saturate to 16 bits, then to 0..=255.
+            // Pass 1: lanes are columns; dequantized in 16 bits.
+            let x: [__m128i; 8] = std::array::from_fn(|k| _mm_mullo_epi16(rows[k], load(quant, k)));
+            const SHIFT1: i32 = (CONST_BITS - PASS1_BITS) as i32;
+            let ws = butterfly(x).map(|v| narrow::<SHIFT1>(v, 1 << (SHIFT1 - 1)));
+            // Pass 2: lanes are rows; the 128 of the samples rides in the rounding term.
+            const SHIFT2: i32 = (CONST_BITS + PASS1_BITS + 3) as i32;
+            let round = (1 << (SHIFT2 - 1)) + (128 << SHIFT2);
+            let y = butterfly(transpose(ws)).map(|v| narrow::<SHIFT2>(v, round));
             let rows = transpose(y);
-            // packs interleaves per 128-bit lane ([a 0..4, b 0..4 | a 4..8, b 4..8]); the
-            // permute puts row a in the low lane and row b in the high one.
-            let words = |a: usize, b: usize| {
-                _mm256_permute4x64_epi64::<0b11_01_10_00>(_mm256_packs_epi32(rows[a].0, rows[b].0))
-            };
-            for quad in [0, 4] {
-                // Qwords: row q, row q + 2, row q + 1, row q + 3.
-                let bytes = _mm256_packus_epi16(words(quad, quad + 1), words(quad + 2, quad + 3));
-                let qwords = [
-                    _mm256_extract_epi64::<0>(bytes),
-                    _mm256_extract_epi64::<2>(bytes),
-                    _mm256_extract_epi64::<1>(bytes),
-                    _mm256_extract_epi64::<3>(bytes),
-                ];
-                for (r, q) in qwords.into_iter().enumerate() {
-                    out[(quad + r) * stride..][..8].copy_from_slice(&q.to_le_bytes());
-                }
+            for pair in 0..4 {
+                let bytes = _mm_packus_epi16(rows[2 * pair], rows[2 * pair + 1]);
+                let (a, b) = out.split_at_mut((2 * pair + 1) * stride);
+                _mm_storel_epi64(a[2 * pair * stride..][..8].as_mut_ptr().cast(), bytes);
+                _mm_storel_epi64(b[..8].as_mut_ptr().cast(), _mm_unpackhi_epi64(bytes, bytes));
             }
         }
     }
@@ -422,14 +432,11 @@ pub(super) mod avx2 {
 mod tests {
     use super::*;
 
-    /// The AVX2 inverse DCT equals the portable one on random blocks, from sparse to full and
+    /// The SSE2 inverse DCT equals the portable one on random blocks, from sparse to full and
     /// from small to extreme coefficients and quantizers.
     #[test]
     #[cfg(target_arch = "x86_64")]
     fn idct_versions_agree() {
-        if crate::decode::jpeg::skip_without_avx2() {
-            return;
-        }
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move || crate::xorshift(&mut state);
         for round in 0..20_000 {
@@ -449,8 +456,7 @@ mod tests {
             });
             let (mut expected, mut got) = ([0u8; 8 * 11], [0u8; 8 * 11]);
             idct_scalar(&block, &quant, &mut expected, 11);
-            // SAFETY: AVX2 checked above.
-            unsafe { avx2::idct(&block, &quant, &mut got, 11) };
+            sse2::idct(&block, &quant, &mut got, 11);
             assert_eq!(got, expected, "round {round}: {block:?} {quant:?}");
         }
     }

@@ -19,7 +19,7 @@ use crate::{Error, ImageFormat, Limits};
 
 const FORMAT: ImageFormat = ImageFormat::Jpeg;
 
-/// Whether this CPU runs our AVX2 inverse DCT and color conversion (checked once per process
+/// Whether this CPU runs our AVX2 upsampling and color conversion (checked once per process
 /// by std); without it the portable versions run.
 fn avx2_available() -> bool {
     #[cfg(target_arch = "x86_64")]
