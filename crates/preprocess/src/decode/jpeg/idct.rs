@@ -28,6 +28,7 @@ const FIX_3_072711026: i32 = 25172;
 /// The eight outputs of one 1-D pass over inputs `x[0..8]`, before descaling: libjpeg's even
 /// and odd parts (`tmp10 + tmp3`, `tmp11 + tmp2`, ... in its output order 0..8). With 16-bit
 /// inputs every sum fits in 32 bits.
+#[cfg_attr(all(target_arch = "x86_64", not(test)), allow(dead_code, reason = "tests' reference"))]
 #[inline(always)]
 fn butterfly(x: [i32; 8]) -> [i32; 8] {
     // Even part.
@@ -88,7 +89,8 @@ pub(super) fn idct(block: &Block, quant: &[i16; 64], out: &mut [u8], stride: usi
     idct_scalar(block, quant, out, stride);
 }
 
-/// [`idct`], portable version.
+/// [`idct`], portable version (the reference for the SSE2 one).
+#[cfg_attr(all(target_arch = "x86_64", not(test)), allow(dead_code, reason = "tests' reference"))]
 pub(super) fn idct_scalar(block: &Block, quant: &[i16; 64], out: &mut [u8], stride: usize) {
     let mut ws = [0i32; 64];
     for col in 0..8 {
