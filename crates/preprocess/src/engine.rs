@@ -155,11 +155,12 @@ impl Preprocessor {
             let line = y * s..(y + 1) * s;
             let (r, g, b) = (&mut r[line.clone()], &mut g[line.clone()], &mut b[line]);
             let [lut_r, lut_g, lut_b] = &**lut;
-            // Indexing 256-entry tables by bytes needs no bounds checks.
-            for (x, px) in row.chunks_exact(3).enumerate().take(s) {
-                r[x] = lut_r[px[0] as usize];
-                g[x] = lut_g[px[1] as usize];
-                b[x] = lut_b[px[2] as usize];
+            // Indexing 256-entry tables by bytes needs no bounds checks, nor do the zipped
+            // outputs.
+            for (((r, g), b), px) in r.iter_mut().zip(g).zip(b).zip(row.chunks_exact(3)) {
+                *r = lut_r[px[0] as usize];
+                *g = lut_g[px[1] as usize];
+                *b = lut_b[px[2] as usize];
             }
         };
         match self.options.mode {
