@@ -152,7 +152,10 @@ pub(super) unsafe fn vertical_row(
 
     let len = out.len();
     let n = k.len();
-    if n == 0 {
+    // Up to 256 taps here (a source up to about 64 times the target); more take the scalar
+    // pass.
+    const MAX_PAIRS: usize = 128;
+    if n == 0 || n.div_ceil(2) > MAX_PAIRS {
         return super::vertical_scalar(src, first, stride, k, out);
     }
     assert!(first + (n - 1) * stride + len <= src.len());
@@ -164,12 +167,18 @@ pub(super) unsafe fn vertical_row(
         (a & 0xffff) | (b << 16)
     };
     let half = _mm256_set1_epi32(HALF);
+    // The weight pairs of every tap pair, made once for all blocks of the row.
+    let mut pairs = [(0, 0); MAX_PAIRS];
+    let pairs = &mut pairs[..n.div_ceil(2)];
+    for (p, t) in pairs.iter_mut().zip((0..n).step_by(2)) {
+        *p = (pair(t, 0, (1 << LOW_BITS) - 1), pair(t, LOW_BITS, -1));
+    }
     let blocks = len / 16;
     for block in 0..blocks {
         let i = block * 16;
         let zero = _mm256_setzero_si256();
         let (mut lo0, mut lo1, mut hi0, mut hi1) = (zero, zero, zero, zero);
-        for t in (0..n).step_by(2) {
+        for (&(wlo, whi), t) in pairs.iter().zip((0..n).step_by(2)) {
             let second = if t + 1 < n { t + 1 } else { t };
             // SAFETY: the assert above keeps every line's 16 bytes at `i` inside `src`.
             let (a, b) = unsafe {
@@ -181,8 +190,7 @@ pub(super) unsafe fn vertical_row(
             let (a, b) = (_mm256_cvtepu8_epi16(a), _mm256_cvtepu8_epi16(b));
             // Bytes 0-3 and 8-11 in `p0`, 4-7 and 12-15 in `p1`, as (a, b) pairs.
             let (p0, p1) = (_mm256_unpacklo_epi16(a, b), _mm256_unpackhi_epi16(a, b));
-            let wlo = _mm256_set1_epi32(pair(t, 0, (1 << LOW_BITS) - 1));
-            let whi = _mm256_set1_epi32(pair(t, LOW_BITS, -1));
+            let (wlo, whi) = (_mm256_set1_epi32(wlo), _mm256_set1_epi32(whi));
             lo0 = _mm256_add_epi32(lo0, _mm256_madd_epi16(p0, wlo));
             lo1 = _mm256_add_epi32(lo1, _mm256_madd_epi16(p1, wlo));
             hi0 = _mm256_add_epi32(hi0, _mm256_madd_epi16(p0, whi));

@@ -118,6 +118,10 @@ pub(super) struct Reduced {
     k: usize,
     /// `basis[x][u]`: the weight of frequency `u` at output sample `x`.
     basis: [[f32; 4]; 4],
+    /// `columns[u][x] = basis[x][u]`.
+    columns: [[f32; 4]; 4],
+    /// `splat[y][v]`: `basis[y][v]` four times (a register's worth for the second pass).
+    splat: [[[f32; 4]; 4]; 4],
 }
 
 impl Reduced {
@@ -139,7 +143,9 @@ impl Reduced {
                 *w = (c * mean) as f32;
             }
         }
-        Reduced { k, basis }
+        let columns = std::array::from_fn(|u| std::array::from_fn(|x| basis[x][u]));
+        let splat = basis.map(|row| row.map(|b| [b; 4]));
+        Reduced { k, basis, columns, splat }
     }
 
     /// Samples of `block` dequantized by `quant` into `k` rows of `k` at `out[row * stride..]`.
@@ -175,9 +181,7 @@ impl Reduced {
                 let x = _mm_loadl_epi64(p.as_ptr().add(v * 8).cast());
                 _mm_cvtepi32_ps(_mm_srai_epi32::<16>(_mm_unpacklo_epi16(x, x)))
             };
-            let columns: [__m128; 4] = std::array::from_fn(|u| {
-                _mm_setr_ps(self.basis[0][u], self.basis[1][u], self.basis[2][u], self.basis[3][u])
-            });
+            let columns: [__m128; 4] = self.columns.map(|c| _mm_loadu_ps(c.as_ptr()));
             let tmp: [__m128; 4] = std::array::from_fn(|v| {
                 let f = _mm_mul_ps(row(block, v), row(quant, v));
                 let lane = |u: i32| match u {
@@ -196,7 +200,8 @@ impl Reduced {
             for (y, r) in rows.iter_mut().enumerate() {
                 let mut acc = _mm_set1_ps(128.0);
                 for (v, t) in tmp.iter().enumerate() {
-                    acc = _mm_add_ps(acc, _mm_mul_ps(_mm_set1_ps(self.basis[y][v]), *t));
+                    let b = _mm_loadu_ps(self.splat[y][v].as_ptr());
+                    acc = _mm_add_ps(acc, _mm_mul_ps(b, *t));
                 }
                 *r = _mm_cvtps_epi32(acc);
             }
@@ -222,8 +227,7 @@ impl Reduced {
         out: &mut [u8],
         stride: usize,
     ) {
-        let columns: [[f32; 4]; 4] =
-            std::array::from_fn(|u| std::array::from_fn(|x| self.basis[x][u]));
+        let columns = &self.columns;
         let mut tmp = [[0f32; 4]; K];
         for (v, t) in tmp.iter_mut().enumerate() {
             for (u, column) in columns.iter().enumerate().take(K) {
