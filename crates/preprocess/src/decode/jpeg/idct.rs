@@ -5,7 +5,9 @@
 //! coefficients and the results of the first pass in 16 bits: a product `coefficient ·
 //! quantizer` wraps, a first-pass result saturates, and a sample outside 0..=255 saturates.
 //! None of that happens on data an encoder writes from 8-bit samples (there the sums are the C
-//! code's exactly); it only pins down what garbage coefficients give.
+//! code's exactly); it only pins down what garbage coefficients give. (libjpeg-turbo's SIMD
+//! code also adds some inputs in 16 bits inside each pass, which can wrap on such garbage; that
+//! is not copied, so on it the two may still differ.)
 
 /// One 8x8 block of quantized coefficients, natural (row-major) order.
 pub(super) type Block = [i16; 64];
