@@ -356,42 +356,26 @@ pub(super) mod sse2 {
         }
     }
 
-    /// Transposes 8 rows of 8 16-bit lanes.
+    /// Transposes 8 rows of 8 16-bit lanes: three rounds interleaving 16-, 32- and 64-bit
+    /// lanes of registers `step` = 1, 2, 4 apart.
     #[inline(always)]
     fn transpose(r: [__m128i; 8]) -> [__m128i; 8] {
-        // SAFETY: SSE2 is part of x86-64.
-        unsafe {
-            let a = [
-                _mm_unpacklo_epi16(r[0], r[1]),
-                _mm_unpackhi_epi16(r[0], r[1]),
-                _mm_unpacklo_epi16(r[2], r[3]),
-                _mm_unpackhi_epi16(r[2], r[3]),
-                _mm_unpacklo_epi16(r[4], r[5]),
-                _mm_unpackhi_epi16(r[4], r[5]),
-                _mm_unpacklo_epi16(r[6], r[7]),
-                _mm_unpackhi_epi16(r[6], r[7]),
-            ];
-            let b = [
-                _mm_unpacklo_epi32(a[0], a[2]),
-                _mm_unpackhi_epi32(a[0], a[2]),
-                _mm_unpacklo_epi32(a[1], a[3]),
-                _mm_unpackhi_epi32(a[1], a[3]),
-                _mm_unpacklo_epi32(a[4], a[6]),
-                _mm_unpackhi_epi32(a[4], a[6]),
-                _mm_unpacklo_epi32(a[5], a[7]),
-                _mm_unpackhi_epi32(a[5], a[7]),
-            ];
-            [
-                _mm_unpacklo_epi64(b[0], b[4]),
-                _mm_unpackhi_epi64(b[0], b[4]),
-                _mm_unpacklo_epi64(b[1], b[5]),
-                _mm_unpackhi_epi64(b[1], b[5]),
-                _mm_unpacklo_epi64(b[2], b[6]),
-                _mm_unpackhi_epi64(b[2], b[6]),
-                _mm_unpacklo_epi64(b[3], b[7]),
-                _mm_unpackhi_epi64(b[3], b[7]),
-            ]
+        #[inline(always)]
+        fn round(
+            r: [__m128i; 8],
+            step: usize,
+            unpack: impl Fn(__m128i, __m128i) -> [__m128i; 2],
+        ) -> [__m128i; 8] {
+            let mut out = r;
+            for (p, i) in (0..8).filter(|i| i & step == 0).enumerate() {
+                [out[2 * p], out[2 * p + 1]] = unpack(r[i], r[i + step]);
+            }
+            out
         }
+        // SAFETY (closures): SSE2 is part of x86-64.
+        let r = round(r, 1, |a, b| unsafe { [_mm_unpacklo_epi16(a, b), _mm_unpackhi_epi16(a, b)] });
+        let r = round(r, 2, |a, b| unsafe { [_mm_unpacklo_epi32(a, b), _mm_unpackhi_epi32(a, b)] });
+        round(r, 4, |a, b| unsafe { [_mm_unpacklo_epi64(a, b), _mm_unpackhi_epi64(a, b)] })
     }
 
     /// [`super::idct_scalar`] in SSE2; a block whose AC coefficients are all zero takes
