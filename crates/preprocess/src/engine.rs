@@ -3,7 +3,7 @@ use fast_image_resize as fir;
 use crate::config::Filter;
 use crate::config::ResizeTarget;
 use crate::decode::{Decoder, Hint, RgbImage};
-use crate::resample::{Resampler, Window, input_span};
+use crate::resample::{Resampler, Row, Window, input_span};
 use crate::{Error, ImageFormat, Mode, PreprocessConfig, PreprocessOptions};
 
 /// What was decoded: the source image's size and format.
@@ -149,7 +149,7 @@ impl Preprocessor {
         let s = self.image_size();
         let plane = s * s;
         let lut = &self.lut;
-        let mut emit = |y: usize, row: &[u8]| {
+        let mut emit = |y: usize, row: Row<'_>| {
             let (r, rest) = out.split_at_mut(plane);
             let (g, b) = rest.split_at_mut(plane);
             let line = y * s..(y + 1) * s;
@@ -157,10 +157,23 @@ impl Preprocessor {
             let [lut_r, lut_g, lut_b] = &**lut;
             // Indexing 256-entry tables by bytes needs no bounds checks, nor do the zipped
             // outputs.
-            for (((r, g), b), px) in r.iter_mut().zip(g).zip(b).zip(row.chunks_exact(3)) {
-                *r = lut_r[px[0] as usize];
-                *g = lut_g[px[1] as usize];
-                *b = lut_b[px[2] as usize];
+            match row {
+                Row::Rgb(row) => {
+                    for (((r, g), b), px) in r.iter_mut().zip(g).zip(b).zip(row.chunks_exact(3)) {
+                        *r = lut_r[px[0] as usize];
+                        *g = lut_g[px[1] as usize];
+                        *b = lut_b[px[2] as usize];
+                    }
+                }
+                Row::Channels(rows) => {
+                    for ((out, lut), row) in
+                        [r, g, b].into_iter().zip([lut_r, lut_g, lut_b]).zip(rows)
+                    {
+                        for (o, &v) in out.iter_mut().zip(row) {
+                            *o = lut[v as usize];
+                        }
+                    }
+                }
             }
         };
         match self.options.mode {
@@ -201,7 +214,7 @@ impl Preprocessor {
                     .resize(&src, &mut dst, &options)
                     .map_err(|e| Error::config(format!("fast resize: {e}")))?;
                 for (y, row) in self.crop.chunks_exact(s * 3).enumerate() {
-                    emit(y, row);
+                    emit(y, Row::Rgb(row));
                 }
             }
         }
