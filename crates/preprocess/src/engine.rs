@@ -179,7 +179,7 @@ impl Preprocessor {
         match self.options.mode {
             Mode::Exact => {
                 self.resampler.resize_window(
-                    image.as_raw(),
+                    image.pixels(),
                     w,
                     h,
                     self.config.filter,

@@ -20,7 +20,8 @@ pub(crate) enum Hint {
     Scale(u32, Option<Plan>),
     /// Exact mode: only the source pixels under this plan's crop window will be read, so a
     /// JPEG may leave the rest of the buffer stale (all data is still entropy-decoded, so
-    /// errors are the same).
+    /// errors are the same) and write channel planes (see `resample::channel_route`); the
+    /// only hint that allows them.
     Region(Plan),
 }
 
@@ -30,6 +31,35 @@ pub struct RgbImage {
     width: u32,
     height: u32,
     data: Vec<u8>,
+    /// Whether `data` holds three channel planes instead of interleaved pixels: only for
+    /// images the engine decodes for its own use ([`RgbImage::reset_stale_channels`]).
+    channels: bool,
+}
+
+/// An image's pixels as the decoder laid them out.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Pixels<'a> {
+    /// Interleaved RGB8, row by row.
+    Rgb(&'a [u8]),
+    /// Red, green and blue planes, row by row.
+    Channels([&'a [u8]; 3]),
+}
+
+impl<'a> Pixels<'a> {
+    /// The pixels interleaved: as they are, or interleaved into `scratch`.
+    pub(crate) fn interleaved<'b>(self, scratch: &'b mut Vec<u8>) -> &'b [u8]
+    where
+        'a: 'b,
+    {
+        match self {
+            Pixels::Rgb(rgb) => rgb,
+            Pixels::Channels([r, g, b]) => {
+                scratch.clear();
+                scratch.extend(r.iter().zip(g).zip(b).flat_map(|((&r, &g), &b)| [r, g, b]));
+                scratch
+            }
+        }
+    }
 }
 
 impl RgbImage {
@@ -44,6 +74,7 @@ impl RgbImage {
             width,
             height,
             data,
+            channels: false,
         })
     }
 
@@ -59,7 +90,20 @@ impl RgbImage {
 
     /// Interleaved RGB8 pixels, row by row, `width * height * 3` bytes.
     pub fn as_raw(&self) -> &[u8] {
+        // Channel planes never leave the engine.
+        debug_assert!(!self.channels, "an engine-internal image in channel planes");
         &self.data
+    }
+
+    /// The pixels in their layout.
+    pub(crate) fn pixels(&self) -> Pixels<'_> {
+        if !self.channels {
+            return Pixels::Rgb(&self.data);
+        }
+        let plane = self.width as usize * self.height as usize;
+        let (r, rest) = self.data.split_at(plane);
+        let (g, b) = rest.split_at(plane);
+        Pixels::Channels([r, g, &b[..plane]])
     }
 
     /// Resizes the buffer for a `width` x `height` image after checking the allocation limit,
@@ -85,8 +129,25 @@ impl RgbImage {
         limits.check_alloc(len)?;
         self.width = width;
         self.height = height;
+        self.channels = false;
         self.data.resize(len as usize, 0);
         Ok(&mut self.data)
+    }
+
+    /// As [`RgbImage::reset_stale`], for the image in three channel planes (red, green,
+    /// blue, each row by row), returned in that order.
+    pub(crate) fn reset_stale_channels(
+        &mut self,
+        width: u32,
+        height: u32,
+        limits: &Limits,
+    ) -> Result<[&mut [u8]; 3], Error> {
+        let plane = width as usize * height as usize;
+        self.reset_stale(width, height, limits)?;
+        self.channels = true;
+        let (r, rest) = self.data.split_at_mut(plane);
+        let (g, b) = rest.split_at_mut(plane);
+        Ok([r, g, b])
     }
 }
 

@@ -10,6 +10,7 @@
 use std::ops::Range;
 
 use crate::config::Filter;
+use crate::decode::Pixels;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -203,6 +204,9 @@ pub(crate) struct Resampler {
     tmp: Vec<u8>,
     row: Vec<u8>,
     channels: ChannelScratch,
+    /// The source interleaved, where it came in channel planes and the interleaved route
+    /// runs (a decoder and [`channel_route`] disagreeing; not expected).
+    interleaved: Vec<u8>,
 }
 
 /// One row of the window as a route produced it.
@@ -232,6 +236,16 @@ struct ChannelScratch {
 #[cfg(target_arch = "x86_64")]
 const BAND: usize = 128;
 
+/// Whether [`Resampler::resize_window`] takes the channel-plane route for a `width` x `height`
+/// source and `win`: with AVX2, when both passes run. A decoder that writes channel planes for
+/// exactly these images saves the resampler splitting interleaved pixels.
+pub(crate) fn channel_route(win: &Window, width: usize, height: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return avx2::available() && win.out_width != width && win.out_height != height;
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
+}
+
 /// Where the window sits in the resized image.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Window {
@@ -248,7 +262,7 @@ impl Resampler {
     /// as `PIL.Image.resize` does and hands each row of the window to `emit`.
     pub(crate) fn resize_window(
         &mut self,
-        src: &[u8],
+        src: Pixels<'_>,
         width: usize,
         height: usize,
         filter: Filter,
@@ -265,13 +279,15 @@ impl Resampler {
         if need_v {
             self.vertical.compute(height, win.out_height, filter, win.top, win.height);
         }
+        #[cfg(target_arch = "x86_64")]
+        if channel_route(&win, width, height) {
+            // SAFETY: the CPU has AVX2.
+            unsafe { self.resize_channels(src, width, win.width, &mut emit) };
+            return;
+        }
+        let src = src.interleaved(&mut self.interleaved);
         let mut emit_rgb = |y: usize, row: &[u8]| emit(y, Row::Rgb(row));
         match (need_h, need_v) {
-            #[cfg(target_arch = "x86_64")]
-            (true, true) if avx2::available() => {
-                // SAFETY: the CPU has AVX2.
-                unsafe { self.resize_channels(src, width, win.width, &mut emit) }
-            }
             (true, true) => {
                 let (first, last) = self.vertical.input_range();
                 self.tmp.clear();
@@ -331,7 +347,7 @@ impl Resampler {
     #[target_feature(enable = "avx2")]
     unsafe fn resize_channels(
         &mut self,
-        src: &[u8],
+        src: Pixels<'_>,
         width: usize,
         window_width: usize,
         emit: &mut impl FnMut(usize, Row<'_>),
@@ -349,17 +365,27 @@ impl Resampler {
             grow(&mut scratch.columns, 3 * cols * lines);
             grow(&mut scratch.lines, 3 * w * lines);
             // SAFETY (here and below): the CPU has AVX2.
-            unsafe {
-                avx2::channel_columns(
-                    src,
-                    width * 3,
-                    x0,
-                    cols,
-                    band_start,
-                    band,
-                    lines,
-                    &mut scratch.columns,
-                );
+            match src {
+                Pixels::Rgb(src) => unsafe {
+                    avx2::channel_columns(
+                        src,
+                        width * 3,
+                        x0,
+                        cols,
+                        band_start,
+                        band,
+                        lines,
+                        &mut scratch.columns,
+                    );
+                },
+                Pixels::Channels(planes) => {
+                    for (plane, columns) in
+                        planes.iter().zip(scratch.columns.chunks_exact_mut(cols * lines))
+                    {
+                        let band_rows = &plane[band_start * width + x0..];
+                        unsafe { avx2::transpose(band_rows, width, band, cols, columns, lines) };
+                    }
+                }
             }
             for ((columns, out), plane) in scratch
                 .columns
@@ -583,7 +609,7 @@ mod tests {
                 let expected = scalar_resize(&src, width, height, filter, win);
                 let mut got = vec![0; expected.len()];
                 let mut resampler = Resampler::default();
-                resampler.resize_window(&src, width, height, filter, win, |y, row| {
+                resampler.resize_window(Pixels::Rgb(&src), width, height, filter, win, |y, row| {
                     let out = &mut got[y * w * 3..][..w * 3];
                     match row {
                         Row::Rgb(row) => out.copy_from_slice(row),

@@ -8,7 +8,7 @@ use mozjpeg_sys::*;
 
 use super::FORMAT;
 use super::idct::{self, Block};
-use super::ycc::{ChromaRows, RowConverter, Upsample};
+use super::ycc::{ChromaRows, RowConverter, RowOut, Upsample};
 use crate::decode::RgbImage;
 use crate::engine::Plan;
 use crate::{Error, Limits};
@@ -19,6 +19,29 @@ pub(crate) struct Planes {
     /// Samples of each component at its own resolution (only the needed blocks written).
     samples: [Vec<u8>; 3],
     converter: RowConverter,
+}
+
+/// What [`decode`] writes: the pixels `plan`'s window reads (without a plan, all), in
+/// `layout`.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Wanted {
+    pub plan: Option<Plan>,
+    pub layout: Layout,
+}
+
+/// How [`decode`] lays out the pixels it writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Layout {
+    /// Interleaved RGB ([`RgbImage::reset_stale`]).
+    Rgb,
+    /// Three channel planes ([`RgbImage::reset_stale_channels`]).
+    Channels,
+}
+
+/// The output buffer in either layout.
+enum Rows<'a> {
+    Rgb(&'a mut [u8]),
+    Channels([&'a mut [u8]; 3]),
 }
 
 /// One component's geometry.
@@ -60,9 +83,8 @@ pub(super) fn supported(cinfo: &jpeg_decompress_struct, scale: usize) -> Option<
     Some(kind)
 }
 
-/// Decodes the pixels `plan`'s window reads (without a plan, all) into `out` (sized for the
-/// whole image, the rest left stale); `cinfo` has read the header and passed [`supported`]
-/// with `kind` and `scale`.
+/// Decodes the [`Wanted`] pixels into `out` (sized for the whole image, the rest left
+/// stale); `cinfo` has read the header and passed [`supported`] with `kind` and `scale`.
 ///
 /// At `scale` 8 the output is exact; below, it is the image downscaled by `scale` / 8 in the
 /// DCT domain (libjpeg's output size, rounded up), every component decoded straight onto the
@@ -76,7 +98,7 @@ pub(super) unsafe fn decode(
     cinfo: &mut jpeg_decompress_struct,
     kind: Upsample,
     scale: usize,
-    plan: Option<Plan>,
+    Wanted { plan, layout }: Wanted,
     limits: &Limits,
     out: &mut RgbImage,
     planes: &mut Planes,
@@ -149,13 +171,23 @@ pub(super) unsafe fn decode(
         }
         let [luma, cb, cr] = comps.map(|c| c.expect("three components"));
         let kind = if scale == 8 { kind } else { Upsample::None };
-        let rows = out.reset_stale(out_width as u32, out_height as u32, limits)?;
+        let (w, h) = (out_width as u32, out_height as u32);
         let [luma_samples, cb_samples, cr_samples] = &planes.samples;
+        let mut rows = match layout {
+            Layout::Rgb => Rows::Rgb(out.reset_stale(w, h, limits)?),
+            Layout::Channels => Rows::Channels(out.reset_stale_channels(w, h, limits)?),
+        };
         for y in y0..y1 {
             let line = &luma_samples[y * luma.stride + x0..][..x1 - x0];
-            let rgb = &mut rows[(y * out_width + x0) * 3..][..(x1 - x0) * 3];
+            let at = y * out_width + x0;
+            let row = match &mut rows {
+                Rows::Rgb(rgb) => RowOut::Rgb(&mut rgb[at * 3..][..(x1 - x0) * 3]),
+                Rows::Channels(c) => {
+                    RowOut::Channels(c.each_mut().map(|c| &mut c[at..x1 + y * out_width]))
+                }
+            };
             let chroma = [chroma_rows(cb_samples, cb, y), chroma_rows(cr_samples, cr, y)];
-            planes.converter.row(line, x0, kind, chroma, rgb);
+            planes.converter.row(line, x0, kind, chroma, row);
         }
         jpeg_finish_decompress(cinfo);
     }

@@ -14,7 +14,9 @@ use std::panic::{self, AssertUnwindSafe};
 use mozjpeg_sys::*;
 
 pub(crate) use self::coefficients::Planes;
+use self::coefficients::{Layout, Wanted};
 use super::{Hint, RgbImage, cmyk_to_rgb, gray_to_rgb};
+use crate::resample::channel_route;
 use crate::{Error, ImageFormat, Limits};
 
 const FORMAT: ImageFormat = ImageFormat::Jpeg;
@@ -196,7 +198,21 @@ unsafe fn run(
         if let Some((plan, scale)) = route
             && let Some(kind) = coefficients::supported(cinfo, scale)
         {
-            coefficients::decode(cinfo, kind, scale, plan, limits, out, planes)?;
+            // Channel planes where the resampler's channel route will read them.
+            let layout = match hint {
+                Hint::Region(plan)
+                    if channel_route(
+                        &plan.window(width, height),
+                        width as usize,
+                        height as usize,
+                    ) =>
+                {
+                    Layout::Channels
+                }
+                _ => Layout::Rgb,
+            };
+            let wanted = Wanted { plan, layout };
+            coefficients::decode(cinfo, kind, scale, wanted, limits, out, planes)?;
             return Ok(Decoded { width, height });
         }
         let channels = match cinfo.num_components {
@@ -300,6 +316,7 @@ fn c_long_max() -> u64 {
 mod tests {
     use super::*;
     use crate::config::{Filter, ResizeTarget};
+    use crate::decode::Pixels;
     use crate::engine::Plan;
 
     /// JPEGs made here: every chroma layout (4:4:4, 4:2:2, 4:2:0, and 4:4:0, which takes
@@ -355,7 +372,7 @@ mod tests {
     fn region_decode_matches_full_decode() {
         let limits = Limits::default();
         let (mut scratch, mut planes) = (Vec::new(), Planes::default());
-        let mut tested = 0;
+        let (mut tested, mut in_channels, mut interleaved) = (0, 0, Vec::new());
         let fixtures = crate::fixture_jpegs()
             .into_iter()
             .map(|(path, bytes)| (path.display().to_string(), bytes));
@@ -375,11 +392,14 @@ mod tests {
                 decode(&bytes, &limits, hint, &mut region, &mut scratch, &mut planes).unwrap();
                 let (w, h) = (full.width(), full.height());
                 assert_eq!((region.width(), region.height()), (w, h));
+                in_channels += matches!(region.pixels(), Pixels::Channels(_)) as usize;
                 let [x0, x1, y0, y1] = plan.source_region(w, h);
+                // Interleaved whether the region came in channel planes or not.
+                let region = region.pixels().interleaved(&mut interleaved);
                 for y in y0..y1 {
                     let span = (y * w as usize + x0) * 3..(y * w as usize + x1) * 3;
                     assert!(
-                        full.as_raw()[span.clone()] == region.as_raw()[span],
+                        full.as_raw()[span.clone()] == region[span],
                         "{name}: row {y} differs ({resize:?}, crop {crop})"
                     );
                 }
@@ -387,5 +407,8 @@ mod tests {
             }
         }
         assert!(tested >= 290, "only {tested} decodes compared");
+        // Both layouts are compared (channel planes only where the CPU has AVX2).
+        assert!(in_channels > 100 || !avx2_available(), "{in_channels} in channel planes");
+        assert!(tested - in_channels >= 40, "{} interleaved", tested - in_channels);
     }
 }

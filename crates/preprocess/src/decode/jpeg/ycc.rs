@@ -86,10 +86,48 @@ fn ycc_to_rgb(y: u8, cb: u8, cr: u8) -> [u8; 3] {
     [r, g, b].map(|v| v.clamp(0, 255) as u8)
 }
 
-/// A row of YCbCr samples to interleaved RGB, portable version.
-fn convert_scalar(y: &[u8], cb: &[u8], cr: &[u8], rgb: &mut [u8]) {
-    for (((px, &y), &cb), &cr) in rgb.chunks_exact_mut(3).zip(y).zip(cb).zip(cr) {
-        px.copy_from_slice(&ycc_to_rgb(y, cb, cr));
+/// Where a row of converted pixels goes.
+pub(super) enum RowOut<'a> {
+    /// Interleaved RGB, three bytes per pixel.
+    Rgb(&'a mut [u8]),
+    /// Red, green and blue, one slice each.
+    Channels([&'a mut [u8]; 3]),
+}
+
+impl RowOut<'_> {
+    /// Pixels it holds.
+    fn len(&self) -> usize {
+        match self {
+            RowOut::Rgb(rgb) => rgb.len() / 3,
+            RowOut::Channels(c) => c.iter().map(|c| c.len()).min().unwrap_or(0),
+        }
+    }
+
+    /// Its pixels from `i` on.
+    fn skip(&mut self, i: usize) -> RowOut<'_> {
+        match self {
+            RowOut::Rgb(rgb) => RowOut::Rgb(&mut rgb[3 * i..]),
+            RowOut::Channels([r, g, b]) => {
+                RowOut::Channels([&mut r[i..], &mut g[i..], &mut b[i..]])
+            }
+        }
+    }
+}
+
+/// A row of YCbCr samples to RGB, portable version.
+fn convert_scalar(y: &[u8], cb: &[u8], cr: &[u8], out: RowOut<'_>) {
+    let pixels = y.iter().zip(cb).zip(cr).map(|((&y, &cb), &cr)| ycc_to_rgb(y, cb, cr));
+    match out {
+        RowOut::Rgb(rgb) => {
+            for (px, rgb) in rgb.chunks_exact_mut(3).zip(pixels) {
+                px.copy_from_slice(&rgb);
+            }
+        }
+        RowOut::Channels([r, g, b]) => {
+            for (((r, g), b), [pr, pg, pb]) in r.iter_mut().zip(g).zip(b).zip(pixels) {
+                (*r, *g, *b) = (pr, pg, pb);
+            }
+        }
     }
 }
 
@@ -109,7 +147,7 @@ pub(super) struct ChromaRows<'a> {
 }
 
 impl RowConverter {
-    /// Writes RGB for output columns `x0..x0 + luma.len()` into `rgb`: `luma` is that span of
+    /// Writes RGB for output columns `x0..x0 + luma.len()` into `out`: `luma` is that span of
     /// the Y row, `chroma` the Cb and Cr rows that the output row reads.
     pub(super) fn row(
         &mut self,
@@ -117,7 +155,7 @@ impl RowConverter {
         x0: usize,
         kind: Upsample,
         chroma: [ChromaRows<'_>; 2],
-        rgb: &mut [u8],
+        out: RowOut<'_>,
     ) {
         let len = luma.len();
         let x1 = x0 + len;
@@ -147,14 +185,14 @@ impl RowConverter {
             }
             *plane = &buffer[x0 - 2 * c0..][..len];
         }
-        let rgb = &mut rgb[..3 * len];
+        assert!(out.len() >= len);
         #[cfg(target_arch = "x86_64")]
         if simd {
             // SAFETY: the CPU has AVX2.
-            unsafe { avx2::convert(luma, planes[0], planes[1], rgb) };
+            unsafe { avx2::convert(luma, planes[0], planes[1], out) };
             return;
         }
-        convert_scalar(luma, planes[0], planes[1], rgb);
+        convert_scalar(luma, planes[0], planes[1], out);
     }
 }
 
@@ -162,7 +200,7 @@ impl RowConverter {
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{CB_B, CB_G, CR_G, CR_R, ONE_HALF, Upsample};
+    use super::{CB_B, CB_G, CR_G, CR_R, ONE_HALF, RowOut, Upsample};
 
     /// [`super::interleave_scalar`] for `count` chroma columns, 16 at a time; `sums` is padded
     /// to read 16 past `count + 2`, `out` to write a multiple of 32 bytes.
@@ -211,14 +249,15 @@ mod avx2 {
         masks
     };
 
-    /// [`super::convert_scalar`] with AVX2, 16 pixels at a time in 16-bit lanes:
+    /// [`super::convert_scalar`] with AVX2, 16 pixels at a time in 16-bit lanes (`y.len()`
+    /// pixels):
     /// `(c · x + 2^15) >> 16` for a constant `c` outside the 16-bit range is split as
     /// `k · x + ((c - k · 2^16) · x + 2^15) >> 16`, whose second term is the high half of a
     /// 16-bit product plus the top bit of its low half.
     #[target_feature(enable = "avx2")]
-    pub(super) unsafe fn convert(y: &[u8], cb: &[u8], cr: &[u8], rgb: &mut [u8]) {
+    pub(super) unsafe fn convert(y: &[u8], cb: &[u8], cr: &[u8], mut out: RowOut<'_>) {
         let len = y.len();
-        assert!(cb.len() >= len && cr.len() >= len && rgb.len() >= 3 * len);
+        assert!(cb.len() >= len && cr.len() >= len && out.len() >= len);
         let center = _mm256_set1_epi16(128);
         let cr_r = _mm256_set1_epi16((CR_R - 65536) as i16);
         let cb_b = _mm256_set1_epi16((CB_B - 131072) as i16);
@@ -268,17 +307,27 @@ mod avx2 {
                     ))
                 };
                 let channels = [narrow(r), narrow(g), narrow(b)];
-                for (chunk, masks) in masks.iter().enumerate() {
-                    let mut bytes = _mm_setzero_si128();
-                    for (channel, mask) in channels.iter().zip(masks) {
-                        bytes = _mm_or_si128(bytes, _mm_shuffle_epi8(*channel, *mask));
+                match &mut out {
+                    RowOut::Rgb(rgb) => {
+                        for (chunk, masks) in masks.iter().enumerate() {
+                            let mut bytes = _mm_setzero_si128();
+                            for (channel, mask) in channels.iter().zip(masks) {
+                                bytes = _mm_or_si128(bytes, _mm_shuffle_epi8(*channel, *mask));
+                            }
+                            let at = rgb.as_mut_ptr().add(3 * i + 16 * chunk);
+                            _mm_storeu_si128(at.cast(), bytes);
+                        }
                     }
-                    _mm_storeu_si128(rgb.as_mut_ptr().add(3 * i + 16 * chunk).cast(), bytes);
+                    RowOut::Channels(planes) => {
+                        for (plane, channel) in planes.iter_mut().zip(channels) {
+                            _mm_storeu_si128(plane.as_mut_ptr().add(i).cast(), channel);
+                        }
+                    }
                 }
             }
         }
         let done = blocks * 16;
-        super::convert_scalar(&y[done..], &cb[done..], &cr[done..], &mut rgb[3 * done..]);
+        super::convert_scalar(&y[done..], &cb[done..], &cr[done..], out.skip(done));
     }
 }
 
@@ -302,13 +351,23 @@ mod tests {
             }
         }
         let (mut expected, mut got) = (vec![0; 3 << 16], vec![0; 3 << 16]);
+        let mut channels = vec![0; 3 << 16];
         for cr in 0..=255u8 {
             // Cb runs over every value, Cr is fixed per round, so every triple appears.
             let crs = vec![cr; 1 << 16];
-            convert_scalar(&y, &c, &crs, &mut expected);
+            convert_scalar(&y, &c, &crs, RowOut::Rgb(&mut expected));
             // SAFETY: AVX2 checked above.
-            unsafe { avx2::convert(&y, &c, &crs, &mut got) };
+            unsafe { avx2::convert(&y, &c, &crs, RowOut::Rgb(&mut got)) };
             assert!(got == expected, "Cr = {cr}");
+            // The same pixels into channel planes (lengths not a multiple of 16: the tail).
+            let (r, rest) = channels.split_at_mut(1 << 16);
+            let (g, b) = rest.split_at_mut(1 << 16);
+            let n = (1 << 16) - 5;
+            // SAFETY: AVX2 checked above.
+            unsafe { avx2::convert(&y[..n], &c, &crs, RowOut::Channels([r, g, b])) };
+            for (i, px) in expected.chunks_exact(3).take(n).enumerate() {
+                assert_eq!([r[i], g[i], b[i]], px, "Cr = {cr}, pixel {i} in channels");
+            }
         }
         // The scalar version is libjpeg's table formula.
         assert_eq!(ycc_to_rgb(128, 128, 128), [128, 128, 128]);
