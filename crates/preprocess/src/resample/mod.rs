@@ -93,6 +93,8 @@ pub(crate) struct Coeffs {
     weights: Vec<i32>,
     /// Float weights before rounding (scratch).
     float: Vec<f64>,
+    /// The arguments of the last [`Coeffs::compute`]: the same again changes nothing.
+    computed: Option<(usize, usize, Filter, usize, usize)>,
     /// The weights as the AVX2 vertical pass takes them: per output position,
     /// `ksize.div_ceil(2)` pairs of taps ([`avx2::tap_pair`]).
     #[cfg(target_arch = "x86_64")]
@@ -110,6 +112,12 @@ impl Coeffs {
         start: usize,
         count: usize,
     ) {
+        // A dataset's images often share a size.
+        let args = (in_size, out_size, filter, start, count);
+        if self.computed == Some(args) {
+            return;
+        }
+        self.computed = Some(args);
         let scale = in_size as f64 / out_size as f64;
         let filterscale = scale.max(1.0);
         let support = filter.support() * filterscale;
@@ -583,7 +591,8 @@ mod tests {
 
     /// [`Resampler::resize_window`] (the channel-plane route where the CPU has AVX2) equals
     /// the scalar passes byte for byte: down- and upscales, several bands of rows, column and
-    /// window counts that are not multiples of 16, crop windows anywhere, saturating pixels.
+    /// window counts that are not multiples of 16, crop windows anywhere, saturating pixels,
+    /// and sizes coming back after others.
     #[test]
     fn resize_window_gives_the_scalar_bytes() {
         let cases = [
@@ -597,8 +606,11 @@ mod tests {
             (333, 517, 101, 157, 5, 13, 37, 91),
             (20, 20, 7, 9, 0, 0, 7, 9),
         ];
+        // One resampler throughout, as an engine keeps it: weights and buffers of one size
+        // must not leak into the next.
+        let mut resampler = Resampler::default();
         for (case, &(width, height, out_width, out_height, left, top, w, h)) in
-            cases.iter().enumerate()
+            cases.iter().chain(&cases[..2]).enumerate()
         {
             let mut src = noise(width * height * 3, case as u64 + 11);
             for (i, p) in src.iter_mut().enumerate().take(width * height) {
@@ -608,7 +620,6 @@ mod tests {
             for filter in [Filter::Bicubic, Filter::Bilinear, Filter::Lanczos] {
                 let expected = scalar_resize(&src, width, height, filter, win);
                 let mut got = vec![0; expected.len()];
-                let mut resampler = Resampler::default();
                 resampler.resize_window(Pixels::Rgb(&src), width, height, filter, win, |y, row| {
                     let out = &mut got[y * w * 3..][..w * 3];
                     match row {
