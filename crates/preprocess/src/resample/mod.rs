@@ -592,7 +592,7 @@ mod tests {
     /// [`Resampler::resize_window`] (the channel-plane route where the CPU has AVX2) equals
     /// the scalar passes byte for byte: down- and upscales, several bands of rows, column and
     /// window counts that are not multiples of 16, crop windows anywhere, saturating pixels,
-    /// and sizes coming back after others.
+    /// sizes coming back after others, and sources in interleaved and in channel layout.
     #[test]
     fn resize_window_gives_the_scalar_bytes() {
         let cases = [
@@ -605,6 +605,10 @@ mod tests {
             (1000, 260, 861, 224, 318, 0, 224, 224),
             (333, 517, 101, 157, 5, 13, 37, 91),
             (20, 20, 7, 9, 0, 0, 7, 9),
+            // One pass, or none: the interleaved route.
+            (944, 224, 398, 224, 87, 0, 224, 224),
+            (224, 531, 224, 224, 0, 0, 224, 224),
+            (50, 40, 50, 40, 3, 2, 30, 20),
         ];
         // One resampler throughout, as an engine keeps it: weights and buffers of one size
         // must not leak into the next.
@@ -617,10 +621,17 @@ mod tests {
                 *p = if (i / 7 + i / (width * 3)) % 2 == 0 { 0 } else { 255 };
             }
             let win = Window { out_width, out_height, left, top, width: w, height: h };
-            for filter in [Filter::Bicubic, Filter::Bilinear, Filter::Lanczos] {
+            // The same source in channel planes, as the JPEG decoder may write it.
+            let planes: Vec<Vec<u8>> =
+                (0..3).map(|c| src.iter().skip(c).step_by(3).copied().collect()).collect();
+            let channels = Pixels::Channels([&planes[0], &planes[1], &planes[2]]);
+            for (filter, source) in [Filter::Bicubic, Filter::Bilinear, Filter::Lanczos]
+                .into_iter()
+                .flat_map(|f| [(f, Pixels::Rgb(&src)), (f, channels)])
+            {
                 let expected = scalar_resize(&src, width, height, filter, win);
                 let mut got = vec![0; expected.len()];
-                resampler.resize_window(Pixels::Rgb(&src), width, height, filter, win, |y, row| {
+                resampler.resize_window(source, width, height, filter, win, |y, row| {
                     let out = &mut got[y * w * 3..][..w * 3];
                     match row {
                         Row::Rgb(row) => out.copy_from_slice(row),
@@ -635,7 +646,8 @@ mod tests {
                 assert!(
                     first.is_none(),
                     "{width}x{height} -> {out_width}x{out_height}, window {w}x{h} at ({left}, \
-                     {top}), {filter:?}: first difference at byte {first:?}"
+                     {top}), {filter:?}, {layout}: first difference at byte {first:?}",
+                    layout = if matches!(source, Pixels::Rgb(_)) { "rgb" } else { "channels" }
                 );
             }
         }
