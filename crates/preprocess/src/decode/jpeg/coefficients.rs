@@ -38,12 +38,6 @@ pub(super) enum Layout {
     Channels,
 }
 
-/// The output buffer in either layout.
-enum Rows<'a> {
-    Rgb(&'a mut [u8]),
-    Channels([&'a mut [u8]; 3]),
-}
-
 /// One component's geometry.
 #[derive(Debug, Clone, Copy)]
 struct Component {
@@ -173,16 +167,17 @@ pub(super) unsafe fn decode(
         let kind = if scale == 8 { kind } else { Upsample::None };
         let (w, h) = (out_width as u32, out_height as u32);
         let [luma_samples, cb_samples, cr_samples] = &planes.samples;
-        let mut rows = match layout {
-            Layout::Rgb => Rows::Rgb(out.reset_stale(w, h, limits)?),
-            Layout::Channels => Rows::Channels(out.reset_stale_channels(w, h, limits)?),
+        // The whole image, sliced into rows below.
+        let mut image = match layout {
+            Layout::Rgb => RowOut::Rgb(out.reset_stale(w, h, limits)?),
+            Layout::Channels => RowOut::Channels(out.reset_stale_channels(w, h, limits)?),
         };
         for y in y0..y1 {
             let line = &luma_samples[y * luma.stride + x0..][..x1 - x0];
             let at = y * out_width + x0;
-            let row = match &mut rows {
-                Rows::Rgb(rgb) => RowOut::Rgb(&mut rgb[at * 3..][..(x1 - x0) * 3]),
-                Rows::Channels(c) => {
+            let row = match &mut image {
+                RowOut::Rgb(rgb) => RowOut::Rgb(&mut rgb[at * 3..][..(x1 - x0) * 3]),
+                RowOut::Channels(c) => {
                     RowOut::Channels(c.each_mut().map(|c| &mut c[at..x1 + y * out_width]))
                 }
             };
