@@ -2,8 +2,8 @@ use fast_image_resize as fir;
 
 use crate::config::Filter;
 use crate::config::ResizeTarget;
-use crate::decode::{Decoder, Hint, RgbImage};
-use crate::resample::{Resampler, Row, Window, input_span};
+use crate::decode::{Decoder, Hint, Pixels, RgbImage};
+use crate::resample::{Resampler, Window, input_span};
 use crate::{Error, ImageFormat, Mode, PreprocessConfig, PreprocessOptions};
 
 /// What was decoded: the source image's size and format.
@@ -149,7 +149,7 @@ impl Preprocessor {
         let s = self.image_size();
         let plane = s * s;
         let lut = &self.lut;
-        let mut emit = |y: usize, row: Row<'_>| {
+        let mut emit = |y: usize, row: Pixels<'_>| {
             let (r, rest) = out.split_at_mut(plane);
             let (g, b) = rest.split_at_mut(plane);
             let line = y * s..(y + 1) * s;
@@ -158,14 +158,14 @@ impl Preprocessor {
             // Indexing 256-entry tables by bytes needs no bounds checks, nor do the zipped
             // outputs.
             match row {
-                Row::Rgb(row) => {
+                Pixels::Rgb(row) => {
                     for (((r, g), b), px) in r.iter_mut().zip(g).zip(b).zip(row.chunks_exact(3)) {
                         *r = lut_r[px[0] as usize];
                         *g = lut_g[px[1] as usize];
                         *b = lut_b[px[2] as usize];
                     }
                 }
-                Row::Channels(rows) => {
+                Pixels::Channels(rows) => {
                     for ((out, lut), row) in
                         [r, g, b].into_iter().zip([lut_r, lut_g, lut_b]).zip(rows)
                     {
@@ -214,7 +214,7 @@ impl Preprocessor {
                     .resize(&src, &mut dst, &options)
                     .map_err(|e| Error::config(format!("fast resize: {e}")))?;
                 for (y, row) in self.crop.chunks_exact(s * 3).enumerate() {
-                    emit(y, Row::Rgb(row));
+                    emit(y, Pixels::Rgb(row));
                 }
             }
         }

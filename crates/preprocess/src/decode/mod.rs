@@ -36,7 +36,7 @@ pub struct RgbImage {
     channels: bool,
 }
 
-/// An image's pixels as the decoder laid them out.
+/// Pixels (an image, or a row of one) in the layout their producer wrote.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Pixels<'a> {
     /// Interleaved RGB8, row by row.

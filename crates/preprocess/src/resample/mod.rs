@@ -217,15 +217,6 @@ pub(crate) struct Resampler {
     interleaved: Vec<u8>,
 }
 
-/// One row of the window as a route produced it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Row<'a> {
-    /// Interleaved RGB8.
-    Rgb(&'a [u8]),
-    /// Red, green and blue rows.
-    Channels([&'a [u8]; 3]),
-}
-
 /// Buffers of the channel-plane route ([`Resampler::resize_channels`]).
 #[derive(Debug, Default)]
 struct ChannelScratch {
@@ -267,7 +258,8 @@ pub(crate) struct Window {
 
 impl Resampler {
     /// Resizes the RGB8 image `src` (`width` x `height`) to `win.out_width` x `win.out_height`
-    /// as `PIL.Image.resize` does and hands each row of the window to `emit`.
+    /// as `PIL.Image.resize` does and hands each row of the window to `emit`, in the layout
+    /// its route produced.
     pub(crate) fn resize_window(
         &mut self,
         src: Pixels<'_>,
@@ -275,7 +267,7 @@ impl Resampler {
         height: usize,
         filter: Filter,
         win: Window,
-        mut emit: impl FnMut(usize, Row<'_>),
+        mut emit: impl FnMut(usize, Pixels<'_>),
     ) {
         let need_h = win.out_width != width;
         let need_v = win.out_height != height;
@@ -294,7 +286,7 @@ impl Resampler {
             return;
         }
         let src = src.interleaved(&mut self.interleaved);
-        let mut emit_rgb = |y: usize, row: &[u8]| emit(y, Row::Rgb(row));
+        let mut emit_rgb = |y: usize, row: &[u8]| emit(y, Pixels::Rgb(row));
         match (need_h, need_v) {
             (true, true) => {
                 let (first, last) = self.vertical.input_range();
@@ -358,7 +350,7 @@ impl Resampler {
         src: Pixels<'_>,
         width: usize,
         window_width: usize,
-        emit: &mut impl FnMut(usize, Row<'_>),
+        emit: &mut impl FnMut(usize, Pixels<'_>),
     ) {
         let (x0, x1) = self.horizontal.input_range();
         let (first, last) = self.vertical.input_range();
@@ -422,7 +414,7 @@ impl Resampler {
                 unsafe { avx2::vertical_row(plane, (ymin - first) * w, w, k, pairs, row) };
             }
             let [r, g, b] = &scratch.rows;
-            emit(y, Row::Channels([r, g, b]));
+            emit(y, Pixels::Channels([r, g, b]));
         }
     }
 }
@@ -634,8 +626,8 @@ mod tests {
                 resampler.resize_window(source, width, height, filter, win, |y, row| {
                     let out = &mut got[y * w * 3..][..w * 3];
                     match row {
-                        Row::Rgb(row) => out.copy_from_slice(row),
-                        Row::Channels(rows) => {
+                        Pixels::Rgb(row) => out.copy_from_slice(row),
+                        Pixels::Channels(rows) => {
                             for (x, px) in out.chunks_exact_mut(3).enumerate() {
                                 px.copy_from_slice(&[rows[0][x], rows[1][x], rows[2][x]]);
                             }
