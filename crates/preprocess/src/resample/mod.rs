@@ -274,7 +274,6 @@ impl Resampler {
         let row_len = win.width * 3;
         if need_h {
             self.horizontal.compute(width, win.out_width, filter, win.left, win.width);
-            self.pass.prepare(&self.horizontal);
         }
         if need_v {
             self.vertical.compute(height, win.out_height, filter, win.top, win.height);
@@ -284,6 +283,10 @@ impl Resampler {
             // SAFETY: the CPU has AVX2.
             unsafe { self.resize_channels(src, width, win.width, &mut emit) };
             return;
+        }
+        if need_h {
+            // The interleaved horizontal pass's own weight layout.
+            self.pass.prepare(&self.horizontal);
         }
         let src = src.interleaved(&mut self.interleaved);
         let mut emit_rgb = |y: usize, row: &[u8]| emit(y, Pixels::Rgb(row));
