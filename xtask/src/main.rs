@@ -6,23 +6,55 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use xtask::{bench, fetch, fixtures, gpu_test};
 
-const HELP: &str = "\
-usage: cargo xtask <task> [options]
-
-tasks:
+/// Each task's usage: what `cargo xtask TASK --help` prints, and `cargo xtask help` lists.
+const TASKS: [(&str, &str); 4] = [
+    (
+        "fetch-models",
+        "\
   fetch-models [--dir DIR] [--dtype f32|f16] [--head-url URL | --head-file PATH] [--pins FILE]
-      download openai/clip-vit-large-patch14 and the LAION head at pinned versions, verify
-      their sha256, convert them into DIR (default: $AESTHETE_MODELS or models/).
-      The hub is $HF_ENDPOINT or https://huggingface.co.
+      download openai/clip-vit-large-patch14 and the LAION head at pinned versions, refuse
+      any file whose size or sha256 is not the pinned one, convert them into DIR (default:
+      $AESTHETE_MODELS, else ~/.local/share/aesthete/models, where `aesthete` looks).
+      The hub is $HF_ENDPOINT or https://huggingface.co. --pins FILE pins other files
+      (JSON: every file with its sha256 and size; see xtask/src/fetch/pins.rs).
+",
+    ),
+    (
+        "fixtures",
+        "\
   fixtures [FOLDER...]
       regenerate fixtures/ (or only FOLDER: shards, preprocess, clip, head, pipeline) with
       the committed Python generators; `pip install -r fixtures/requirements.txt` first
+",
+    ),
+    (
+        "bench",
+        "\
   bench [--quick] [CRATE...]
       run the criterion benches (shards, preprocess, clip, head, pipeline) and write
       BENCHMARKS.md
+",
+    ),
+    (
+        "gpu-test",
+        "\
   gpu-test
       run the CUDA integration tests (skips with a reason without a GPU or CUDA toolkit)
-";
+",
+    ),
+];
+
+fn help() -> String {
+    let tasks: String = TASKS.iter().map(|(_, usage)| *usage).collect();
+    format!(
+        "usage: cargo xtask <task> [options]\n       cargo xtask <task> --help\n\ntasks:\n{tasks}"
+    )
+}
+
+fn usage(task: &str) -> String {
+    let found = TASKS.iter().find(|(name, _)| *name == task).map(|(_, usage)| *usage);
+    format!("usage: cargo xtask {}", found.unwrap_or_default().trim_start())
+}
 
 fn main() -> ExitCode {
     match run(std::env::args().skip(1).collect()) {
@@ -36,13 +68,18 @@ fn main() -> ExitCode {
 
 fn run(args: Vec<String>) -> anyhow::Result<()> {
     let Some((task, rest)) = args.split_first() else {
-        eprint!("{HELP}");
+        eprint!("{}", help());
         bail!("no task given");
     };
+    if TASKS.iter().any(|(name, _)| name == task) && rest.iter().any(|a| a == "--help" || a == "-h")
+    {
+        print!("{}", usage(task));
+        return Ok(());
+    }
     let mut rest = rest.iter().cloned();
     match task.as_str() {
         "fetch-models" => {
-            let mut opts = fetch::FetchOptions::from_env();
+            let mut opts = fetch::FetchOptions::from_env()?;
             while let Some(flag) = rest.next() {
                 let mut value = || rest.next().with_context(|| format!("{flag} needs a value"));
                 match flag.as_str() {
@@ -57,7 +94,9 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
                         opts.manifest = fetch::Manifest::from_json(&text)
                             .with_context(|| format!("in {path}"))?;
                     }
-                    _ => bail!("fetch-models: unknown option `{flag}`\n\n{HELP}"),
+                    _ => {
+                        bail!("fetch-models: unknown option `{flag}`\n\n{}", usage("fetch-models"))
+                    }
                 }
             }
             let summary = fetch::fetch_models(&opts)?;
@@ -75,7 +114,9 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
             for arg in rest {
                 match arg.as_str() {
                     "--quick" => opts.quick = true,
-                    flag if flag.starts_with('-') => bail!("bench: unknown option `{flag}`"),
+                    flag if flag.starts_with('-') => {
+                        bail!("bench: unknown option `{flag}`\n\n{}", usage("bench"))
+                    }
                     name => opts.only.push(name.to_owned()),
                 }
             }
@@ -88,9 +129,15 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
             gpu_test::run(&xtask::workspace_root())
         }
         "help" | "--help" | "-h" => {
-            print!("{HELP}");
+            match rest.next() {
+                Some(task) if TASKS.iter().any(|(name, _)| *name == task) => {
+                    print!("{}", usage(&task))
+                }
+                Some(other) => bail!("unknown task `{other}`\n\n{}", help()),
+                None => print!("{}", help()),
+            }
             Ok(())
         }
-        other => bail!("unknown task `{other}`\n\n{HELP}"),
+        other => bail!("unknown task `{other}`\n\n{}", help()),
     }
 }

@@ -14,25 +14,52 @@ use super::pins::Pin;
 /// Transfers tried per file before giving up; each retry resumes where the last one stopped.
 const ATTEMPTS: usize = 3;
 
-/// A downloaded (or copied) file whose sha256 is not the pinned one.
+/// What a pin checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Check {
+    /// The sha256 of the whole file.
+    Sha256,
+    /// The file's length in bytes.
+    Size,
+    /// The length a server announced (`Content-Length`, or the total of `Content-Range`),
+    /// refused before the body is read.
+    AnnouncedSize,
+}
+
+impl fmt::Display for Check {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Check::Sha256 => "sha256",
+            Check::Size => "size",
+            Check::AnnouncedSize => "announced size",
+        })
+    }
+}
+
+/// A download (or copy) that is not what its pin says: refused, and nothing left under the
+/// final name or as a part file.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HashMismatch {
+pub struct PinMismatch {
     /// Where the file would have gone.
     pub file: PathBuf,
-    /// Where it came from.
+    /// Where it came from (URL or path).
     pub source: String,
-    /// The pinned sha256.
+    /// What differed.
+    pub check: Check,
+    /// The pinned value (hex digest, or bytes).
     pub expected: String,
-    /// The sha256 of what arrived.
+    /// What arrived.
     pub actual: String,
 }
 
-impl fmt::Display for HashMismatch {
+impl fmt::Display for PinMismatch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = if self.check == Check::Sha256 { "" } else { " bytes" };
         write!(
             f,
-            "sha256 mismatch for {}: expected {}, got {} (from {}); the file was deleted, \
+            "{} mismatch for {}: expected {}{unit}, got {}{unit} (from {}); nothing was kept, \
              check the source or the pins",
+            self.check,
             self.file.display(),
             self.expected,
             self.actual,
@@ -41,7 +68,7 @@ impl fmt::Display for HashMismatch {
     }
 }
 
-impl std::error::Error for HashMismatch {}
+impl std::error::Error for PinMismatch {}
 
 /// What a call to [`fetch`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,48 +112,31 @@ impl fmt::Display for Source<'_> {
 /// Makes `dest` a verified copy of `source`, doing nothing when it already is one.
 ///
 /// A transfer goes to `dest.part` and resumes from its length with a `Range` request (a
-/// server answering 200 instead of 206 is read from the start). The finished file's sha256
-/// must be `pin.sha256`; an unpinned file's hash is recorded in `dest.sha256` on first
-/// download, with a warning, and checked against that record afterwards.
+/// server answering 200 instead of 206 is read from the start). A server announcing another
+/// length than `pin.size` is refused before its body is read, and no more than `pin.size`
+/// bytes are written. The finished file must have `pin.size` bytes and `pin.sha256`;
+/// otherwise it is deleted and the error is a [`PinMismatch`].
 pub fn fetch(
     agent: &ureq::Agent,
     source: Source<'_>,
     dest: &Path,
     pin: &Pin,
 ) -> anyhow::Result<Fetched> {
-    let record = with_suffix(dest, ".sha256");
-    let recorded = || -> anyhow::Result<Option<String>> {
-        match fs::read_to_string(&record) {
-            Ok(s) => Ok(Some(s.trim().to_owned())),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("cannot read {}", record.display())),
-        }
-    };
+    // Records that earlier versions kept for files they trusted on first use mean nothing now.
+    let _ = fs::remove_file(with_suffix(dest, ".sha256"));
     if dest.exists() {
-        let actual = sha256_file(dest)?;
-        match pin.sha256.clone().map_or_else(recorded, |s| Ok(Some(s)))? {
-            Some(expected) if expected == actual => {
-                return Ok(Fetched { sha256: actual, transferred: false, requests: 0 });
-            }
-            Some(expected) => {
-                eprintln!(
-                    "warning: {} has sha256 {actual}, expected {expected}; fetching it again",
-                    dest.display()
-                );
-                fs::remove_file(dest)
-                    .with_context(|| format!("cannot remove {}", dest.display()))?;
-            }
-            None => {
-                eprintln!(
-                    "warning: {} has no pinned sha256; recording {actual} in {}",
-                    dest.display(),
-                    record.display()
-                );
-                fs::write(&record, format!("{actual}\n"))
-                    .with_context(|| format!("cannot write {}", record.display()))?;
-                return Ok(Fetched { sha256: actual, transferred: false, requests: 0 });
-            }
+        let size = fs::metadata(dest).with_context(|| format!("cannot read {}", dest.display()))?;
+        let actual = if size.len() == pin.size { Some(sha256_file(dest)?) } else { None };
+        if actual.as_deref() == Some(pin.sha256.as_str()) {
+            return Ok(Fetched { sha256: pin.sha256.clone(), transferred: false, requests: 0 });
         }
+        eprintln!(
+            "warning: {} is not the pinned file ({} bytes{}); fetching it again",
+            dest.display(),
+            size.len(),
+            actual.map(|a| format!(", sha256 {a}")).unwrap_or_default()
+        );
+        fs::remove_file(dest).with_context(|| format!("cannot remove {}", dest.display()))?;
     }
     if let Some(parent) = dest.parent() {
         fs::create_dir_all(parent)
@@ -134,9 +144,25 @@ pub fn fetch(
     }
 
     let part = with_suffix(dest, ".part");
+    let refuse = |check: Check, expected: String, actual: String| {
+        let _ = fs::remove_file(&part);
+        anyhow::Error::new(PinMismatch {
+            file: dest.to_owned(),
+            source: source.to_string(),
+            check,
+            expected,
+            actual,
+        })
+    };
     let requests = match source {
-        Source::Url(url) => transfer(agent, url, &part, pin)?,
+        Source::Url(url) => transfer(agent, url, &part, pin, &refuse)?,
         Source::File(path) => {
+            let len = fs::metadata(path)
+                .with_context(|| format!("cannot read {}", path.display()))?
+                .len();
+            if len != pin.size {
+                return Err(refuse(Check::Size, pin.size.to_string(), len.to_string()));
+            }
             fs::copy(path, &part)
                 .with_context(|| format!("cannot copy {} to {}", path.display(), part.display()))?;
             eprintln!("{}: copied from {}", pin.name, path.display());
@@ -144,40 +170,14 @@ pub fn fetch(
         }
     };
 
-    let actual = sha256_file(&part)?;
     let size =
         fs::metadata(&part).with_context(|| format!("cannot read {}", part.display()))?.len();
-    let mismatch = |expected: String| {
-        let _ = fs::remove_file(&part);
-        anyhow::Error::new(HashMismatch {
-            file: dest.to_owned(),
-            source: source.to_string(),
-            expected,
-            actual: actual.clone(),
-        })
-    };
-    let expected = match &pin.sha256 {
-        Some(sha256) => Some(sha256.clone()),
-        None => recorded()?,
-    };
-    match expected {
-        Some(expected) if expected != actual => return Err(mismatch(expected)),
-        Some(_) => {}
-        None => {
-            eprintln!(
-                "warning: {} has no pinned sha256; recording {actual} ({size} bytes) in {}",
-                pin.name,
-                record.display()
-            );
-            fs::write(&record, format!("{actual}\n"))
-                .with_context(|| format!("cannot write {}", record.display()))?;
-        }
+    if size != pin.size {
+        return Err(refuse(Check::Size, pin.size.to_string(), size.to_string()));
     }
-    if let Some(expected) = pin.size
-        && expected != size
-    {
-        let _ = fs::remove_file(&part);
-        bail!("{}: {size} bytes, expected {expected} (from {source})", dest.display());
+    let actual = sha256_file(&part)?;
+    if actual != pin.sha256 {
+        return Err(refuse(Check::Sha256, pin.sha256.clone(), actual));
     }
     fs::rename(&part, dest)
         .with_context(|| format!("cannot rename {} to {}", part.display(), dest.display()))?;
@@ -185,11 +185,23 @@ pub fn fetch(
 }
 
 /// Downloads `url` into `part`, resuming and retrying; returns the number of requests.
-fn transfer(agent: &ureq::Agent, url: &str, part: &Path, pin: &Pin) -> anyhow::Result<usize> {
+/// `refuse` deletes the part and makes the error for a length that is not the pin's.
+fn transfer(
+    agent: &ureq::Agent,
+    url: &str,
+    part: &Path,
+    pin: &Pin,
+    refuse: &dyn Fn(Check, String, String) -> anyhow::Error,
+) -> anyhow::Result<usize> {
     let mut requests = 0;
     let mut failures = Vec::new();
     while failures.len() < ATTEMPTS {
-        let offset = fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+        let mut offset = fs::metadata(part).map(|m| m.len()).unwrap_or(0);
+        if offset >= pin.size {
+            // As long as the file or longer: nothing to resume.
+            fs::remove_file(part).with_context(|| format!("cannot remove {}", part.display()))?;
+            offset = 0;
+        }
         let mut request = agent.get(url);
         if offset > 0 {
             request = request.header("Range", format!("bytes={offset}-"));
@@ -198,7 +210,6 @@ fn transfer(agent: &ureq::Agent, url: &str, part: &Path, pin: &Pin) -> anyhow::R
         let response = match request.call() {
             Ok(response) => response,
             Err(ureq::Error::StatusCode(416)) if offset > 0 => {
-                // The part is as long as the file or longer: it cannot be resumed.
                 fs::remove_file(part)
                     .with_context(|| format!("cannot remove {}", part.display()))?;
                 failures.push(format!("range {offset}- not satisfiable; starting over"));
@@ -214,7 +225,8 @@ fn transfer(agent: &ureq::Agent, url: &str, part: &Path, pin: &Pin) -> anyhow::R
         let header = |name: &str| {
             response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned)
         };
-        let (start, total) = match status {
+        let length = header("content-length").and_then(|v| v.parse::<u64>().ok());
+        let start = match status {
             206 => {
                 let range =
                     header("content-range").context("206 response without Content-Range")?;
@@ -223,16 +235,30 @@ fn transfer(agent: &ureq::Agent, url: &str, part: &Path, pin: &Pin) -> anyhow::R
                 if start != offset {
                     bail!("{url}: asked for bytes from {offset}, got a range from {start}");
                 }
-                (start, total)
+                if let Some(total) = total.filter(|&t| t != pin.size) {
+                    return Err(refuse(
+                        Check::AnnouncedSize,
+                        pin.size.to_string(),
+                        total.to_string(),
+                    ));
+                }
+                start
             }
             200 => {
                 if offset > 0 {
                     eprintln!("{}: the server ignored the range request; starting over", pin.name);
                 }
-                (0, header("content-length").and_then(|v| v.parse().ok()))
+                0
             }
             code => bail!("{url}: unexpected HTTP status {code}"),
         };
+        if let Some(length) = length.filter(|&l| start + l != pin.size) {
+            return Err(refuse(
+                Check::AnnouncedSize,
+                pin.size.to_string(),
+                (start + length).to_string(),
+            ));
+        }
         let mut file = OpenOptions::new()
             .create(true)
             .write(true)
@@ -243,15 +269,21 @@ fn transfer(agent: &ureq::Agent, url: &str, part: &Path, pin: &Pin) -> anyhow::R
         if start > 0 {
             eprintln!("{}: resuming at {start} bytes", pin.name);
         }
-        let mut body = response.into_body().into_reader();
-        match copy_with_progress(&mut body, &mut file, start, total.or(pin.size), &pin.name) {
-            Ok(done) if total.is_none_or(|t| done == t) => {
+        // One byte past the pin tells a body longer than announced from an exact one.
+        let mut body = response.into_body().into_reader().take(pin.size - start + 1);
+        match copy_with_progress(&mut body, &mut file, start, pin.size, &pin.name) {
+            Ok(done) if done > pin.size => {
+                return Err(refuse(
+                    Check::Size,
+                    pin.size.to_string(),
+                    format!("more than {}", pin.size),
+                ));
+            }
+            Ok(done) if done == pin.size => {
                 file.sync_all().with_context(|| format!("cannot write {}", part.display()))?;
                 return Ok(requests);
             }
-            Ok(done) => {
-                failures.push(format!("transfer ended at {done} of {} bytes", total.unwrap_or(0)))
-            }
+            Ok(done) => failures.push(format!("transfer ended at {done} of {} bytes", pin.size)),
             Err(CopyError::Write(e)) => {
                 return Err(e).with_context(|| format!("cannot write {}", part.display()));
             }
@@ -279,12 +311,12 @@ fn copy_with_progress(
     body: &mut impl Read,
     file: &mut File,
     start: u64,
-    total: Option<u64>,
+    total: u64,
     name: &str,
 ) -> Result<u64, CopyError> {
     let mut buf = vec![0u8; 1 << 16];
     let mut done = start;
-    let decile = |n: u64| total.filter(|&t| t > 0).map(|t| n * 10 / t);
+    let decile = |n: u64| (total > 0).then(|| n.min(total) * 10 / total);
     let mut shown = decile(done);
     loop {
         let n = match body.read(&mut buf) {
@@ -297,12 +329,8 @@ fn copy_with_progress(
         done += n as u64;
         if decile(done) > shown {
             shown = decile(done);
-            let total = total.expect("a decile needs a total");
             eprintln!("{name}: {:>3}% ({} of {})", done * 100 / total, human(done), human(total));
         }
-    }
-    if total.is_none() {
-        eprintln!("{name}: {} downloaded", human(done));
     }
     Ok(done)
 }

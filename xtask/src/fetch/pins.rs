@@ -1,18 +1,16 @@
-//! The committed pins: what `fetch-models` downloads and the sha256 each file must have.
+//! The committed pins: what `fetch-models` downloads, and the sha256 and size each file must
+//! have. Every file is pinned; nothing is trusted on first use.
 //!
 //! Where the pins come from (keep this up to date when changing them):
 //! - `CLIP_REVISION`: the commit of `openai/clip-vit-large-patch14` that holds
-//!   `model.safetensors`, as it appears in Hugging Face cache paths
-//!   (`models--openai--clip-vit-large-patch14/snapshots/32bd6428…`) quoted in many public
-//!   logs and scripts. A revision pins the content: the hub serves the same bytes for it
-//!   forever.
+//!   `model.safetensors`. A revision pins the content: the hub serves the same bytes for it.
+//! - The CLIP files' sha256 and sizes at that revision: the hub repository's git history
+//!   (`config.json`, `preprocessor_config.json`) and the LFS pointer of `model.safetensors`
+//!   (its `oid sha256:` and `size`). The two JSON files are also in
+//!   `fixtures/clip/openai-clip-vit-large-patch14-32bd642/`, byte for byte, and a test holds
+//!   them to these pins.
 //! - The head's sha256 and size: `../shared/models/README.md` and the file itself; the same
 //!   file is published by christophschuhmann/improved-aesthetic-predictor.
-//! - The CLIP files' sha256: not known here (the hub was unreachable when these pins were
-//!   written). They are `None`: the first download records the hash it got in
-//!   `<dir>/downloads/<file>.sha256` with a warning, and later runs verify against that
-//!   record. Replace each `None` with the real value once known (the hub shows the LFS
-//!   sha256 of `model.safetensors` on its file page).
 
 use anyhow::{Context, bail};
 use serde_json::Value;
@@ -21,6 +19,20 @@ use serde_json::Value;
 pub const CLIP_REPO: &str = "openai/clip-vit-large-patch14";
 /// The pinned commit of [`CLIP_REPO`].
 pub const CLIP_REVISION: &str = "32bd64288804d66eefd0ccbe215aa642df71cc41";
+/// The files of [`CLIP_REPO`] at [`CLIP_REVISION`]: name, sha256, size in bytes.
+pub const CLIP_FILES: [(&str, &str, u64); 3] = [
+    ("config.json", "8a09b467700c58138c29d53c605b34ebc69beaadd13274a8a2af8ad2c2f4032a", 4_519),
+    (
+        "preprocessor_config.json",
+        "910e70b3956ac9879ebc90b22fb3bc8a75b6a0677814500101a4c072bd7857bd",
+        316,
+    ),
+    (
+        "model.safetensors",
+        "a2bf730a0c7debf160f7a6b50b3aaf3703e7e88ac73de7a314903141db026dcb",
+        1_710_540_580,
+    ),
+];
 /// Where the LAION head is published.
 pub const HEAD_URL: &str = "https://github.com/christophschuhmann/improved-aesthetic-predictor/raw/main/sac+logos+ava1-l14-linearMSE.pth";
 /// The LAION head's file name.
@@ -30,15 +42,22 @@ pub const HEAD_SHA256: &str = "21dd590f3ccdc646f0d53120778b296013b096a035a2718c9
 /// The LAION head's size in bytes.
 pub const HEAD_SIZE: u64 = 3_714_759;
 
-/// One file to download and what it must hash to.
+/// One file to download and what it must be.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Pin {
     /// File name (in the hub repository, or of the head).
     pub name: String,
-    /// Expected sha256, lowercase hex; `None` trusts and records the first download.
-    pub sha256: Option<String>,
-    /// Expected size in bytes, when known.
-    pub size: Option<u64>,
+    /// Expected sha256, lowercase hex.
+    pub sha256: String,
+    /// Expected size in bytes.
+    pub size: u64,
+}
+
+impl Pin {
+    /// A pin from its parts; `sha256` is checked to be 64 hex digits and lowercased.
+    pub fn new(name: &str, sha256: &str, size: u64) -> anyhow::Result<Pin> {
+        Ok(Pin { name: name.to_owned(), sha256: check_sha256(sha256)?, size })
+    }
 }
 
 /// Everything `fetch-models` downloads.
@@ -59,30 +78,28 @@ pub struct Manifest {
 impl Manifest {
     /// The pins committed in this file.
     pub fn committed() -> Self {
-        let unpinned = |name: &str| Pin { name: name.to_owned(), sha256: None, size: None };
+        let pin = |name: &str, sha256: &str, size| {
+            Pin::new(name, sha256, size).expect("the committed pins are well formed")
+        };
         Manifest {
             clip_repo: CLIP_REPO.to_owned(),
             clip_revision: CLIP_REVISION.to_owned(),
-            clip_files: vec![
-                unpinned("config.json"),
-                unpinned("preprocessor_config.json"),
-                unpinned("model.safetensors"),
-            ],
+            clip_files: CLIP_FILES
+                .iter()
+                .map(|&(name, sha256, size)| pin(name, sha256, size))
+                .collect(),
             head_url: HEAD_URL.to_owned(),
-            head: Pin {
-                name: HEAD_NAME.to_owned(),
-                sha256: Some(HEAD_SHA256.to_owned()),
-                size: Some(HEAD_SIZE),
-            },
+            head: pin(HEAD_NAME, HEAD_SHA256, HEAD_SIZE),
         }
     }
 
-    /// Reads a manifest from JSON (`--pins FILE`), for mirrors and tests:
+    /// Reads a manifest from JSON (`--pins FILE`), for other models, mirrors and tests. Every
+    /// file needs its `sha256` and `size`:
     ///
     /// ```json
     /// {"clip": {"repo": "openai/clip-vit-large-patch14", "revision": "…",
     ///           "files": [{"name": "config.json", "sha256": "…", "size": 4519}, …]},
-    ///  "head": {"url": "https://…", "name": "….pth", "sha256": "…"}}
+    ///  "head": {"url": "https://…", "name": "….pth", "sha256": "…", "size": 3714759}}
     /// ```
     pub fn from_json(text: &str) -> anyhow::Result<Self> {
         let v: Value = serde_json::from_str(text).context("pins are not valid JSON")?;
@@ -90,19 +107,16 @@ impl Manifest {
             v.get(key)
                 .and_then(Value::as_str)
                 .map(str::to_owned)
-                .with_context(|| format!("pins: `{key}` is missing"))
+                .with_context(|| format!("pins: `{key}` is missing or not a string"))
         };
         let pin = |v: &Value| -> anyhow::Result<Pin> {
-            let sha256 = match v.get("sha256") {
-                None | Some(Value::Null) => None,
-                Some(Value::String(s)) => Some(check_sha256(s)?),
-                Some(other) => bail!("pins: sha256 {other} is not a string"),
-            };
-            Ok(Pin {
-                name: str_at(v, "name")?,
-                sha256,
-                size: v.get("size").and_then(Value::as_u64),
-            })
+            let name = str_at(v, "name")?;
+            let sha256 = str_at(v, "sha256").with_context(|| format!("pins: file `{name}`"))?;
+            let size = v
+                .get("size")
+                .and_then(Value::as_u64)
+                .with_context(|| format!("pins: file `{name}` has no `size` in bytes"))?;
+            Pin::new(&name, &sha256, size).with_context(|| format!("pins: file `{name}`"))
         };
         let clip = v.get("clip").context("pins: `clip` is missing")?;
         let head = v.get("head").context("pins: `head` is missing")?;
@@ -125,7 +139,7 @@ impl Manifest {
 
 fn check_sha256(s: &str) -> anyhow::Result<String> {
     if s.len() != 64 || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
-        bail!("pins: `{s}` is not a sha256 (64 hex digits)");
+        bail!("`{s}` is not a sha256 (64 hex digits)");
     }
     Ok(s.to_ascii_lowercase())
 }
