@@ -13,6 +13,18 @@ fn vit_l14_json_equals_the_constructor() {
     assert_eq!(config.rescale_factor, 0.00392156862745098);
 }
 
+/// The exact bytes `openai/clip-vit-large-patch14` has at the revision `fetch-models` pins: an
+/// old form with integer `size`/`crop_size` and `feature_extractor_type`.
+#[test]
+fn the_pinned_openai_file_equals_the_constructor() {
+    let path =
+        fixtures().join("../clip/openai-clip-vit-large-patch14-32bd642/preprocessor_config.json");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.contains("\"feature_extractor_type\"") && text.contains("\"size\": 224"));
+    let config = PreprocessConfig::from_json_file(&path).unwrap();
+    assert_eq!(config, PreprocessConfig::clip_vit_l14());
+}
+
 #[test]
 fn dict_form_and_336() {
     let c = PreprocessConfig::from_json_file(&fixtures().join("configs/square-224.json")).unwrap();
