@@ -73,7 +73,9 @@ pub struct RunArgs {
     /// with JOB_COMPLETION_INDEX).
     #[arg(long, value_name = "N")]
     pub num_shards: Option<usize>,
-    /// Model directory filled by `cargo xtask fetch-models`.
+    /// Model directory filled by `cargo xtask fetch-models` (default: $AESTHETE_MODELS, else
+    /// the first of ~/.local/share/aesthete/models ($XDG_DATA_HOME) and aesthete/models in
+    /// $XDG_DATA_DIRS that holds the models).
     #[arg(long, env = "AESTHETE_MODELS", value_name = "DIR")]
     pub models: Option<PathBuf>,
     /// CLIP model directory (Hugging Face layout); overrides --models.
@@ -140,11 +142,6 @@ impl WorkerEnv {
     }
 }
 
-/// Where `cargo xtask fetch-models` puts models by default: `models/` at the workspace root.
-pub fn default_models_dir() -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../models"))
-}
-
 impl RunArgs {
     pub fn into_plan(
         self,
@@ -170,9 +167,10 @@ impl RunArgs {
         if let Some(threads) = self.decode_threads {
             config = config.decode_threads(threads);
         }
-        let models = match (self.clip, self.head) {
-            (Some(clip_dir), Some(head_file)) => ModelPaths { clip_dir, head_file },
-            _ => ModelPaths::in_dir(&self.models.unwrap_or_else(default_models_dir)),
+        let models = match (self.clip, self.head, self.models) {
+            (Some(clip_dir), Some(head_file), _) => ModelPaths { clip_dir, head_file },
+            (_, _, Some(dir)) => ModelPaths::in_dir(&dir),
+            _ => ModelPaths::find_default()?,
         };
         let device = aesthete_clip::parse_device(&self.device)
             .with_context(|| format!("--device {}", self.device))?;

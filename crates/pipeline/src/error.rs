@@ -31,6 +31,15 @@ pub enum Error {
         /// Where it was looked for.
         path: PathBuf,
     },
+    /// No model directory was given and none of the default ones holds the models.
+    #[error(
+        "no models found (looked in {}); run `cargo xtask fetch-models` to download them into the first, or pass --models DIR, or --clip DIR and --head FILE",
+        display_paths(tried)
+    )]
+    ModelsNotFound {
+        /// The directories looked in, in order.
+        tried: Vec<PathBuf>,
+    },
     /// The CLIP model failed to load or run.
     #[error("clip model")]
     Clip(#[from] aesthete_clip::Error),
@@ -89,4 +98,13 @@ pub enum Error {
     /// A pipeline thread died.
     #[error("pipeline stage `{0}` stopped unexpectedly")]
     StageDied(&'static str),
+}
+
+fn display_paths(paths: &[PathBuf]) -> String {
+    let shown: Vec<_> = paths.iter().map(|p| p.display().to_string()).collect();
+    if shown.is_empty() {
+        "nowhere: neither AESTHETE_MODELS nor HOME is set".into()
+    } else {
+        shown.join(", ")
+    }
 }

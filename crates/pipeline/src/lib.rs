@@ -42,6 +42,6 @@ mod table;
 
 pub use config::{Outputs, Partition, RunConfig, Selection};
 pub use error::Error;
-pub use models::{CLIP_DIR_NAME, HEAD_FILE_NAME, ModelPaths, Models};
+pub use models::{CLIP_DIR_NAME, HEAD_FILE_NAME, ModelPaths, Models, default_model_dirs};
 pub use progress::{NoProgress, Progress, RunSummary, ShardReport};
 pub use run::run;

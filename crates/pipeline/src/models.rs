@@ -1,3 +1,4 @@
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use aesthete_clip::{ClipVision, DType, Device};
@@ -26,6 +27,42 @@ impl ModelPaths {
     pub fn in_dir(dir: &Path) -> Self {
         ModelPaths { clip_dir: dir.join(CLIP_DIR_NAME), head_file: dir.join(HEAD_FILE_NAME) }
     }
+
+    /// The models in the first of [`default_model_dirs`] that holds both, for a run that names
+    /// no model directory; the error lists every directory tried.
+    pub fn find_default() -> Result<Self, Error> {
+        let tried = default_model_dirs(|name| std::env::var_os(name));
+        tried
+            .iter()
+            .map(|dir| ModelPaths::in_dir(dir))
+            .find(|paths| paths.clip_dir.join("config.json").is_file() && paths.head_file.is_file())
+            .ok_or(Error::ModelsNotFound { tried })
+    }
+}
+
+/// The model directories looked in when none is given, in order, from the environment
+/// (`var` reads a variable): `$AESTHETE_MODELS` alone when it is set; otherwise the per-user
+/// data directory `$XDG_DATA_HOME/aesthete/models` (`~/.local/share/aesthete/models` without
+/// it), then `aesthete/models` in each of `$XDG_DATA_DIRS` (`/usr/local/share:/usr/share`
+/// without it), for models installed for every user. `cargo xtask fetch-models` writes to the
+/// first.
+pub fn default_model_dirs(var: impl Fn(&str) -> Option<OsString>) -> Vec<PathBuf> {
+    let set = |name: &str| var(name).filter(|v| !v.is_empty());
+    if let Some(dir) = set("AESTHETE_MODELS") {
+        return vec![PathBuf::from(dir)];
+    }
+    let suffix = Path::new("aesthete").join("models");
+    let mut dirs = Vec::new();
+    // The XDG base directory spec ignores relative paths.
+    let absolute = |p: PathBuf| Some(p).filter(|p| p.is_absolute());
+    let home_data = set("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .and_then(absolute)
+        .or_else(|| set("HOME").map(|home| Path::new(&home).join(".local").join("share")));
+    dirs.extend(home_data.map(|d| d.join(&suffix)));
+    let system = set("XDG_DATA_DIRS").unwrap_or_else(|| "/usr/local/share:/usr/share".into());
+    dirs.extend(std::env::split_paths(&system).filter_map(absolute).map(|d| d.join(&suffix)));
+    dirs
 }
 
 /// Loaded models: preprocessing settings, the CLIP image tower and the aesthetic head.

@@ -1,8 +1,9 @@
 //! `cargo xtask fetch-models`: download the pinned models, verify them, convert them into
 //! the model directory the CLI reads.
 //!
-//! Layout of the model directory (default `models/` at the workspace root, or `--dir`, or
-//! `AESTHETE_MODELS`):
+//! Layout of the model directory (`--dir`, else the first of
+//! [`aesthete_pipeline::default_model_dirs`]: `$AESTHETE_MODELS`, else
+//! `~/.local/share/aesthete/models`, where the CLI looks too):
 //!
 //! ```text
 //! <dir>/clip-vit-large-patch14/config.json               from the hub, as is
@@ -12,7 +13,6 @@
 //!                                                        (or copied, if published as safetensors)
 //! <dir>/downloads/clip-vit-large-patch14/…               the hub files, verified
 //! <dir>/downloads/sac+logos+ava1-l14-linearMSE.pth       the head, verified
-//! <dir>/downloads/*.sha256                               hashes recorded for unpinned files
 //! <dir>/.fetch-models.json                               what the outputs were converted from
 //! ```
 //!
@@ -28,15 +28,15 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde_json::json;
 
-pub use download::{Fetched, HashMismatch, sha256_file};
+pub use download::{Check, Fetched, PinMismatch, sha256_file};
 pub use pins::{Manifest, Pin};
 
 use download::{Source, with_suffix};
 
 /// Name of the CLIP directory in the model directory (what `aesthete-pipeline` looks for).
-pub const CLIP_DIR: &str = "clip-vit-large-patch14";
+pub const CLIP_DIR: &str = aesthete_pipeline::CLIP_DIR_NAME;
 /// Name of the converted head in the model directory (what `aesthete-pipeline` looks for).
-pub const HEAD_FILE: &str = "aesthetic-head.safetensors";
+pub const HEAD_FILE: &str = aesthete_pipeline::HEAD_FILE_NAME;
 /// The hub used when `HF_ENDPOINT` is not set.
 pub const DEFAULT_ENDPOINT: &str = "https://huggingface.co";
 const STAMP: &str = ".fetch-models.json";
@@ -97,19 +97,26 @@ pub struct FetchOptions {
 }
 
 impl FetchOptions {
-    /// Defaults: `dir` from `AESTHETE_MODELS` or `models/` in the workspace, f32, the hub
-    /// from `HF_ENDPOINT` or huggingface.co, the pinned head and the committed pins.
-    pub fn from_env() -> Self {
-        FetchOptions {
-            dir: std::env::var_os("AESTHETE_MODELS")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| crate::workspace_root().join("models")),
+    /// Defaults: `dir` where the CLI looks first ([`default_model_dir`]), f32, the hub from
+    /// `HF_ENDPOINT` or huggingface.co, the pinned head and the committed pins.
+    pub fn from_env() -> anyhow::Result<Self> {
+        Ok(FetchOptions {
+            dir: default_model_dir()?,
             dtype: Dtype::F32,
             endpoint: std::env::var("HF_ENDPOINT").unwrap_or_else(|_| DEFAULT_ENDPOINT.to_owned()),
             head: HeadSource::Pinned,
             manifest: Manifest::committed(),
-        }
+        })
     }
+}
+
+/// The first directory the CLI looks in for models: `$AESTHETE_MODELS`, else the per-user
+/// data directory (`$XDG_DATA_HOME/aesthete/models`, `~/.local/share/aesthete/models`).
+pub fn default_model_dir() -> anyhow::Result<PathBuf> {
+    aesthete_pipeline::default_model_dirs(|name| std::env::var_os(name))
+        .into_iter()
+        .next()
+        .context("neither AESTHETE_MODELS nor HOME is set: pass --dir")
 }
 
 /// What a run did.
