@@ -433,6 +433,81 @@ mod failures {
     }
 }
 
+/// Where a binary looks for models when no flag names them, and what it prints.
+mod model_dirs {
+    use super::*;
+
+    /// `aesthete score` on one fixture shard with only an environment, no model flags.
+    fn score_with_env(out: &Path, env: &[(&str, &Path)]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_aesthete"));
+        cmd.arg("score").arg(shard("good-000000.tar")).arg("--output").arg(out);
+        for var in ["AESTHETE_MODELS", "XDG_DATA_HOME", "XDG_DATA_DIRS", "HOME", "NO_COLOR"] {
+            cmd.env_remove(var);
+        }
+        cmd.env_remove("SLURM_ARRAY_TASK_ID").env_remove("JOB_COMPLETION_INDEX");
+        cmd.envs(env.iter().map(|&(k, v)| (k, v))).output().expect("running aesthete")
+    }
+
+    /// The fixture models laid out as `cargo xtask fetch-models` writes them.
+    fn fetched_layout(dir: &Path) {
+        let clip = dir.join("clip-vit-large-patch14");
+        fs::create_dir_all(&clip).unwrap();
+        let src = fixtures().join("clip/tiny-vit-224-768");
+        for name in ["config.json", "preprocessor_config.json", "model.safetensors"] {
+            fs::copy(src.join(name), clip.join(name)).unwrap();
+        }
+        let head = fixtures().join("pipeline/head-768.safetensors");
+        fs::copy(head, dir.join("aesthetic-head.safetensors")).unwrap();
+    }
+
+    #[test]
+    fn the_error_names_every_directory_tried() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = tmp.path().join("home");
+        let system = tmp.path().join("system");
+        let result =
+            score_with_env(&tmp.path().join("out"), &[("HOME", &home), ("XDG_DATA_DIRS", &system)]);
+        assert_eq!(result.status.code(), Some(2));
+        let text = stderr(&result);
+        for dir in [home.join(".local/share/aesthete/models"), system.join("aesthete/models")] {
+            assert!(
+                text.contains(&dir.display().to_string()),
+                "{} not named: {text}",
+                dir.display()
+            );
+        }
+        assert!(text.contains("cargo xtask fetch-models"), "{text}");
+        assert!(!text.contains("backtrace"), "{text}");
+    }
+
+    #[test]
+    fn models_in_the_user_data_directory_are_found() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        fetched_layout(&data.join("aesthete/models"));
+        let out = tmp.path().join("out");
+        let result = score_with_env(&out, &[("XDG_DATA_HOME", &data)]);
+        assert!(result.status.success(), "{}", stderr(&result));
+        assert!(out.join("good-000000.parquet").is_file());
+        // Log lines into a pipe carry no colour escapes.
+        assert!(!stderr(&result).contains('\u{1b}'), "{:?}", stderr(&result));
+    }
+
+    #[test]
+    fn aesthete_models_wins_and_is_the_only_place_looked() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data = tmp.path().join("data");
+        fetched_layout(&data.join("aesthete/models"));
+        let elsewhere = tmp.path().join("elsewhere");
+        let result = score_with_env(
+            &tmp.path().join("out"),
+            &[("XDG_DATA_HOME", &data), ("AESTHETE_MODELS", &elsewhere)],
+        );
+        assert_eq!(result.status.code(), Some(2));
+        assert!(stderr(&result).contains(&elsewhere.display().to_string()), "{}", stderr(&result));
+    }
+}
+
 mod resume {
     use super::*;
 
