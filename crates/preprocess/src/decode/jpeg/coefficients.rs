@@ -4,11 +4,12 @@
 //! it); portable versions elsewhere; the same integer formulas as libjpeg's C code, so the
 //! same bytes as its scanline route.
 
-use mozjpeg_sys::*;
+use mozjpeg_sys::J_COLOR_SPACE;
 
-use super::FORMAT;
-use super::idct::{self, Block};
+use super::idct;
+use super::libjpeg::Decompressor;
 use super::ycc::{ChromaRows, RowConverter, RowOut, Upsample};
+use super::{FORMAT, Failure};
 use crate::decode::RgbImage;
 use crate::engine::Plan;
 use crate::{Error, Limits};
@@ -54,12 +55,12 @@ struct Component {
 /// The chroma layout this route handles at DCT scaling `scale` / 8, from the header; `None`
 /// sends the image down libjpeg's scanline route (grayscale, CMYK, RGB, 4:4:0, 4:1:1, images
 /// too narrow for fancy upsampling, 4:2:2 when downscaled).
-pub(super) fn supported(cinfo: &jpeg_decompress_struct, scale: usize) -> Option<Upsample> {
+pub(super) fn supported(jpeg: &Decompressor<'_>, scale: usize) -> Option<Upsample> {
+    let cinfo = jpeg.info();
     if cinfo.num_components != 3 || cinfo.jpeg_color_space != J_COLOR_SPACE::JCS_YCbCr {
         return None;
     }
-    // SAFETY: after jpeg_read_header, comp_info holds num_components entries.
-    let comps = unsafe { std::slice::from_raw_parts(cinfo.comp_info, 3) };
+    let comps = jpeg.components();
     if comps[1..].iter().any(|c| (c.h_samp_factor, c.v_samp_factor) != (1, 1)) {
         return None;
     }
@@ -78,114 +79,103 @@ pub(super) fn supported(cinfo: &jpeg_decompress_struct, scale: usize) -> Option<
 }
 
 /// Decodes the [`Wanted`] pixels into `out` (sized for the whole image, the rest left
-/// stale); `cinfo` has read the header and passed [`supported`] with `kind` and `scale`.
+/// stale); `jpeg` has read the header and passed [`supported`] with `kind` and `scale`.
 ///
 /// At `scale` 8 the output is exact; below, it is the image downscaled by `scale` / 8 in the
 /// DCT domain (libjpeg's output size, rounded up), every component decoded straight onto the
 /// output grid by reduced IDCTs (4:2:0 chroma at twice the luma's reduced size), so nothing
 /// is upsampled.
-///
-/// # Safety
-/// `cinfo` is a decompressor that has read the header and not started decompressing; libjpeg
-/// errors unwind out of this function.
-pub(super) unsafe fn decode(
-    cinfo: &mut jpeg_decompress_struct,
+pub(super) fn decode(
+    jpeg: &mut Decompressor<'_>,
     kind: Upsample,
     scale: usize,
     Wanted { plan, layout }: Wanted,
     limits: &Limits,
     out: &mut RgbImage,
     planes: &mut Planes,
-) -> Result<(), Error> {
-    let (width, height) = (cinfo.image_width as usize, cinfo.image_height as usize);
+) -> Result<(), Failure> {
+    let (width, height) = (jpeg.info().image_width as usize, jpeg.info().image_height as usize);
     let (out_width, out_height) = ((width * scale).div_ceil(8), (height * scale).div_ceil(8));
     let [x0, x1, y0, y1] = match plan {
         Some(plan) => plan.source_region(out_width as u32, out_height as u32),
         None => [0, out_width, 0, out_height],
     };
-    // SAFETY (whole body): `cinfo` is as documented; the arrays returned by
-    // jpeg_read_coefficients live until jpeg_finish/destroy_decompress.
-    unsafe {
-        let arrays = jpeg_read_coefficients(cinfo);
-        if arrays.is_null() {
-            return Err(Error::corrupt(FORMAT, "no coefficients"));
-        }
-        let (max_h, max_v) = (cinfo.max_h_samp_factor as usize, cinfo.max_v_samp_factor as usize);
-        let access = (*cinfo.common.mem).access_virt_barray.expect("libjpeg memory manager");
-        let mut comps = [None; 3];
-        for (ci, comp) in comps.iter_mut().enumerate() {
-            let info = &*cinfo.comp_info.add(ci);
-            let (hf, vf) = (info.h_samp_factor as usize, info.v_samp_factor as usize);
-            // Samples per block edge, and the component's grid.
-            let (size, c) = if scale == 8 {
-                let c = Component {
-                    h: max_h / hf,
-                    v: max_v / vf,
-                    width: (width * hf).div_ceil(max_h),
-                    height: (height * vf).div_ceil(max_v),
-                    stride: info.width_in_blocks as usize * 8,
-                };
-                (8, c)
-            } else {
-                let size = scale * max_h / hf;
-                let stride = info.width_in_blocks as usize * size;
-                (size, Component { h: 1, v: 1, width: out_width, height: out_height, stride })
+    jpeg.read_coefficients()?;
+    let info = jpeg.info();
+    let (max_h, max_v) = (info.max_h_samp_factor as usize, info.max_v_samp_factor as usize);
+    let mut comps = [None; 3];
+    for (ci, comp) in comps.iter_mut().enumerate() {
+        let info = &jpeg.components()[ci];
+        let (hf, vf) = (info.h_samp_factor as usize, info.v_samp_factor as usize);
+        let (width_in_blocks, height_in_blocks) =
+            (info.width_in_blocks as usize, info.height_in_blocks as usize);
+        // Samples per block edge, and the component's grid.
+        let (size, c) = if scale == 8 {
+            let c = Component {
+                h: max_h / hf,
+                v: max_v / vf,
+                width: (width * hf).div_ceil(max_h),
+                height: (height * vf).div_ceil(max_v),
+                stride: width_in_blocks * 8,
             };
-            let table = info.quant_table;
-            if table.is_null() {
-                return Err(Error::corrupt(FORMAT, "missing quantization table"));
-            }
-            // libjpeg's ISLOW_MULT_TYPE is a short.
-            let quant: [i16; 64] = (*table).quantval.map(|q| q as i16);
-            // Samples the region reads, with the upsampling filter's neighbors.
-            let (sx0, sx1) = (x0 / c.h, (x1 - 1) / c.h + 1);
-            let (sy0, sy1) = (y0 / c.v, (y1 - 1) / c.v + 1);
-            let (sx0, sx1) = (sx0.saturating_sub(c.h - 1), (sx1 + c.h - 1).min(c.width));
-            let (sy0, sy1) = (sy0.saturating_sub(c.v - 1), (sy1 + c.v - 1).min(c.height));
-            let samples = &mut planes.samples[ci];
-            let len = c.stride * info.height_in_blocks as usize * size;
-            limits.check_alloc(len as u64)?;
-            if samples.len() < len {
-                samples.resize(len, 0);
-            }
-            let reduced = (size < 8).then(|| idct::Reduced::new(size));
-            for by in sy0 / size..sy1.div_ceil(size) {
-                let rows = access(&mut cinfo.common, arrays.add(ci).read(), by as JDIMENSION, 1, 0);
-                let blocks: *const Block = (*rows).cast_const();
-                let band = &mut samples[by * size * c.stride..][..size * c.stride];
-                for bx in sx0 / size..sx1.div_ceil(size) {
-                    let (block, at) = (&*blocks.add(bx), &mut band[bx * size..]);
-                    match &reduced {
-                        None => idct::idct(block, &quant, at, c.stride),
-                        Some(r) => r.transform(block, &quant, at, c.stride),
-                    }
-                }
-            }
-            *comp = Some(c);
-        }
-        let [luma, cb, cr] = comps.map(|c| c.expect("three components"));
-        let kind = if scale == 8 { kind } else { Upsample::None };
-        let (w, h) = (out_width as u32, out_height as u32);
-        let [luma_samples, cb_samples, cr_samples] = &planes.samples;
-        // The whole image, sliced into rows below.
-        let mut image = match layout {
-            Layout::Rgb => RowOut::Rgb(out.reset_stale(w, h, limits)?),
-            Layout::Channels => RowOut::Channels(out.reset_stale_channels(w, h, limits)?),
+            (8, c)
+        } else {
+            let size = scale * max_h / hf;
+            let stride = width_in_blocks * size;
+            (size, Component { h: 1, v: 1, width: out_width, height: out_height, stride })
         };
-        for y in y0..y1 {
-            let line = &luma_samples[y * luma.stride + x0..][..x1 - x0];
-            let at = y * out_width + x0;
-            let row = match &mut image {
-                RowOut::Rgb(rgb) => RowOut::Rgb(&mut rgb[at * 3..][..(x1 - x0) * 3]),
-                RowOut::Channels(c) => {
-                    RowOut::Channels(c.each_mut().map(|c| &mut c[at..x1 + y * out_width]))
-                }
-            };
-            let chroma = [chroma_rows(cb_samples, cb, y), chroma_rows(cr_samples, cr, y)];
-            planes.converter.row(line, x0, kind, chroma, row);
+        let Some(table) = jpeg.quant_table(ci) else {
+            return Err(Error::corrupt(FORMAT, "missing quantization table").into());
+        };
+        // libjpeg's ISLOW_MULT_TYPE is a short.
+        let quant: [i16; 64] = table.map(|q| q as i16);
+        // Samples the region reads, with the upsampling filter's neighbors.
+        let (sx0, sx1) = (x0 / c.h, (x1 - 1) / c.h + 1);
+        let (sy0, sy1) = (y0 / c.v, (y1 - 1) / c.v + 1);
+        let (sx0, sx1) = (sx0.saturating_sub(c.h - 1), (sx1 + c.h - 1).min(c.width));
+        let (sy0, sy1) = (sy0.saturating_sub(c.v - 1), (sy1 + c.v - 1).min(c.height));
+        let samples = &mut planes.samples[ci];
+        let len = c.stride * height_in_blocks * size;
+        limits.check_alloc(len as u64)?;
+        if samples.len() < len {
+            samples.resize(len, 0);
         }
-        jpeg_finish_decompress(cinfo);
+        let reduced = (size < 8).then(|| idct::Reduced::new(size));
+        for by in sy0 / size..sy1.div_ceil(size) {
+            let blocks = jpeg.block_row(ci, by)?;
+            let band = &mut samples[by * size * c.stride..][..size * c.stride];
+            for bx in sx0 / size..sx1.div_ceil(size) {
+                let (block, at) = (&blocks[bx], &mut band[bx * size..]);
+                match &reduced {
+                    None => idct::idct(block, &quant, at, c.stride),
+                    Some(r) => r.transform(block, &quant, at, c.stride),
+                }
+            }
+        }
+        *comp = Some(c);
     }
+    let [luma, cb, cr] = comps.map(|c| c.expect("three components"));
+    let kind = if scale == 8 { kind } else { Upsample::None };
+    let (w, h) = (out_width as u32, out_height as u32);
+    let [luma_samples, cb_samples, cr_samples] = &planes.samples;
+    // The whole image, sliced into rows below.
+    let mut image = match layout {
+        Layout::Rgb => RowOut::Rgb(out.reset_stale(w, h, limits)?),
+        Layout::Channels => RowOut::Channels(out.reset_stale_channels(w, h, limits)?),
+    };
+    for y in y0..y1 {
+        let line = &luma_samples[y * luma.stride + x0..][..x1 - x0];
+        let at = y * out_width + x0;
+        let row = match &mut image {
+            RowOut::Rgb(rgb) => RowOut::Rgb(&mut rgb[at * 3..][..(x1 - x0) * 3]),
+            RowOut::Channels(c) => {
+                RowOut::Channels(c.each_mut().map(|c| &mut c[at..x1 + y * out_width]))
+            }
+        };
+        let chroma = [chroma_rows(cb_samples, cb, y), chroma_rows(cr_samples, cr, y)];
+        planes.converter.row(line, x0, kind, chroma, row);
+    }
+    jpeg.finish()?;
     Ok(())
 }
 

@@ -5,16 +5,19 @@
 
 mod coefficients;
 mod idct;
+mod libjpeg;
 mod ycc;
 
-use std::ffi::{CStr, c_int, c_ulong};
-use std::mem;
-use std::panic::{self, AssertUnwindSafe};
+use std::ffi::c_int;
 
-use mozjpeg_sys::*;
+use mozjpeg_sys::{
+    J_COLOR_SPACE, JERR_ARITH_NOTIMPL, JERR_CONVERSION_NOTIMPL, JERR_INPUT_EMPTY,
+    JERR_NO_BACKING_STORE, JERR_NOTIMPL, JERR_OUT_OF_MEMORY, JWRN_JPEG_EOF,
+};
 
 pub(crate) use self::coefficients::Planes;
 use self::coefficients::{Layout, Wanted};
+use self::libjpeg::{Abort, Decompressor};
 use super::{Hint, RgbImage, cmyk_to_rgb, gray_to_rgb};
 use crate::resample::channel_route;
 use crate::{Error, ImageFormat, Limits};
@@ -28,52 +31,6 @@ fn avx2_available() -> bool {
     return is_x86_feature_detected!("avx2");
     #[cfg(not(target_arch = "x86_64"))]
     return false;
-}
-
-/// Payload carried from libjpeg's `error_exit` to our `catch_unwind`.
-struct Abort {
-    code: c_int,
-    message: String,
-}
-
-fn message(cinfo: &mut jpeg_common_struct) -> String {
-    let buffer = [0u8; 80];
-    // SAFETY: `err` is the manager installed by `jpeg_std_error`; `format_message` writes a
-    // NUL-terminated string of at most JMSG_LENGTH_MAX (80) bytes.
-    unsafe {
-        if let Some(format) = (*cinfo.err).format_message {
-            format(cinfo, &buffer);
-        }
-    }
-    CStr::from_bytes_until_nul(&buffer)
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-unsafe extern "C-unwind" fn error_exit(cinfo: &mut jpeg_common_struct) {
-    // SAFETY: libjpeg passes the struct whose `err` we installed.
-    let code = unsafe { (*cinfo.err).msg_code };
-    let message = message(cinfo);
-    // `resume_unwind` skips the panic hook: nothing is printed, the unwind is caught below.
-    panic::resume_unwind(Box::new(Abort { code, message }))
-}
-
-unsafe extern "C-unwind" fn emit_message(cinfo: &mut jpeg_common_struct, level: c_int) {
-    if level >= 0 {
-        return; // trace messages
-    }
-    // SAFETY: as in `error_exit`.
-    let err = unsafe { &mut *cinfo.err };
-    // Running out of data is an error for Pillow (without LOAD_TRUNCATED_IMAGES) and for us;
-    // other corrupt-data warnings are tolerated by both.
-    if err.msg_code == JWRN_JPEG_EOF as c_int {
-        panic::resume_unwind(Box::new(Abort {
-            code: JWRN_JPEG_EOF as c_int,
-            message: String::new(),
-        }));
-    }
-    err.num_warnings += 1;
-    tracing::trace!(warning = %message(cinfo), "libjpeg warning");
 }
 
 /// What the JPEG header says, read before anything large is allocated.
@@ -98,38 +55,32 @@ pub(crate) fn decode(
     scratch: &mut Vec<u8>,
     planes: &mut Planes,
 ) -> Result<Decoded, Error> {
-    // SAFETY: zeroed structs are the documented starting state before jpeg_std_error and
-    // jpeg_create_decompress; both live on this stack frame until jpeg_destroy_decompress.
-    let mut err: jpeg_error_mgr = unsafe { mem::zeroed() };
-    let mut cinfo: jpeg_decompress_struct = unsafe { mem::zeroed() };
-    // libjpeg reads the manager through `cinfo.common.err`, so it is only touched through
-    // that one pointer from here on.
-    let err_ptr: *mut jpeg_error_mgr = &mut err;
-    // SAFETY: err_ptr points to `err`, alive for the whole function.
-    unsafe {
-        jpeg_std_error(&mut *err_ptr);
-        (*err_ptr).error_exit = Some(error_exit);
-        (*err_ptr).emit_message = Some(emit_message);
-        cinfo.common.err = err_ptr;
+    let mut jpeg = Decompressor::new(bytes, limits.max_alloc).map_err(|a| map_abort(a, limits))?;
+    jpeg.read_header().map_err(|a| map_abort(a, limits))?;
+    let (width, height) = (jpeg.info().image_width, jpeg.info().image_height);
+    limits.check_pixels(width, height)?;
+    match decode_pixels(&mut jpeg, limits, hint, out, scratch, planes) {
+        Ok(()) => Ok(Decoded { width, height }),
+        Err(Failure::Jpeg(abort)) => Err(map_abort(abort, limits)),
+        Err(Failure::Ours(err)) => Err(err),
     }
+}
 
-    let result = panic::catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: cinfo was prepared above; `bytes` outlives the decompressor.
-        unsafe {
-            jpeg_create_decompress(&mut cinfo);
-            jpeg_mem_src(&mut cinfo, bytes.as_ptr(), bytes.len() as c_ulong);
-            run(&mut cinfo, limits, hint, out, scratch, planes)
-        }
-    }));
-    // SAFETY: frees libjpeg's pools whether decoding finished or unwound; a zeroed (never
-    // created) struct has a null `mem` and is skipped by libjpeg.
-    unsafe { jpeg_destroy_decompress(&mut cinfo) };
-    match result {
-        Ok(r) => r,
-        Err(payload) => match payload.downcast::<Abort>() {
-            Ok(abort) => Err(map_abort(*abort, limits)),
-            Err(other) => panic::resume_unwind(other),
-        },
+/// Why decoding stopped: libjpeg's error, or ours.
+enum Failure {
+    Jpeg(Abort),
+    Ours(Error),
+}
+
+impl From<Abort> for Failure {
+    fn from(abort: Abort) -> Self {
+        Failure::Jpeg(abort)
+    }
+}
+
+impl From<Error> for Failure {
+    fn from(err: Error) -> Self {
+        Failure::Ours(err)
     }
 }
 
@@ -166,150 +117,114 @@ fn dct_scale(width: u32, height: u32, target: u32) -> usize {
     [1, 2, 4, 8].into_iter().find(|&n| (short * n as u64).div_ceil(8) >= target as u64).unwrap_or(8)
 }
 
-/// The decode proper; may unwind out through `error_exit`.
-unsafe fn run(
-    cinfo: &mut jpeg_decompress_struct,
+/// The decode proper, after the header.
+fn decode_pixels(
+    jpeg: &mut Decompressor<'_>,
     limits: &Limits,
     hint: Hint,
     out: &mut RgbImage,
     scratch: &mut Vec<u8>,
     planes: &mut Planes,
-) -> Result<Decoded, Error> {
-    // SAFETY (whole body): cinfo is a created decompressor with a memory source.
-    unsafe {
-        // Bound libjpeg's own allocations (progressive coefficient buffers and the like);
-        // exceeding it raises JERR_NO_BACKING_STORE.
-        (*cinfo.common.mem).max_memory_to_use = limits.max_alloc.min(c_long_max()) as _;
-        jpeg_read_header(cinfo, 1);
-        let (width, height) = (cinfo.image_width, cinfo.image_height);
-        limits.check_pixels(width, height)?;
-        // Exact mode's region, and fast mode, through the coefficients where the layout allows
-        // (a full decode stays on libjpeg's scanline route, the reference the tests hold the
-        // coefficient route to).
-        let route = match hint {
-            Hint::Region(plan) => Some((Some(plan), 8)),
-            // At 1/8 libjpeg's scanline route is faster: its entropy decoder skips storing the
-            // AC coefficients that a DC-only IDCT does not read.
-            Hint::Scale(target, plan) => {
-                Some((plan, dct_scale(width, height, target))).filter(|&(_, scale)| scale > 1)
+) -> Result<(), Failure> {
+    let (width, height) = (jpeg.info().image_width, jpeg.info().image_height);
+    // Exact mode's region, and fast mode, through the coefficients where the layout allows
+    // (a full decode stays on libjpeg's scanline route, the reference the tests hold the
+    // coefficient route to).
+    let route = match hint {
+        Hint::Region(plan) => Some((Some(plan), 8)),
+        // At 1/8 libjpeg's scanline route is faster: its entropy decoder skips storing the
+        // AC coefficients that a DC-only IDCT does not read.
+        Hint::Scale(target, plan) => {
+            Some((plan, dct_scale(width, height, target))).filter(|&(_, scale)| scale > 1)
+        }
+        Hint::Full => None,
+    };
+    if let Some((plan, scale)) = route
+        && let Some(kind) = coefficients::supported(jpeg, scale)
+    {
+        // Channel planes where the resampler's channel route will read them.
+        let layout = match hint {
+            Hint::Region(plan)
+                if channel_route(&plan.window(width, height), width as usize, height as usize) =>
+            {
+                Layout::Channels
             }
-            Hint::Full => None,
+            _ => Layout::Rgb,
         };
-        if let Some((plan, scale)) = route
-            && let Some(kind) = coefficients::supported(cinfo, scale)
-        {
-            // Channel planes where the resampler's channel route will read them.
-            let layout = match hint {
-                Hint::Region(plan)
-                    if channel_route(
-                        &plan.window(width, height),
-                        width as usize,
-                        height as usize,
-                    ) =>
-                {
-                    Layout::Channels
-                }
-                _ => Layout::Rgb,
-            };
-            let wanted = Wanted { plan, layout };
-            coefficients::decode(cinfo, kind, scale, wanted, limits, out, planes)?;
-            return Ok(Decoded { width, height });
-        }
-        let channels = match cinfo.num_components {
-            1 => {
-                cinfo.out_color_space = J_COLOR_SPACE::JCS_GRAYSCALE;
-                1
-            }
-            3 => {
-                cinfo.out_color_space = J_COLOR_SPACE::JCS_RGB;
-                3
-            }
-            4 => {
-                cinfo.out_color_space = J_COLOR_SPACE::JCS_CMYK;
-                4
-            }
-            n => return Err(Error::unsupported(FORMAT, format!("{n} color components"))),
-        };
-        if let Hint::Scale(target, _) = hint {
-            cinfo.scale_num = dct_scale(width, height, target) as _;
-            cinfo.scale_denom = 8;
-        }
-        jpeg_start_decompress(cinfo);
-        let (w, h) = (cinfo.output_width, cinfo.output_height);
-        // Full decode unless a region leaves enough out to be worth it.
-        let [mut x0, mut x1, mut y0, mut y1] = [0, w as usize, 0, h as usize];
-        let rows = if let Hint::Region(plan) | Hint::Scale(_, Some(plan)) = hint {
-            // Fancy upsampling treats the edges of a cropped region as image edges; a margin
-            // of one iMCU (at most 16 pixels) keeps the pixels we read identical to a full
-            // decode.
-            const MARGIN: usize = 16;
-            let [rx0, rx1, ry0, ry1] = plan.source_region(w, h);
-            y0 = ry0.saturating_sub(MARGIN);
-            y1 = (ry1 + MARGIN).min(h as usize);
-            let (cx0, cx1) = (rx0.saturating_sub(MARGIN), (rx1 + MARGIN).min(w as usize));
-            if cx1 - cx0 < w as usize * 7 / 8 {
-                let mut xoffset = cx0 as JDIMENSION;
-                let mut width = (cx1 - cx0) as JDIMENSION;
-                jpeg_crop_scanline(cinfo, &mut xoffset, &mut width);
-                x0 = xoffset as usize;
-                x1 = x0 + width as usize;
-            }
-            out.reset_stale(w, h, limits)?
-        } else {
-            out.reset(w, h, limits)?
-        };
-        let stride = w as usize * 3;
-        let span = x1 - x0;
-        skip(cinfo, y0)?;
-        scratch.clear();
-        scratch.resize(span * channels, 0);
-        for row in rows.chunks_exact_mut(stride).skip(y0).take(y1 - y0) {
-            let row = &mut row[x0 * 3..x1 * 3];
-            let target = if channels == 3 { row.as_mut_ptr() } else { scratch.as_mut_ptr() };
-            let mut ptr = target;
-            if jpeg_read_scanlines(cinfo, &mut ptr, 1) != 1 {
-                return Err(Error::Truncated { format: FORMAT });
-            }
-            if channels == 1 {
-                gray_to_rgb(scratch, row);
-            } else if channels == 4 {
-                // Pillow reads CMYK JPEGs as "CMYK;I": Adobe's inverted polarity.
-                for v in scratch.iter_mut() {
-                    *v = 255 - *v;
-                }
-                cmyk_to_rgb(scratch, row);
-            }
-        }
-        // Entropy-decode the rest so that a truncated file fails as it does in PIL. (Skipping
-        // to the very bottom would mark the end as reached without reading it, so the last
-        // row is read.)
-        let rest = h as usize - y1;
-        if rest > 0 {
-            skip(cinfo, rest - 1)?;
-            let mut ptr = scratch.as_mut_ptr();
-            if jpeg_read_scanlines(cinfo, &mut ptr, 1) != 1 {
-                return Err(Error::Truncated { format: FORMAT });
-            }
-        }
-        jpeg_finish_decompress(cinfo);
-        Ok(Decoded { width, height })
+        let wanted = Wanted { plan, layout };
+        return coefficients::decode(jpeg, kind, scale, wanted, limits, out, planes);
     }
-}
-
-/// Skips `n` scanlines (entropy decoding only, no IDCT).
-unsafe fn skip(cinfo: &mut jpeg_decompress_struct, n: usize) -> Result<(), Error> {
-    if n > 0 {
-        // SAFETY: called between jpeg_start_decompress and jpeg_finish_decompress.
-        let skipped = unsafe { jpeg_skip_scanlines(cinfo, n as JDIMENSION) };
-        if skipped as usize != n {
-            return Err(Error::Truncated { format: FORMAT });
+    let (color_space, channels) = match jpeg.info().num_components {
+        1 => (J_COLOR_SPACE::JCS_GRAYSCALE, 1),
+        3 => (J_COLOR_SPACE::JCS_RGB, 3),
+        4 => (J_COLOR_SPACE::JCS_CMYK, 4),
+        n => return Err(Error::unsupported(FORMAT, format!("{n} color components")).into()),
+    };
+    let scale = match hint {
+        Hint::Scale(target, _) => dct_scale(width, height, target),
+        _ => 8,
+    };
+    jpeg.set_output(color_space, scale as u32);
+    let (w, h) = jpeg.start()?;
+    // Full decode unless a region leaves enough out to be worth it.
+    let [mut x0, mut x1, mut y0, mut y1] = [0, w as usize, 0, h as usize];
+    let rows = if let Hint::Region(plan) | Hint::Scale(_, Some(plan)) = hint {
+        // Fancy upsampling treats the edges of a cropped region as image edges; a margin of
+        // one iMCU (at most 16 pixels) keeps the pixels we read identical to a full decode.
+        const MARGIN: usize = 16;
+        let [rx0, rx1, ry0, ry1] = plan.source_region(w, h);
+        y0 = ry0.saturating_sub(MARGIN);
+        y1 = (ry1 + MARGIN).min(h as usize);
+        let (cx0, cx1) = (rx0.saturating_sub(MARGIN), (rx1 + MARGIN).min(w as usize));
+        if cx1 - cx0 < w as usize * 7 / 8 {
+            let (start, span) = jpeg.crop_scanline(cx0, cx1 - cx0)?;
+            (x0, x1) = (start, start + span);
+        }
+        out.reset_stale(w, h, limits)?
+    } else {
+        out.reset(w, h, limits)?
+    };
+    let stride = w as usize * 3;
+    let span = x1 - x0;
+    skip(jpeg, y0)?;
+    scratch.clear();
+    scratch.resize(span * channels, 0);
+    for row in rows.chunks_exact_mut(stride).skip(y0).take(y1 - y0) {
+        let row = &mut row[x0 * 3..x1 * 3];
+        let target = if channels == 3 { &mut row[..] } else { &mut scratch[..] };
+        if !jpeg.read_scanline(target)? {
+            return Err(Error::Truncated { format: FORMAT }.into());
+        }
+        if channels == 1 {
+            gray_to_rgb(scratch, row);
+        } else if channels == 4 {
+            // Pillow reads CMYK JPEGs as "CMYK;I": Adobe's inverted polarity.
+            for v in scratch.iter_mut() {
+                *v = 255 - *v;
+            }
+            cmyk_to_rgb(scratch, row);
         }
     }
+    // Entropy-decode the rest so that a truncated file fails as it does in PIL. (Skipping to
+    // the very bottom would mark the end as reached without reading it, so the last row is
+    // read.)
+    let rest = h as usize - y1;
+    if rest > 0 {
+        skip(jpeg, rest - 1)?;
+        if !jpeg.read_scanline(scratch)? {
+            return Err(Error::Truncated { format: FORMAT }.into());
+        }
+    }
+    jpeg.finish()?;
     Ok(())
 }
 
-fn c_long_max() -> u64 {
-    std::ffi::c_long::MAX as u64
+/// Skips `n` scanlines (entropy decoding only, no IDCT); fewer is truncation.
+fn skip(jpeg: &mut Decompressor<'_>, n: usize) -> Result<(), Failure> {
+    if n > 0 && jpeg.skip_scanlines(n)? != n {
+        return Err(Error::Truncated { format: FORMAT }.into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
