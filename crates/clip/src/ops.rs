@@ -96,7 +96,7 @@ pub(crate) mod kernels {
 
             #[cfg(target_arch = "x86_64")]
             #[target_feature(enable = "avx2,fma")]
-            fn $avx2($($arg: $ty),*) {
+            pub(super) fn $avx2($($arg: $ty),*) {
                 $body($($arg),*)
             }
         };
@@ -250,9 +250,7 @@ pub(crate) mod kernels {
 
 #[cfg(test)]
 mod tests {
-    use super::kernels::{
-        exp, gelu_erf, gelu_tanh, layer_norm, quick_gelu_portable, softmax, softmax_portable,
-    };
+    use super::kernels::{exp, gelu_erf, gelu_tanh, layer_norm};
     use super::*;
 
     #[test]
@@ -327,17 +325,47 @@ mod tests {
         (0..n).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 37.0).collect()
     }
 
+    /// Every AVX2 + FMA kernel against its portable version on the same inputs, bit for bit
+    /// (lengths with a tail past the last 8 lanes); skipped on a CPU without them.
     #[test]
-    fn dispatched_kernels_match_portable_bit_for_bit() {
-        let x = sample(1037);
-        let (mut a, mut b) = (x.clone(), x.clone());
-        super::kernels::quick_gelu(&mut a);
-        quick_gelu_portable(&mut b);
-        assert_eq!(a, b);
-        let (mut a, mut b) = (x.clone(), x);
-        softmax(&mut a);
-        softmax_portable(&mut b);
-        assert_eq!(a, b);
+    fn avx2_kernels_match_portable_bit_for_bit() {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            use super::kernels::*;
+            type Kernel = fn(&mut [f32]);
+            for len in [1, 7, 8, 37, 1037] {
+                let x = sample(len);
+                let in_place: [(&str, Kernel, Kernel); 4] = [
+                    // SAFETY (each): the CPU has AVX2 and FMA, checked above.
+                    ("quick_gelu", quick_gelu_portable, |x| unsafe { quick_gelu_avx2(x) }),
+                    ("gelu_erf", gelu_erf_portable, |x| unsafe { gelu_erf_avx2(x) }),
+                    ("gelu_tanh", gelu_tanh_portable, |x| unsafe { gelu_tanh_avx2(x) }),
+                    ("softmax", softmax_portable, |x| unsafe { softmax_avx2(x) }),
+                ];
+                for (name, portable, avx2) in in_place {
+                    let (mut a, mut b) = (x.clone(), x.clone());
+                    portable(&mut a);
+                    avx2(&mut b);
+                    assert!(
+                        a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{name} {len}"
+                    );
+                }
+                let w: Vec<f32> = (0..len).map(|i| 1.0 + i as f32 / 50.0).collect();
+                let bias: Vec<f32> = (0..len).map(|i| i as f32 / 10.0 - 1.0).collect();
+                let (mut a, mut b) = (vec![0.0; len], vec![0.0; len]);
+                layer_norm_portable(&x, &mut a, &w, &bias, 1e-5);
+                // SAFETY: as above.
+                unsafe { layer_norm_avx2(&x, &mut b, &w, &bias, 1e-5) };
+                assert!(
+                    a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "layer_norm {len}"
+                );
+            }
+            return;
+        }
+        eprintln!("skipped avx2_kernels_match_portable_bit_for_bit: this CPU lacks AVX2 or FMA");
     }
 
     #[test]
