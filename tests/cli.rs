@@ -13,8 +13,10 @@ use arrow_array::types::{Float32Type, UInt32Type};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 /// Scores from transformers and ours differ only by float rounding in the model (the
-/// preprocessing is bit-exact), measured at about 1e-6 on this tiny model.
-const SCORE_TOLERANCE: f32 = 1e-4;
+/// preprocessing is bit-exact): measured max |Δ| 3.8e-6 on this tiny model, scores near 5,
+/// where an f32 ulp is 4.8e-7 (`scores_match_transformers_...` prints it). The bound leaves
+/// 5x for the summation order of other matrix kernels (AVX-512's blocking is not AVX2's).
+const SCORE_TOLERANCE: f32 = 2e-5;
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
@@ -174,6 +176,7 @@ mod filter {
         assert!(result.status.success(), "{}", stderr(&result));
         let reference = reference();
         let mut kept_total = 0;
+        let mut worst = 0.0f32;
         for input in good_shards() {
             let name = input.file_name().unwrap().to_str().unwrap();
             let stem = name.trim_end_matches(".tar");
@@ -183,6 +186,7 @@ mod filter {
             for (row, want) in rows.iter().zip(expected) {
                 assert_eq!(row.key, want.key);
                 let (got, want_score) = (row.score.unwrap(), want.score.unwrap());
+                worst = worst.max((got - want_score).abs());
                 assert!(
                     (got - want_score).abs() <= SCORE_TOLERANCE,
                     "{name} {}: score {got} vs transformers {want_score}",
@@ -200,6 +204,7 @@ mod filter {
             kept_total += rows.iter().filter(|r| r.kept).count();
             assert_eq!(members(&out.path().join(format!("{stem}.tar"))), expected_members);
         }
+        eprintln!("scores against transformers: max |Δ| {worst:.3e}");
         assert!(kept_total > 0 && kept_total < 24, "threshold 5 should split the fixture");
     }
 

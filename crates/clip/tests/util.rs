@@ -59,12 +59,19 @@ pub fn compare(got: &[f32], want: &[f32], dim: usize) -> (f64, f64) {
     (min_cos, max_diff)
 }
 
-/// The f32 parity bar of the issue: cosine ≥ 0.99999 and max |Δ| ≤ 1e-4.
+/// Largest |Δ| of an f32 embedding against transformers': measured up to 1.1e-7 on the tiny
+/// fixtures and 1.6e-7 at ViT-L/14 (normalized values, so a few ulps). The bound leaves 6x for
+/// the summation order of other matrix kernels (AVX-512's blocking is not AVX2's).
+pub const PARITY_MAX_DIFF: f64 = 1e-6;
+/// Smallest cosine: differences of 1e-7 per value leave 1 - cosine near 1e-13.
+pub const PARITY_MIN_COSINE: f64 = 1.0 - 1e-9;
+
+/// The f32 parity bar: [`PARITY_MIN_COSINE`] and [`PARITY_MAX_DIFF`].
 pub fn assert_parity(what: &str, got: &[f32], want: &[f32], dim: usize) {
     let (cos, diff) = compare(got, want, dim);
-    eprintln!("{what}: min cosine {cos:.9}, max |Δ| {diff:.3e}");
-    assert!(cos >= 0.99999, "{what}: cosine {cos} < 0.99999");
-    assert!(diff <= 1e-4, "{what}: max |Δ| {diff} > 1e-4");
+    eprintln!("{what}: min cosine {cos:.12}, max |Δ| {diff:.3e}");
+    assert!(cos >= PARITY_MIN_COSINE, "{what}: cosine {cos} < {PARITY_MIN_COSINE}");
+    assert!(diff <= PARITY_MAX_DIFF, "{what}: max |Δ| {diff} > {PARITY_MAX_DIFF}");
 }
 
 /// Runs `model` on `num_images` of the reference inputs, returning the host f32 rows.
