@@ -47,10 +47,27 @@ fn vit_l14_matches_transformers() {
     check(dir.path());
 }
 
+/// Parity with the config transformers wrote, then again with the exact `config.json` of
+/// `openai/clip-vit-large-patch14` at the pinned revision (its old form, a `CLIPModel` config
+/// with legacy `*_config_dict` keys) over the same weights.
 fn check(dir: &std::path::Path) {
-    let model = load(dir);
-    assert_eq!(model.config(), &aesthete_clip::ClipVisionConfig::vit_large_patch14());
     let want = reference(dir)["embeddings"].clone();
     let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let model = load(dir);
+    assert_eq!(model.config(), &aesthete_clip::ClipVisionConfig::vit_large_patch14());
     assert_parity("random ViT-L/14", &embed_reference_inputs(&model, 2), &want, 768);
+
+    let pinned = tempfile::tempdir().unwrap();
+    let config = fixture("openai-clip-vit-large-patch14-32bd642").join("config.json");
+    std::fs::copy(config, pinned.path().join("config.json")).unwrap();
+    // A second name for the 1.2 GB of weights, not a copy (same file system as `dir` unless
+    // AESTHETE_VIT_L14_DIR points elsewhere; then it is copied).
+    let weights = pinned.path().join("model.safetensors");
+    if std::fs::hard_link(dir.join("model.safetensors"), &weights).is_err() {
+        std::fs::copy(dir.join("model.safetensors"), &weights).unwrap();
+    }
+    let model = load(pinned.path());
+    assert_eq!(model.config(), &aesthete_clip::ClipVisionConfig::vit_large_patch14());
+    let got = embed_reference_inputs(&model, 2);
+    assert_parity("random ViT-L/14, openai's pinned config.json", &got, &want, 768);
 }
