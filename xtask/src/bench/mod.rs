@@ -431,16 +431,38 @@ fn human_time(ns: f64) -> String {
 /// `CPU model (N cores)` from /proc/cpuinfo, where it exists.
 pub fn cpu_description() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let model = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|info| {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let field = |name: &str| {
         info.lines()
-            .find(|l| l.starts_with("model name"))
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
             .and_then(|l| l.split_once(':'))
             .map(|(_, v)| v.trim().to_owned())
-    });
+    };
+    let model = field("model name").unwrap_or_else(|| std::env::consts::ARCH.to_owned());
+    let family = match (field("cpu family"), field("model")) {
+        (Some(f), Some(m)) => format!(", family {f} model {m}"),
+        _ => String::new(),
+    };
     format!(
-        "{} ({cores} cores available)",
-        model.unwrap_or_else(|| std::env::consts::ARCH.to_owned())
+        "{model}{family} ({cores} cores available); instruction sets: {}",
+        instruction_sets(&field("flags").unwrap_or_default())
     )
+}
+
+/// Which of the instruction sets the kernels dispatch on this CPU has, from its `/proc/cpuinfo`
+/// flags: `AVX2+FMA yes, AVX-512F no, ...`.
+pub fn instruction_sets(flags: &str) -> String {
+    let has = |flag: &str| flags.split_whitespace().any(|f| f == flag);
+    [
+        ("AVX2+FMA", has("avx2") && has("fma")),
+        ("AVX-512F", has("avx512f")),
+        ("AVX512-BF16", has("avx512_bf16")),
+        ("AMX-BF16", has("amx_bf16") && has("amx_tile")),
+    ]
+    .iter()
+    .map(|(name, yes)| format!("{name} {}", if *yes { "yes" } else { "no" }))
+    .collect::<Vec<_>>()
+    .join(", ")
 }
 
 fn command_line(program: &str, args: &[&str]) -> Option<String> {
@@ -587,5 +609,24 @@ mod tests {
         assert_eq!(human_rate(187_834_092.7, "bytes"), "188 MB/s");
         assert_eq!(human_rate(68_846_638_074.0, "elements"), "68.8 Gelements/s");
         assert_eq!(human_rate(1_167_620.0, "elements"), "1.17 Melements/s");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn instruction_sets_read_cpuinfo_flags() {
+        let zen1 = "fpu sse2 avx fma avx2 bmi2 sha_ni";
+        assert_eq!(
+            super::instruction_sets(zen1),
+            "AVX2+FMA yes, AVX-512F no, AVX512-BF16 no, AMX-BF16 no"
+        );
+        let sapphire = "avx2 fma avx512f avx512_bf16 amx_bf16 amx_tile amx_int8";
+        assert_eq!(
+            super::instruction_sets(sapphire),
+            "AVX2+FMA yes, AVX-512F yes, AVX512-BF16 yes, AMX-BF16 yes"
+        );
+        // A flag's prefix is not the flag.
+        assert!(super::instruction_sets("avx512fp16 fma").contains("AVX-512F no"));
     }
 }
