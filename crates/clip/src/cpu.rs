@@ -277,3 +277,52 @@ fn attention(qkv: &[f32], out: &mut [f32], scores: &mut [f32], d: &Dims) {
         }
     });
 }
+
+#[cfg(test)]
+mod tests {
+    /// `matmul_acc` (the `gemm` crate, AVX-512F, AVX2+FMA or portable kernels as this CPU
+    /// has them) against a plain f64 triple loop, on shapes that are not multiples of any
+    /// kernel's tile, K included.
+    #[test]
+    fn matmul_matches_a_scalar_reference() {
+        #[cfg(target_arch = "x86_64")]
+        eprintln!(
+            "matmul_matches_a_scalar_reference: gemm runs its {} kernels here",
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                "AVX-512F"
+            } else if std::arch::is_x86_feature_detected!("avx2") {
+                "AVX2+FMA"
+            } else {
+                "baseline"
+            }
+        );
+        let mut state = 0x1234_5678_9abc_def0u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        };
+        for (m, n, k) in [(1, 1, 1), (5, 3, 7), (17, 33, 65), (257, 48, 31), (64, 1031, 97)] {
+            let a: Vec<f32> = (0..m * k).map(|_| next()).collect();
+            let w: Vec<f32> = (0..n * k).map(|_| next()).collect();
+            let init: Vec<f32> = (0..m * n).map(|_| next()).collect();
+            let mut got = init.clone();
+            super::matmul_acc(&mut got, &a, &w, m, n, k);
+            for i in 0..m {
+                for j in 0..n {
+                    let products =
+                        (0..k).map(|t| f64::from(a[i * k + t]) * f64::from(w[j * k + t]));
+                    let c = f64::from(init[i * n + j]);
+                    let want = c + products.clone().sum::<f64>();
+                    let magnitude = c.abs() + products.map(f64::abs).sum::<f64>();
+                    // The forward error bound of any order of f32 summation of k + 1 terms
+                    // (fused or not): (k + 1) · eps · Σ|terms|.
+                    let bound = (k + 1) as f64 * f64::from(f32::EPSILON) * magnitude;
+                    let diff = (f64::from(got[i * n + j]) - want).abs();
+                    assert!(diff <= bound, "{m}x{n}x{k} at ({i}, {j}): {diff} > {bound}");
+                }
+            }
+        }
+    }
+}
