@@ -610,10 +610,7 @@ mod tests {
         assert_eq!(human_rate(68_846_638_074.0, "elements"), "68.8 Gelements/s");
         assert_eq!(human_rate(1_167_620.0, "elements"), "1.17 Melements/s");
     }
-}
 
-#[cfg(test)]
-mod tests {
     #[test]
     fn instruction_sets_read_cpuinfo_flags() {
         let zen1 = "fpu sse2 avx fma avx2 bmi2 sha_ni";
