@@ -187,13 +187,14 @@ pub fn extract_vision_tower(
         views.push((spec.name.clone(), LazyTensor { view, target, name: &spec.name }));
     }
     let dst = dst_dir.join(SINGLE_FILE);
-    let tmp = dst_dir.join(format!("{SINGLE_FILE}.tmp"));
+    let io = |source| Error::Io { path: dst.clone(), source };
+    let (file, pending) = aesthete_atomic::AtomicFile::create(&dst).map_err(io)?.into_parts();
+    drop(file);
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    safetensors::serialize_to_file(views, Some(metadata), &tmp).map_err(|e| Error::Io {
-        path: tmp.clone(),
-        source: std::io::Error::other(e.to_string()),
+    safetensors::serialize_to_file(views, Some(metadata), pending.temp_path()).map_err(|e| {
+        Error::Io { path: dst.clone(), source: std::io::Error::other(e.to_string()) }
     })?;
-    std::fs::rename(&tmp, &dst).map_err(|source| Error::Io { path: dst.clone(), source })?;
+    pending.commit_written().map_err(io)?;
     for (name, required) in [("config.json", true), ("preprocessor_config.json", false)] {
         let src = src_dir.join(name);
         if !required && !src.exists() {

@@ -14,8 +14,7 @@ use crate::layout::Layers;
 /// tools read it without a pickle parser.
 ///
 /// The state dict is checked as a load would check it before anything is written, and the
-/// output is written next to `dst` and renamed into place, so `dst` is either absent or
-/// complete.
+/// output is written atomically ([`aesthete_atomic`]), so `dst` is either absent or complete.
 pub fn convert_pth_to_safetensors(src: &Path, dst: &Path) -> Result<(), Error> {
     let _span =
         tracing::debug_span!("convert_head", src = %src.display(), dst = %dst.display()).entered();
@@ -34,15 +33,17 @@ pub fn convert_pth_to_safetensors(src: &Path, dst: &Path) -> Result<(), Error> {
         .collect::<candle_core::Result<_>>()
         .map_err(Error::Compute)?;
 
-    let mut partial = dst.as_os_str().to_owned();
-    partial.push(".part");
-    let partial = std::path::PathBuf::from(partial);
     let write_error = |source: Box<dyn std::error::Error + Send + Sync>| Error::Write {
         path: dst.to_owned(),
         source,
     };
-    candle_core::safetensors::save(&tensors, &partial).map_err(|e| write_error(Box::new(e)))?;
-    std::fs::rename(&partial, dst).map_err(|e| write_error(Box::new(e)))?;
+    let (file, pending) = aesthete_atomic::AtomicFile::create(dst)
+        .map_err(|e| write_error(Box::new(e)))?
+        .into_parts();
+    drop(file);
+    candle_core::safetensors::save(&tensors, pending.temp_path())
+        .map_err(|e| write_error(Box::new(e)))?;
+    pending.commit_written().map_err(|e| write_error(Box::new(e)))?;
     tracing::debug!(%kind, tensors = tensors.len(), "converted aesthetic head");
     Ok(())
 }

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Outputs, RunConfig};
+use aesthete_preprocess::{Limits, Mode, PreprocessOptions};
+
+use crate::{Error, Outputs, RunConfig, Selection};
 
 /// One input shard and the outputs it maps to.
 #[derive(Debug, Clone)]
@@ -54,9 +56,9 @@ impl OutputSettings {
                 Outputs::FilterAndScore => "filter".into(),
                 Outputs::ScoresOnly => "score".into(),
             },
-            selection: format!("{:?}", config.selection),
+            selection: selection_setting(config.selection),
             save_embeddings: config.save_embeddings,
-            preprocess: format!("{:?}", config.preprocess),
+            preprocess: preprocess_setting(&config.preprocess),
         }
     }
 
@@ -79,6 +81,29 @@ impl OutputSettings {
         }
         (!parts.is_empty()).then(|| parts.join(", "))
     }
+}
+
+/// The selection as completion records store it. Spelled out here, not taken from `Debug`, so
+/// that no formatting change can invalidate existing output directories; the spelling is the
+/// one records have always had (`Threshold(5.0)`, `KeepTop(0.1)`).
+fn selection_setting(selection: Selection) -> String {
+    match selection {
+        Selection::Threshold(t) => format!("Threshold({t:?})"),
+        Selection::KeepTop(f) => format!("KeepTop({f:?})"),
+    }
+}
+
+/// The preprocessing options as completion records store them, spelled out for the same
+/// reason and in the same spelling as ever.
+fn preprocess_setting(options: &PreprocessOptions) -> String {
+    let mode = match options.get_mode() {
+        Mode::Exact => "Exact",
+        Mode::Fast => "Fast",
+    };
+    let Limits { max_pixels, max_alloc } = options.get_limits();
+    format!(
+        "PreprocessOptions {{ mode: {mode}, limits: Limits {{ max_pixels: {max_pixels}, max_alloc: {max_alloc} }} }}"
+    )
 }
 
 /// Written last, after a shard's outputs are in place: its presence means they are whole.
@@ -152,9 +177,9 @@ fn remove_stale_temporaries(
     temporaries: &[String],
     job: &ShardJob,
 ) -> Result<(), Error> {
-    let prefixes = ["tar", "parquet", "done.json"].map(|ext| format!(".{}.{ext}.", job.name));
+    let outputs = ["tar", "parquet", "done.json"].map(|ext| format!("{}.{ext}", job.name));
     for name in temporaries {
-        if prefixes.iter().any(|p| name.starts_with(p.as_str())) {
+        if outputs.iter().any(|dest| aesthete_atomic::is_temporary_name(name, dest)) {
             tracing::debug!(file = %name, "removing a temporary file left by an interrupted run");
             let path = dir.join(name);
             match fs::remove_file(&path) {
@@ -220,34 +245,27 @@ fn read_record(path: &Path) -> Result<Option<CompletionRecord>, Error> {
 pub(crate) fn write_record(path: &Path, record: &CompletionRecord) -> std::io::Result<()> {
     let mut bytes = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
     bytes.push(b'\n');
-    write_atomically(path, &bytes)
-}
-
-/// Writes `bytes` to a temporary file beside `path`, syncs it and renames it into place.
-pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = temp_path(path);
-    let result = (|| {
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-/// `dir/NAME.ext` → `dir/.NAME.ext.PID.tmp`.
-pub(crate) fn temp_path(path: &Path) -> PathBuf {
-    let name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.tmp", std::process::id()))
+    aesthete_atomic::write(path, &bytes)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The settings strings that completion records of earlier versions hold: a rerun over
+    /// their output directories must find its settings unchanged.
+    #[test]
+    fn settings_are_spelled_as_records_have_always_had_them() {
+        assert_eq!(selection_setting(Selection::Threshold(5.0)), "Threshold(5.0)");
+        assert_eq!(selection_setting(Selection::Threshold(0.5)), "Threshold(0.5)");
+        assert_eq!(selection_setting(Selection::KeepTop(0.1)), "KeepTop(0.1)");
+        assert_eq!(
+            preprocess_setting(&PreprocessOptions::default()),
+            "PreprocessOptions { mode: Exact, limits: Limits { max_pixels: 178956970, max_alloc: 1073741824 } }"
+        );
+        let fast = PreprocessOptions::default().mode(Mode::Fast);
+        assert!(preprocess_setting(&fast).starts_with("PreprocessOptions { mode: Fast, "));
+    }
 
     #[test]
     fn output_names_drop_tar_suffixes() {

@@ -1,5 +1,4 @@
 //! The per-shard Parquet table: one row per input sample.
-use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -11,8 +10,6 @@ use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
-
-use crate::plan::temp_path;
 
 /// Column names, as documented in the README.
 pub(crate) mod columns {
@@ -87,7 +84,7 @@ impl TableBuilder {
         }
     }
 
-    /// Writes the table to `path` atomically (temporary file, sync, rename).
+    /// Writes the table to `path` atomically ([`aesthete_atomic`]).
     pub fn write(mut self, path: &Path) -> Result<(), parquet::errors::ParquetError> {
         let mut fields = vec![
             Field::new(columns::KEY, DataType::Utf8, false),
@@ -118,19 +115,10 @@ impl TableBuilder {
         let batch = RecordBatch::try_new(schema.clone(), arrays)?;
         let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
 
-        let tmp = temp_path(path);
-        let result = (|| {
-            let file = File::create(&tmp)?;
-            let mut writer = ArrowWriter::try_new(file, schema, Some(props))?;
-            writer.write(&batch)?;
-            let file = writer.into_inner()?;
-            file.sync_all()?;
-            std::fs::rename(&tmp, path)?;
-            Ok(())
-        })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&tmp);
-        }
-        result
+        let (file, pending) = aesthete_atomic::AtomicFile::create(path)?.into_parts();
+        let mut writer = ArrowWriter::try_new(file, schema, Some(props))?;
+        writer.write(&batch)?;
+        pending.commit(writer.into_inner()?)?;
+        Ok(())
     }
 }

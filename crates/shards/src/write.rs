@@ -2,8 +2,8 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
+use aesthete_atomic::{AtomicFile, Pending};
 use flate2::write::GzEncoder;
-use tempfile::TempPath;
 
 use crate::Error;
 use crate::sample::{Sample, split_name};
@@ -28,7 +28,7 @@ pub struct ShardWriter {
     final_path: PathBuf,
     /// `None` once an earlier write failed.
     out: Option<Output>,
-    temp_path: TempPath,
+    pending: Pending,
     last_key: Option<String>,
     samples: u64,
 }
@@ -57,33 +57,26 @@ impl Output {
 
 impl ShardWriter {
     /// Starts a shard that [`commit`](ShardWriter::commit) will move to `final_path`.
-    pub fn create(final_path: &Path) -> Result<ShardWriter, Error> {
-        let Some(file_name) = final_path.file_name().and_then(|n| n.to_str()) else {
-            return Err(Error::io(final_path, io::Error::other("path has no utf-8 file name")));
-        };
-        let dir = match final_path.parent() {
-            Some(dir) if !dir.as_os_str().is_empty() => dir,
-            _ => Path::new("."),
-        };
-        let prefix = format!(".{file_name}.");
-        let mut builder = tempfile::Builder::new();
-        builder.prefix(&prefix).suffix(".tmp");
-        #[cfg(unix)]
-        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644));
-        let temp = builder.tempfile_in(dir).map_err(|e| Error::io(dir, e))?;
-        let (file, temp_path) = temp.into_parts();
+    pub fn create(final_path: impl AsRef<Path>) -> Result<ShardWriter, Error> {
+        let final_path = final_path.as_ref();
+        let (file, pending) =
+            AtomicFile::create(final_path).map_err(|e| Error::io(final_path, e))?.into_parts();
         let buffered = BufWriter::with_capacity(256 * 1024, file);
-        let lower = file_name.to_ascii_lowercase();
+        let lower = final_path.to_string_lossy().to_ascii_lowercase();
         let out = if lower.ends_with(".gz") || lower.ends_with(".tgz") {
             Output::Gzip(GzEncoder::new(buffered, flate2::Compression::default()))
         } else {
             Output::Plain(buffered)
         };
-        tracing::debug!(shard = %final_path.display(), temp = %temp_path.display(), "writing shard");
+        tracing::debug!(
+            shard = %final_path.display(),
+            temp = %pending.temp_path().display(),
+            "writing shard"
+        );
         Ok(ShardWriter {
             final_path: final_path.to_owned(),
             out: Some(out),
-            temp_path,
+            pending,
             last_key: None,
             samples: 0,
         })
@@ -145,11 +138,8 @@ impl ShardWriter {
         let io = |e| Error::io(&self.final_path, e);
         out.writer().write_all(&[0; 2 * 512]).map_err(io)?;
         let file = out.finish().map_err(io)?;
-        file.sync_all().map_err(io)?;
-        drop(file);
-        let ShardWriter { final_path, temp_path, samples, .. } = self;
-        temp_path.persist(&final_path).map_err(|e| Error::io(&final_path, e.error))?;
-        sync_parent(&final_path)?;
+        let ShardWriter { final_path, pending, samples, .. } = self;
+        pending.commit(file).map_err(|e| Error::io(&final_path, e))?;
         tracing::debug!(shard = %final_path.display(), samples, "committed shard");
         Ok(())
     }
@@ -162,21 +152,6 @@ impl std::fmt::Debug for ShardWriter {
             .field("samples", &self.samples)
             .finish_non_exhaustive()
     }
-}
-
-/// Makes the rename durable.
-#[cfg(unix)]
-fn sync_parent(path: &Path) -> Result<(), Error> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))
-}
-
-#[cfg(not(unix))]
-fn sync_parent(_: &Path) -> Result<(), Error> {
-    Ok(())
 }
 
 fn check_name(name: &str) -> Result<(), Error> {

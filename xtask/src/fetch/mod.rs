@@ -31,7 +31,7 @@ use serde_json::json;
 pub use download::{Check, Fetched, PinMismatch, sha256_file};
 pub use pins::{Manifest, Pin};
 
-use download::{Source, with_suffix};
+use download::Source;
 
 /// Name of the CLIP directory in the model directory (what `aesthete-pipeline` looks for).
 pub const CLIP_DIR: &str = aesthete_pipeline::CLIP_DIR_NAME;
@@ -198,9 +198,8 @@ pub fn fetch_models(opts: &FetchOptions) -> anyhow::Result<Summary> {
     }
     let stamp = json!({ "clip": clip_stamp, "head": head_stamp });
     if stamp != old {
-        let tmp = with_suffix(&stamp_path, ".part");
-        fs::write(&tmp, serde_json::to_string_pretty(&stamp)? + "\n")
-            .and_then(|()| fs::rename(&tmp, &stamp_path))
+        let text = serde_json::to_string_pretty(&stamp)? + "\n";
+        aesthete_atomic::write(&stamp_path, text.as_bytes())
             .with_context(|| format!("cannot write {}", stamp_path.display()))?;
     }
     Ok(summary)
@@ -219,11 +218,12 @@ fn convert_head(src: &Path, dst: &Path) -> anyhow::Result<()> {
     }
     aesthete_head::AestheticHead::load(src)
         .with_context(|| format!("{} is not a usable head", src.display()))?;
-    let tmp = with_suffix(dst, ".part");
-    fs::copy(src, &tmp)
-        .and_then(|_| fs::rename(&tmp, dst))
-        .with_context(|| format!("cannot copy {} to {}", src.display(), dst.display()))?;
-    Ok(())
+    let copy = || -> std::io::Result<()> {
+        let mut out = aesthete_atomic::AtomicFile::create(dst)?;
+        std::io::copy(&mut fs::File::open(src)?, out.file_mut())?;
+        out.commit()
+    };
+    copy().with_context(|| format!("cannot copy {} to {}", src.display(), dst.display()))
 }
 
 /// The vision tower and projection of the downloaded CLIP model, with its config files.
