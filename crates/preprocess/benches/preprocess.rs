@@ -66,7 +66,8 @@ fn bench(c: &mut Criterion) {
             let mut engine = Preprocessor::new(
                 PreprocessConfig::clip_vit_l14(),
                 PreprocessOptions::new().mode(mode),
-            );
+            )
+            .unwrap();
             let mut out = vec![0f32; engine.output_len()];
             group.bench_function(name, |b| {
                 b.iter(|| engine.preprocess(black_box(&bytes), &mut out).unwrap())

@@ -35,18 +35,13 @@ pub struct Preprocessor {
 }
 
 impl Preprocessor {
-    /// An engine for `config` (validated: see [`PreprocessConfig::validate`]).
-    ///
-    /// # Panics
-    ///
-    /// If `config` fails [`PreprocessConfig::validate`]; configs from
-    /// [`PreprocessConfig::from_json_str`] and the constructors always pass.
-    pub fn new(config: PreprocessConfig, options: PreprocessOptions) -> Self {
-        if let Err(e) = config.validate() {
-            panic!("{e}");
-        }
+    /// An engine for `config`, which must pass [`PreprocessConfig::validate`] (configs from
+    /// [`PreprocessConfig::from_json_str`] and the constructors always do); the error is
+    /// validation's.
+    pub fn new(config: PreprocessConfig, options: PreprocessOptions) -> Result<Self, Error> {
+        config.validate()?;
         let lut = lookup_table(&config);
-        Preprocessor {
+        Ok(Preprocessor {
             decoder: Decoder::new(options.limits),
             config,
             options,
@@ -55,7 +50,7 @@ impl Preprocessor {
             fast: fir::Resizer::new(),
             crop: Vec::new(),
             lut,
-        }
+        })
     }
 
     /// The config in force.
@@ -90,7 +85,10 @@ impl Preprocessor {
         };
         let mut image = std::mem::take(&mut self.image);
         let result = self.decoder.decode_inner(bytes, hint, &mut image).and_then(|info| {
-            self.finish(&image, info.width, info.height, out)?;
+            self.finish(&image, info.width, info.height, out).map_err(|e| match e {
+                Error::ZeroSized { .. } => Error::ZeroSized { format: Some(info.format) },
+                other => other,
+            })?;
             Ok(info)
         });
         self.image = image;
@@ -138,10 +136,7 @@ impl Preprocessor {
     ) -> Result<(), Error> {
         let (w, h) = (image.width() as usize, image.height() as usize);
         if w == 0 || h == 0 {
-            return Err(Error::Corrupt {
-                format: ImageFormat::sniff(&[]).unwrap_or(ImageFormat::Png),
-                reason: "zero-sized image".into(),
-            });
+            return Err(Error::ZeroSized { format: None });
         }
         // Sizes come from the source dimensions even when a JPEG was DCT-downscaled.
         let win = self.plan().window(src_width, src_height);
@@ -295,7 +290,8 @@ mod tests {
         let mut tested = 0;
         for (path, bytes) in crate::fixture_jpegs() {
             for config in [PreprocessConfig::clip_vit_l14(), PreprocessConfig::clip_vit_l14_336()] {
-                let mut p = Preprocessor::new(config, PreprocessOptions::new().mode(Mode::Fast));
+                let mut p =
+                    Preprocessor::new(config, PreprocessOptions::new().mode(Mode::Fast)).unwrap();
                 let mut region = vec![0f32; p.output_len()];
                 p.preprocess(&bytes, &mut region).unwrap();
 

@@ -5,7 +5,8 @@ use crate::ImageFormat;
 /// Everything that can go wrong while configuring the engine or preprocessing an image.
 ///
 /// The variants are split by who is at fault, as in `image`:
-/// the bytes ([`Error::UnknownFormat`], [`Error::Truncated`], [`Error::Corrupt`]),
+/// the bytes ([`Error::UnknownFormat`], [`Error::Truncated`], [`Error::Corrupt`],
+/// [`Error::ZeroSized`]),
 /// this crate ([`Error::Unsupported`]), the limits the caller set ([`Error::TooLarge`],
 /// [`Error::AllocationLimit`]), or the caller's arguments and files
 /// ([`Error::OutputLength`], [`Error::Config`], [`Error::Io`]).
@@ -28,6 +29,12 @@ pub enum Error {
         format: ImageFormat,
         /// What the decoder found wrong.
         reason: String,
+    },
+    /// The image has no pixels (a width or height of 0), which no resize can take.
+    #[error("{} image has no pixels (zero width or height)", format.map_or("the".to_string(), |f| format!("the {f}")))]
+    ZeroSized {
+        /// The format, when the bytes were decoded here (not for an RGB image handed in).
+        format: Option<ImageFormat>,
     },
     /// The data is valid but uses a feature this crate does not decode.
     #[error("unsupported {format} image: {reason}")]

@@ -16,7 +16,7 @@
 //! ```
 //! use aesthete_preprocess::{PreprocessConfig, PreprocessOptions, Preprocessor};
 //!
-//! let mut engine = Preprocessor::new(PreprocessConfig::clip_vit_l14(), PreprocessOptions::new());
+//! let mut engine = Preprocessor::new(PreprocessConfig::clip_vit_l14(), PreprocessOptions::new())?;
 //! let mut batch = vec![0f32; 2 * engine.output_len()];
 //! // A 1x1 black GIF.
 //! let gif = b"GIF89a\x01\x00\x01\x00\x80\x00\x00\x00\x00\x00\xff\xff\xff,\x00\x00\x00\x00\
@@ -70,3 +70,8 @@ pub use engine::{ImageInfo, Preprocessor};
 pub use error::Error;
 pub use format::{ImageFormat, is_image_extension};
 pub use options::{Limits, Mode, PreprocessOptions};
+
+/// The crate README's examples, compiled and run as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -26,7 +26,8 @@ fn format_is_sniffed_not_named() {
         ("images/chelsea_24bit.bmp", ImageFormat::Bmp),
         ("images/chelsea_rgb.tif", ImageFormat::Tiff),
     ];
-    let mut engine = Preprocessor::new(PreprocessConfig::clip_vit_l14(), PreprocessOptions::new());
+    let mut engine =
+        Preprocessor::new(PreprocessConfig::clip_vit_l14(), PreprocessOptions::new()).unwrap();
     let mut out = vec![0f32; engine.output_len()];
     for (file, format) in cases {
         let bytes = read(file);
@@ -37,7 +38,8 @@ fn format_is_sniffed_not_named() {
 
 #[test]
 fn output_slot_length_is_checked() {
-    let mut engine = Preprocessor::new(PreprocessConfig::clip_vit_l14(), PreprocessOptions::new());
+    let mut engine =
+        Preprocessor::new(PreprocessConfig::clip_vit_l14(), PreprocessOptions::new()).unwrap();
     assert_eq!(engine.output_len(), 3 * 224 * 224);
     assert_eq!(engine.image_size(), 224);
     let mut short = vec![0f32; 10];
@@ -49,7 +51,8 @@ fn output_slot_length_is_checked() {
 fn engine_is_send_and_reusable() {
     fn assert_send<T: Send>() {}
     assert_send::<Preprocessor>();
-    let mut engine = Preprocessor::new(PreprocessConfig::clip_vit_l14(), PreprocessOptions::new());
+    let mut engine =
+        Preprocessor::new(PreprocessConfig::clip_vit_l14(), PreprocessOptions::new()).unwrap();
     let n = engine.output_len();
     let mut batch = vec![0f32; 2 * n];
     let (a, b) = batch.split_at_mut(n);
@@ -58,4 +61,16 @@ fn engine_is_send_and_reusable() {
     let mut again = vec![0f32; n];
     engine.preprocess(&read("images/rocket.jpg"), &mut again).unwrap();
     assert_eq!(&batch[..n], &again[..], "scratch reuse must not change results");
+}
+
+/// An image without pixels is its own error, not a corrupt file of some format.
+#[test]
+fn an_image_without_pixels_is_zero_sized() {
+    let mut engine =
+        Preprocessor::new(PreprocessConfig::clip_vit_l14(), PreprocessOptions::new()).unwrap();
+    let mut out = vec![0f32; engine.output_len()];
+    let empty = aesthete_preprocess::RgbImage::new();
+    let err = engine.preprocess_rgb(&empty, &mut out).unwrap_err();
+    assert!(matches!(err, Error::ZeroSized { format: None }), "{err:?}");
+    assert_eq!(err.to_string(), "the image has no pixels (zero width or height)");
 }

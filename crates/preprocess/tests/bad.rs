@@ -9,7 +9,8 @@ use aesthete_preprocess::{
 use crate::common::read;
 
 fn preprocess(bytes: &[u8]) -> Result<(), Error> {
-    let mut engine = Preprocessor::new(PreprocessConfig::clip_vit_l14(), PreprocessOptions::new());
+    let mut engine =
+        Preprocessor::new(PreprocessConfig::clip_vit_l14(), PreprocessOptions::new()).unwrap();
     let mut out = vec![0f32; engine.output_len()];
     engine.preprocess(bytes, &mut out).map(|_| ())
 }
@@ -182,7 +183,8 @@ fn fast_mode_reports_the_same_errors() {
     let mut engine = Preprocessor::new(
         PreprocessConfig::clip_vit_l14(),
         PreprocessOptions::new().mode(Mode::Fast),
-    );
+    )
+    .unwrap();
     let mut out = vec![0f32; engine.output_len()];
     let e = engine.preprocess(&read("bad/truncated.jpg"), &mut out).unwrap_err();
     assert!(truncated(ImageFormat::Jpeg)(&e), "{e:?}");

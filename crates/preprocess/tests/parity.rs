@@ -22,7 +22,7 @@ fn case(test_name: &str) -> &'static Case {
 
 fn engine(case: &Case, mode: Mode) -> Preprocessor {
     let config = PreprocessConfig::from_json_file(&fixtures().join(&case.config)).unwrap();
-    Preprocessor::new(config, PreprocessOptions::new().mode(mode))
+    Preprocessor::new(config, PreprocessOptions::new().mode(mode)).unwrap()
 }
 
 /// Runs a case; returns our tensor and our crop as CHW levels.
@@ -162,7 +162,7 @@ fn levels_match_transformers() {
         let from_json = PreprocessConfig::from_json_file(&fixtures().join(rel)).unwrap();
         assert_eq!(from_json, config, "{rel}");
         let s = config.image_size();
-        let mut engine = Preprocessor::new(config, PreprocessOptions::new());
+        let mut engine = Preprocessor::new(config, PreprocessOptions::new()).unwrap();
         let mut pixels = vec![0u8; s * s * 3];
         for (i, px) in pixels.chunks_exact_mut(3).enumerate() {
             for (c, v) in px.iter_mut().enumerate() {
