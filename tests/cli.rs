@@ -222,7 +222,7 @@ mod filter {
         let clip_dir = fixtures().join("clip/tiny-vit-224-768");
         let config =
             PreprocessConfig::from_json_file(&clip_dir.join("preprocessor_config.json")).unwrap();
-        let mut preprocessor = Preprocessor::new(config, PreprocessOptions::default());
+        let mut preprocessor = Preprocessor::new(config, PreprocessOptions::default()).unwrap();
         let clip = ClipVision::load(&clip_dir, &Device::Cpu, DType::F32).unwrap();
         let head = AestheticHead::load(&fixtures().join("pipeline/head-768.safetensors")).unwrap();
 
@@ -659,7 +659,7 @@ mod gpu {
         let clip_dir = fixtures().join("clip/tiny-vit-224-768");
         let config =
             PreprocessConfig::from_json_file(&clip_dir.join("preprocessor_config.json")).unwrap();
-        let mut pre = Preprocessor::new(config, PreprocessOptions::default());
+        let mut pre = Preprocessor::new(config, PreprocessOptions::default()).unwrap();
         let samples = input_samples(&good_shards()[0]);
         let mut batch = ImageBatch::with_capacity(samples.len(), pre.image_size());
         for members in samples.values() {

@@ -44,3 +44,8 @@ pub use crate::inputs::expand_inputs;
 pub use crate::read::{ReadOptions, ShardReader};
 pub use crate::sample::{Member, Sample, split_name};
 pub use crate::write::ShardWriter;
+
+/// The crate README's examples, compiled and run as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

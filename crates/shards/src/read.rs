@@ -111,7 +111,8 @@ impl Entry {
 
 impl ShardReader<Box<dyn Read + Send>> {
     /// Opens a shard file; gzip is detected from its content.
-    pub fn open(path: &Path, options: ReadOptions) -> Result<Self, Error> {
+    pub fn open(path: impl AsRef<Path>, options: ReadOptions) -> Result<Self, Error> {
+        let path = path.as_ref();
         let file = File::open(path).map_err(|e| Error::io(path, e))?;
         Ok(ShardReader::new(Box::new(file) as Box<dyn Read + Send>, path, options))
     }

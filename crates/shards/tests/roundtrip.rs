@@ -52,7 +52,7 @@ fn open_detects_gzip_by_content() {
 
 #[test]
 fn open_missing_file_is_io_error() {
-    let err = ShardReader::open("/nonexistent/x.tar".as_ref(), ReadOptions::default()).unwrap_err();
+    let err = ShardReader::open("/nonexistent/x.tar", ReadOptions::default()).unwrap_err();
     assert!(matches!(err, aesthete_shards::Error::Io { ref path, .. } if path.ends_with("x.tar")));
 }
 

@@ -117,7 +117,7 @@ fn unsafe_names_are_refused_without_writing() {
 #[test]
 fn members_must_regroup_into_their_sample() {
     let dir = tempfile::tempdir().unwrap();
-    let mut writer = ShardWriter::create(&dir.path().join("s.tar")).unwrap();
+    let mut writer = ShardWriter::create(dir.path().join("s.tar")).unwrap();
     let wrong = Sample { key: "a".into(), members: vec![Member::new("b.jpg", "x")] };
     assert!(matches!(
         writer.write_sample(&wrong),
@@ -133,6 +133,6 @@ fn members_must_regroup_into_their_sample() {
 
 #[test]
 fn create_in_missing_directory_fails() {
-    let err = ShardWriter::create("/nonexistent-dir/x.tar".as_ref()).unwrap_err();
+    let err = ShardWriter::create("/nonexistent-dir/x.tar").unwrap_err();
     assert!(matches!(err, Error::Io { .. }), "{err:?}");
 }
