@@ -179,9 +179,8 @@ impl RunArgs {
             DTypeArg::F16 => DType::F16,
             DTypeArg::Bf16 => DType::BF16,
         };
-        if device.is_cpu() && dtype != DType::F32 {
-            bail!("--dtype {dtype:?} needs a GPU (--device cuda); on the CPU use f32");
-        }
+        aesthete_clip::check_dtype(&device, dtype)
+            .with_context(|| format!("--dtype {} --device {}", dtype.as_str(), self.device))?;
         Ok(RunPlan { config, models, device, dtype })
     }
 }

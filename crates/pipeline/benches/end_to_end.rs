@@ -8,7 +8,6 @@
 //!   cores. `AESTHETE_BENCH_SKIP_VIT_L=1` skips it.
 //! - `tiny`: the tiny fixture CLIP, where the model costs almost nothing, so the figure is the
 //!   pipeline's own ceiling (read, decode, preprocess, write): 8 batches of 8.
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use aesthete_clip::{ClipVisionConfig, DType, Device};
@@ -16,7 +15,6 @@ use aesthete_pipeline::{ModelPaths, Models, NoProgress, RunConfig, Selection};
 use aesthete_preprocess::{PreprocessOptions, Preprocessor};
 use aesthete_shards::{Sample, ShardWriter};
 use aesthete_tensor::ImageBatch;
-use candle_core::Tensor;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 fn fixtures() -> PathBuf {
@@ -47,29 +45,10 @@ fn write_shard(dir: &Path, images: usize) -> PathBuf {
     path
 }
 
-/// A CLIPVisionModelWithProjection directory with random ViT-L/14 weights.
+/// A model directory with random ViT-L/14 weights and the fixtures' preprocessing config.
 fn random_vit_l14(dir: &Path) -> PathBuf {
-    let config = ClipVisionConfig::vit_large_patch14();
     let model_dir = dir.join("vit-l14");
-    std::fs::create_dir_all(&model_dir).unwrap();
-    let mut tensors = HashMap::new();
-    for (name, shape) in config.checkpoint_tensors() {
-        let t = if name.contains("norm") && name.ends_with(".weight") {
-            Tensor::ones(shape, DType::F32, &Device::Cpu)
-        } else {
-            Tensor::randn(0f32, 0.02, shape, &Device::Cpu)
-        };
-        tensors.insert(name, t.unwrap());
-    }
-    candle_core::safetensors::save(&tensors, model_dir.join("model.safetensors")).unwrap();
-    let config_json = r#"{
-  "architectures": ["CLIPVisionModelWithProjection"],
-  "model_type": "clip_vision_model",
-  "hidden_act": "quick_gelu", "hidden_size": 1024, "image_size": 224,
-  "intermediate_size": 4096, "layer_norm_eps": 1e-05, "num_attention_heads": 16,
-  "num_channels": 3, "num_hidden_layers": 24, "patch_size": 14, "projection_dim": 768
-}"#;
-    std::fs::write(model_dir.join("config.json"), config_json).unwrap();
+    aesthete_clip::write_random_model(&model_dir, &ClipVisionConfig::vit_large_patch14()).unwrap();
     std::fs::copy(
         fixtures().join("clip/tiny-vit-224-768/preprocessor_config.json"),
         model_dir.join("preprocessor_config.json"),
@@ -91,7 +70,8 @@ fn bench_model(c: &mut Criterion, name: &str, clip_dir: &Path, batch_size: usize
 
     // Model only: the same images, preprocessed once, in batches of `batch_size`.
     let mut pre =
-        Preprocessor::new(models.preprocess_config().clone(), PreprocessOptions::default());
+        Preprocessor::new(models.preprocess_config().clone(), PreprocessOptions::default())
+            .unwrap();
     let photos = photos();
     let mut batches = Vec::new();
     let mut batch = ImageBatch::with_capacity(batch_size, pre.image_size());

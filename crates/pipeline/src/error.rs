@@ -95,6 +95,15 @@ pub enum Error {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The decode threads could not be started (the system refused new threads).
+    #[error("cannot start {threads} decode threads")]
+    ThreadPool {
+        /// Threads asked for.
+        threads: usize,
+        /// The cause.
+        #[source]
+        source: rayon::ThreadPoolBuildError,
+    },
     /// A pipeline thread died.
     #[error("pipeline stage `{0}` stopped unexpectedly")]
     StageDied(&'static str),

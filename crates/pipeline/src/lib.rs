@@ -40,6 +40,11 @@ mod progress;
 mod run;
 mod table;
 
+// What a caller needs to configure a run and load its models, from the crates that define
+// it, so that depending on aesthete-pipeline alone is enough.
+pub use aesthete_clip::{DType, Device};
+pub use aesthete_preprocess::{Mode, PreprocessOptions};
+pub use aesthete_shards::ReadOptions;
 pub use config::{Outputs, Partition, RunConfig, Selection};
 pub use error::Error;
 pub use models::{CLIP_DIR_NAME, HEAD_FILE_NAME, ModelPaths, Models, default_model_dirs};

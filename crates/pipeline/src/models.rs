@@ -98,6 +98,23 @@ impl Models {
         let preprocess = PreprocessConfig::from_json_file(&preprocessor_config)?;
         let clip = ClipVision::load(&paths.clip_dir, device, dtype)?;
         let head = AestheticHead::load(&paths.head_file)?;
+        let description = format!(
+            "clip={} head={} device={device:?} dtype={dtype:?}",
+            paths.clip_dir.display(),
+            paths.head_file.display()
+        );
+        let models = Models::new(preprocess, clip, head)?.described(description);
+        tracing::info!(description = %models.description, "models loaded");
+        Ok(models)
+    }
+
+    /// Models already loaded, for a caller that built or loaded them itself; checks that they
+    /// fit together (embedding width, image size) as [`Models::load`] does.
+    pub fn new(
+        preprocess: PreprocessConfig,
+        clip: ClipVision,
+        head: AestheticHead,
+    ) -> Result<Self, Error> {
         if clip.embedding_dim() != head.input_dim() {
             return Err(Error::DimensionMismatch {
                 clip: clip.embedding_dim(),
@@ -110,13 +127,13 @@ impl Models {
                 clip: clip.image_size(),
             });
         }
-        let description = format!(
-            "clip={} head={} device={device:?} dtype={dtype:?}",
-            paths.clip_dir.display(),
-            paths.head_file.display()
-        );
-        tracing::info!(%description, "models loaded");
+        let description =
+            format!("models given by the caller ({}-d embeddings)", clip.embedding_dim());
         Ok(Models { preprocess, clip, head, description })
+    }
+
+    fn described(self, description: String) -> Self {
+        Models { description, ..self }
     }
 
     /// Preprocessing settings of the CLIP model.
@@ -137,5 +154,63 @@ impl Models {
     /// Which files were loaded, onto which device and in which precision.
     pub fn description(&self) -> &str {
         &self.description
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixtures() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
+    }
+
+    /// Models a caller loaded itself are checked as [`Models::load`] checks them.
+    #[test]
+    fn models_from_loaded_parts_must_fit_together() {
+        let clip_dir = fixtures().join("clip/tiny-vit-224-768");
+        let preprocess =
+            PreprocessConfig::from_json_file(&clip_dir.join("preprocessor_config.json")).unwrap();
+        let clip = || ClipVision::load(&clip_dir, &Device::Cpu, DType::F32).unwrap();
+        let head = AestheticHead::load(&fixtures().join("pipeline/head-768.safetensors")).unwrap();
+        let models = Models::new(preprocess.clone(), clip(), head).unwrap();
+        assert_eq!(models.clip().embedding_dim(), models.head().input_dim());
+
+        let narrow = AestheticHead::load(&fixtures().join("head/tiny-linear.safetensors")).unwrap();
+        assert_ne!(narrow.input_dim(), 768, "the fixture must be another width");
+        let err = Models::new(preprocess, clip(), narrow).err().expect("widths differ");
+        assert!(matches!(err, Error::DimensionMismatch { clip: 768, .. }), "{err:?}");
+    }
+
+    #[test]
+    fn default_model_dirs_follow_xdg() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |name: &str| vars.iter().find(|(k, _)| *k == name).map(|(_, v)| OsString::from(v))
+        };
+        assert_eq!(
+            default_model_dirs(env(&[("HOME", "/home/u")])),
+            [
+                PathBuf::from("/home/u/.local/share/aesthete/models"),
+                PathBuf::from("/usr/local/share/aesthete/models"),
+                PathBuf::from("/usr/share/aesthete/models"),
+            ]
+        );
+        assert_eq!(
+            default_model_dirs(env(&[
+                ("HOME", "/home/u"),
+                ("XDG_DATA_HOME", "/data"),
+                ("XDG_DATA_DIRS", "/opt/share:relative")
+            ])),
+            [PathBuf::from("/data/aesthete/models"), PathBuf::from("/opt/share/aesthete/models")]
+        );
+        assert_eq!(
+            default_model_dirs(env(&[("AESTHETE_MODELS", "m"), ("HOME", "/home/u")])),
+            [PathBuf::from("m")]
+        );
+        // An empty variable counts as unset.
+        assert_eq!(
+            default_model_dirs(env(&[("AESTHETE_MODELS", ""), ("XDG_DATA_DIRS", "/s")])),
+            [PathBuf::from("/s/aesthete/models")]
+        );
     }
 }

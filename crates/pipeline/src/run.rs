@@ -117,7 +117,7 @@ pub(crate) fn stream(
         .num_threads(config.decode_threads)
         .thread_name(|i| format!("aesthete-decode-{i}"))
         .build()
-        .map_err(|e| Error::Config(format!("starting decode threads: {e}")))?;
+        .map_err(|source| Error::ThreadPool { threads: config.decode_threads, source })?;
 
     let (read_tx, read_rx) = bounded::<ReadEvent>(batch_size * 2);
     let (prep_tx, prep_rx) = bounded::<PreparedBatch>(1);
@@ -332,8 +332,10 @@ struct PooledPreprocessor<'a> {
 impl<'a> PooledPreprocessor<'a> {
     fn take(pool: &'a Mutex<Vec<Preprocessor>>, models: &Models, config: &RunConfig) -> Self {
         let reused = pool.lock().expect("preprocessor pool").pop();
-        let inner = reused
-            .unwrap_or_else(|| Preprocessor::new(models.preprocess.clone(), config.preprocess));
+        let inner = reused.unwrap_or_else(|| {
+            Preprocessor::new(models.preprocess.clone(), config.preprocess)
+                .expect("the preprocessing config was validated when the models were loaded")
+        });
         PooledPreprocessor { pool, inner: Some(inner) }
     }
 
@@ -473,7 +475,7 @@ pub(crate) fn open_output(
     let mut write_error = None;
     let tar = match config.outputs {
         Outputs::ScoresOnly => None,
-        Outputs::FilterAndScore => match ShardWriter::create(&job.tar_path(&config.output_dir)) {
+        Outputs::FilterAndScore => match ShardWriter::create(job.tar_path(&config.output_dir)) {
             Ok(w) => Some(w),
             Err(e) => {
                 write_error = Some(error_chain(&e));
