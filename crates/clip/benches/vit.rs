@@ -8,25 +8,14 @@
 //! crate the CPU encoder calls (throughput in FLOP/s, as "elements"): with PyTorch's own sgemm
 //! peak, `cargo xtask bench` turns it into the ceiling for ViT-L/14 images/s on this machine.
 
-use std::collections::HashMap;
-
-use aesthete_clip::{ClipVision, ClipVisionConfig, DType, Device, VarBuilder};
+use aesthete_clip::{ClipVision, ClipVisionConfig, DType, Device};
 use candle_core::Tensor;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
 fn random_vit_l14() -> ClipVision {
-    let config = ClipVisionConfig::vit_large_patch14();
-    let dev = Device::Cpu;
-    let mut tensors = HashMap::new();
-    for (name, shape) in config.checkpoint_tensors() {
-        let t = if name.contains("norm") && name.ends_with(".weight") {
-            Tensor::ones(shape, DType::F32, &dev)
-        } else {
-            Tensor::randn(0f32, 0.02, shape, &dev)
-        };
-        tensors.insert(name, t.unwrap());
-    }
-    ClipVision::new(VarBuilder::from_tensors(tensors, DType::F32, &dev), &config).unwrap()
+    let dir = tempfile::tempdir().unwrap();
+    aesthete_clip::write_random_model(dir.path(), &ClipVisionConfig::vit_large_patch14()).unwrap();
+    ClipVision::load(dir.path(), &Device::Cpu, DType::F32).unwrap()
 }
 
 fn batches() -> Vec<usize> {

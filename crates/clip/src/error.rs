@@ -76,7 +76,7 @@ pub enum Error {
         dtype: String,
     },
     /// The data type is not supported on the device (CPU runs f32 only).
-    #[error("dtype {dtype:?} is not supported on {device}{hint}")]
+    #[error("dtype {} is not supported on {device}{hint}", dtype.as_str())]
     UnsupportedDtype {
         /// The requested data type.
         dtype: candle_core::DType,

@@ -5,8 +5,10 @@
 //!   [`ClipVision::embed`] turns an [`ImageBatch`](aesthete_tensor::ImageBatch) into
 //!   [`NormalizedEmbeddings`](aesthete_tensor::NormalizedEmbeddings).
 //! - [`ClipVisionConfig`]: the sizes, read from `config.json` (ViT-B/32, B/16, L/14, L/14-336…).
-//! - [`extract_vision_tower`]: writes a smaller vision-only checkpoint, optionally in f16.
-//! - [`parse_device`]: `cpu`, `cuda`, `cuda:N` (CUDA with the `cuda` feature).
+//! - [`extract_vision_tower`]: writes a smaller vision-only checkpoint, optionally in f16;
+//!   [`write_random_model`]: a model of a real shape with random weights, for benchmarks.
+//! - [`parse_device`]: `cpu`, `cuda`, `cuda:N` (CUDA with the `cuda` feature);
+//!   [`check_dtype`]: which precisions a device runs.
 //!
 //! Every tensor is checked against the config before anything is computed: a missing or
 //! mis-shaped tensor is an [`Error`] naming it, never filled in at random. The forward pass
@@ -34,6 +36,7 @@ mod device;
 mod error;
 mod model;
 mod ops;
+mod random;
 
 use std::path::Path;
 
@@ -46,6 +49,7 @@ pub use config::{Activation, ClipVisionConfig};
 pub use device::parse_device;
 pub use error::Error;
 pub use model::ClipVision;
+pub use random::write_random_model;
 
 impl ClipVision {
     /// Loads `dir/config.json` and the vision tensors of `dir/model.safetensors` (or of the
@@ -92,7 +96,9 @@ impl ClipVision {
     }
 }
 
-fn check_dtype(device: &Device, dtype: DType) -> Result<(), Error> {
+/// Whether [`ClipVision`] runs in `dtype` on `device` (f32 on CPU; f32, f16 or bf16 on CUDA),
+/// checked before anything is loaded; the error says which precisions the device takes.
+pub fn check_dtype(device: &Device, dtype: DType) -> Result<(), Error> {
     let ok = match device {
         Device::Cpu => dtype == DType::F32,
         _ => matches!(dtype, DType::F32 | DType::F16 | DType::BF16),
@@ -101,8 +107,15 @@ fn check_dtype(device: &Device, dtype: DType) -> Result<(), Error> {
         return Ok(());
     }
     let (name, hint) = match device {
-        Device::Cpu => ("cpu".to_string(), " (use f32)"),
+        Device::Cpu => {
+            ("cpu".to_string(), " (the CPU encoder runs f32; f16 and bf16 need --device cuda)")
+        }
         other => (format!("{:?}", other.location()), " (use f32, f16 or bf16)"),
     };
     Err(Error::UnsupportedDtype { dtype, device: name, hint })
 }
+
+/// The crate README's examples, compiled and run as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

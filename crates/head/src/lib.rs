@@ -39,3 +39,8 @@ pub use convert::convert_pth_to_safetensors;
 pub use error::Error;
 pub use head::AestheticHead;
 pub use layout::HeadKind;
+
+/// The crate README's examples, compiled and run as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
