@@ -84,6 +84,14 @@ impl AtomicFile {
 }
 
 impl Pending {
+    /// A temporary file for `dest`, closed, for a library that writes files by name: it writes
+    /// [`temp_path`](Pending::temp_path), then [`commit_written`](Pending::commit_written).
+    pub fn create(dest: impl AsRef<Path>) -> io::Result<Pending> {
+        let (file, pending) = AtomicFile::create(dest)?.into_parts();
+        drop(file);
+        Ok(pending)
+    }
+
     /// The temporary file's path, for a library that writes a file by name (it may truncate
     /// and rewrite it).
     pub fn temp_path(&self) -> &Path {
@@ -195,8 +203,7 @@ mod tests {
     fn a_file_written_by_path_is_committed() {
         let dir = tempfile::tempdir().unwrap();
         let dest = dir.path().join("model.safetensors");
-        let (file, pending) = AtomicFile::create(&dest).unwrap().into_parts();
-        drop(file);
+        let pending = Pending::create(&dest).unwrap();
         std::fs::write(pending.temp_path(), b"weights").unwrap();
         pending.commit_written().unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), b"weights");

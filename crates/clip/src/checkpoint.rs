@@ -188,8 +188,7 @@ pub fn extract_vision_tower(
     }
     let dst = dst_dir.join(SINGLE_FILE);
     let io = |source| Error::Io { path: dst.clone(), source };
-    let (file, pending) = aesthete_atomic::AtomicFile::create(&dst).map_err(io)?.into_parts();
-    drop(file);
+    let pending = aesthete_atomic::Pending::create(&dst).map_err(io)?;
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
     safetensors::serialize_to_file(views, Some(metadata), pending.temp_path()).map_err(|e| {
         Error::Io { path: dst.clone(), source: std::io::Error::other(e.to_string()) }

@@ -26,12 +26,10 @@ pub fn write_random_model(dir: &Path, config: &ClipVisionConfig) -> Result<(), E
         tensors.insert(name, t);
     }
     let weights = dir.join("model.safetensors");
-    let (file, pending) = aesthete_atomic::AtomicFile::create(&weights)
-        .map_err(|source| Error::Io { path: weights.clone(), source })?
-        .into_parts();
-    drop(file);
+    let io = |source| Error::Io { path: weights.clone(), source };
+    let pending = aesthete_atomic::Pending::create(&weights).map_err(io)?;
     candle_core::safetensors::save(&tensors, pending.temp_path())?;
-    pending.commit_written().map_err(|source| Error::Io { path: weights.clone(), source })?;
+    pending.commit_written().map_err(io)?;
     let config_path = dir.join("config.json");
     let json = serde_json::to_vec_pretty(config).expect("a config serializes");
     aesthete_atomic::write(&config_path, &json)

@@ -37,10 +37,7 @@ pub fn convert_pth_to_safetensors(src: &Path, dst: &Path) -> Result<(), Error> {
         path: dst.to_owned(),
         source,
     };
-    let (file, pending) = aesthete_atomic::AtomicFile::create(dst)
-        .map_err(|e| write_error(Box::new(e)))?
-        .into_parts();
-    drop(file);
+    let pending = aesthete_atomic::Pending::create(dst).map_err(|e| write_error(Box::new(e)))?;
     candle_core::safetensors::save(&tensors, pending.temp_path())
         .map_err(|e| write_error(Box::new(e)))?;
     pending.commit_written().map_err(|e| write_error(Box::new(e)))?;

@@ -103,7 +103,7 @@ impl Models {
             paths.clip_dir.display(),
             paths.head_file.display()
         );
-        let models = Models::new(preprocess, clip, head)?.described(description);
+        let models = Models::checked(preprocess, clip, head, description)?;
         tracing::info!(description = %models.description, "models loaded");
         Ok(models)
     }
@@ -114,6 +114,17 @@ impl Models {
         preprocess: PreprocessConfig,
         clip: ClipVision,
         head: AestheticHead,
+    ) -> Result<Self, Error> {
+        let description =
+            format!("models given by the caller ({}-d embeddings)", clip.embedding_dim());
+        Models::checked(preprocess, clip, head, description)
+    }
+
+    fn checked(
+        preprocess: PreprocessConfig,
+        clip: ClipVision,
+        head: AestheticHead,
+        description: String,
     ) -> Result<Self, Error> {
         if clip.embedding_dim() != head.input_dim() {
             return Err(Error::DimensionMismatch {
@@ -127,13 +138,7 @@ impl Models {
                 clip: clip.image_size(),
             });
         }
-        let description =
-            format!("models given by the caller ({}-d embeddings)", clip.embedding_dim());
         Ok(Models { preprocess, clip, head, description })
-    }
-
-    fn described(self, description: String) -> Self {
-        Models { description, ..self }
     }
 
     /// Preprocessing settings of the CLIP model.
