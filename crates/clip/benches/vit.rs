@@ -1,4 +1,5 @@
-//! Throughput of `ClipVision::forward` at the real ViT-L/14 shape (random weights), f32 on CPU.
+//! Throughput of `ClipVision::forward` at the real ViT-L/14 shape (random weights) on CPU, in
+//! f32 and, where the CPU has AMX-BF16 or AVX512-BF16, in bf16.
 //!
 //! `cargo bench -p aesthete-clip --bench vit`; batch sizes from `AESTHETE_BENCH_BATCHES`
 //! (default `1,4`; 16 is slow on 2 cores); `AESTHETE_BENCH_PORTABLE=1` also times the
@@ -12,10 +13,10 @@ use aesthete_clip::{ClipVision, ClipVisionConfig, DType, Device};
 use candle_core::Tensor;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 
-fn random_vit_l14() -> ClipVision {
+fn random_vit_l14(dtype: DType) -> ClipVision {
     let dir = tempfile::tempdir().unwrap();
     aesthete_clip::write_random_model(dir.path(), &ClipVisionConfig::vit_large_patch14()).unwrap();
-    ClipVision::load(dir.path(), &Device::Cpu, DType::F32).unwrap()
+    ClipVision::load(dir.path(), &Device::Cpu, dtype).unwrap()
 }
 
 fn batches() -> Vec<usize> {
@@ -26,8 +27,16 @@ fn batches() -> Vec<usize> {
 }
 
 fn forward(c: &mut Criterion) {
-    let model = random_vit_l14();
-    let mut group = c.benchmark_group("clip_vit_l14_f32_cpu");
+    forward_in(c, DType::F32);
+    match aesthete_clip::cpu_bf16_kernel() {
+        Ok(_) => forward_in(c, DType::BF16),
+        Err(why) => eprintln!("clip_vit_l14_bf16_cpu skipped: {why}"),
+    }
+}
+
+fn forward_in(c: &mut Criterion, dtype: DType) {
+    let model = random_vit_l14(dtype);
+    let mut group = c.benchmark_group(format!("clip_vit_l14_{}_cpu", dtype.as_str()));
     group.sample_size(10);
     for n in batches() {
         let pixels = Tensor::randn(0f32, 1.0, (n, 3, 224, 224), &Device::Cpu).unwrap();
@@ -35,7 +44,7 @@ fn forward(c: &mut Criterion) {
         group.bench_with_input(BenchmarkId::new("forward", n), &pixels, |b, pixels| {
             b.iter(|| model.forward(pixels).unwrap())
         });
-        if std::env::var_os("AESTHETE_BENCH_PORTABLE").is_some() {
+        if dtype == DType::F32 && std::env::var_os("AESTHETE_BENCH_PORTABLE").is_some() {
             // The candle-ops path (what CUDA runs), for comparison.
             group.bench_with_input(BenchmarkId::new("forward_portable", n), &pixels, |b, p| {
                 b.iter(|| model.forward_portable(p).unwrap())

@@ -12,7 +12,8 @@
 //!
 //! Every tensor is checked against the config before anything is computed: a missing or
 //! mis-shaped tensor is an [`Error`] naming it, never filled in at random. The forward pass
-//! runs in f32 on CPU and in f32, f16 or bf16 on CUDA; embeddings come back as f32.
+//! runs in f32 or bf16 on CPU (bf16 on CPUs with AMX-BF16 or AVX512-BF16, see
+//! [`cpu_bf16_kernel`]) and in f32, f16 or bf16 on CUDA; embeddings come back as f32.
 //!
 //! ```
 //! use aesthete_clip::{ClipVision, DType, Device};
@@ -56,7 +57,8 @@ impl ClipVision {
     /// shards listed in `dir/model.safetensors.index.json`) onto `device` as `dtype`.
     ///
     /// Files are memory-mapped and only vision tensors are read; every one is checked for
-    /// presence, shape and dtype before any is loaded. CPU runs f32 only.
+    /// presence, shape and dtype before any is loaded. CPU runs f32, and bf16 where
+    /// [`check_dtype`] allows it.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self, Error> {
         check_dtype(device, dtype)?;
         let config = ClipVisionConfig::from_json_file(&dir.join("config.json"))?;
@@ -96,23 +98,36 @@ impl ClipVision {
     }
 }
 
-/// Whether [`ClipVision`] runs in `dtype` on `device` (f32 on CPU; f32, f16 or bf16 on CUDA),
-/// checked before anything is loaded; the error says which precisions the device takes.
+/// Whether [`ClipVision`] runs in `dtype` on `device`, checked before anything is loaded; the
+/// error says which precisions the device takes.
+///
+/// CUDA runs f32, f16 and bf16; CPU runs f32 everywhere and bf16 where the CPU has AMX-BF16
+/// or AVX512-BF16 (bf16 operands, f32 sums), never f16.
 pub fn check_dtype(device: &Device, dtype: DType) -> Result<(), Error> {
-    let ok = match device {
-        Device::Cpu => dtype == DType::F32,
-        _ => matches!(dtype, DType::F32 | DType::F16 | DType::BF16),
+    let hint = match (device, dtype) {
+        (Device::Cpu, DType::F32) => return Ok(()),
+        (Device::Cpu, DType::BF16) => match cpu::bf16::Kernel::detect() {
+            Ok(_) => return Ok(()),
+            Err(_) => {
+                " (this CPU has neither AMX-BF16 nor AVX512-BF16, the bf16 matrix instructions; \
+                 use f32 here, or bf16 on a CPU that has them or on --device cuda)"
+            }
+        },
+        (Device::Cpu, _) => " (the CPU encoder runs f32, and bf16 on CPUs with AMX or AVX512-BF16)",
+        (_, DType::F32 | DType::F16 | DType::BF16) => return Ok(()),
+        _ => " (use f32, f16 or bf16)",
     };
-    if ok {
-        return Ok(());
-    }
-    let (name, hint) = match device {
-        Device::Cpu => {
-            ("cpu".to_string(), " (the CPU encoder runs f32; f16 and bf16 need --device cuda)")
-        }
-        other => (format!("{:?}", other.location()), " (use f32, f16 or bf16)"),
+    let name = match device {
+        Device::Cpu => "cpu".to_string(),
+        other => format!("{:?}", other.location()),
     };
     Err(Error::UnsupportedDtype { dtype, device: name, hint })
+}
+
+/// The bf16 matrix-product kernel the CPU encoder uses on this CPU (`"AMX-BF16"` or
+/// `"AVX512-BF16"`), or why there is none.
+pub fn cpu_bf16_kernel() -> Result<&'static str, &'static str> {
+    cpu::bf16::Kernel::detect().map(cpu::bf16::Kernel::name)
 }
 
 /// The crate README's examples, compiled and run as doctests so they cannot rot.

@@ -9,8 +9,9 @@
 //! - q, k and v are one projection, concatenated at load, with q's weight and bias
 //!   pre-multiplied by `head_dim^-0.5`.
 //!
-//! On CPU in f32 the encoder layers run through `cpu.rs` (direct `gemm` calls over reused
-//! buffers) instead of the candle operations here; both paths are tested against transformers.
+//! On CPU the encoder layers run through `cpu/` (direct matrix-product calls over reused
+//! buffers: f32, or bf16 operands with f32 accumulation on CPUs with AMX-BF16 or AVX512-BF16)
+//! instead of the candle operations here; every path is tested against transformers.
 
 use candle_core::{D, DType, Device, IndexOp, Module, Result, Tensor};
 use candle_nn::VarBuilder;
@@ -242,7 +243,11 @@ pub struct ClipVision {
     /// `visual_projection.weight`, `(projection_dim, hidden)`, no bias.
     visual_projection: Tensor,
     device: Device,
+    /// The precision asked for: what the encoder's matrix products take as operands.
     dtype: DType,
+    /// On CPU in bf16: the encoder layers, packed (and `layers` empty); the rest of the
+    /// model is held and computed in f32.
+    packed: Option<Vec<cpu::PackedLayer>>,
     /// Scratch buffers of the CPU encoder, kept between calls; a call that finds them busy
     /// uses fresh ones.
     workspace: Mutex<cpu::Workspace>,
@@ -252,13 +257,34 @@ impl ClipVision {
     /// Builds the model from tensors named as in a Hugging Face `CLIPModel` or
     /// `CLIPVisionModelWithProjection` checkpoint (`vision_model.*`, `visual_projection.weight`),
     /// on `vb`'s device and dtype. Any missing or mis-shaped tensor is an error.
+    ///
+    /// bf16 on CPU needs AMX-BF16 or AVX512-BF16: the encoder layers' weights are rounded
+    /// and packed once here, everything else is kept in f32.
     pub fn new(vb: VarBuilder, config: &ClipVisionConfig) -> Result<Self> {
         config.validate().map_err(candle_core::Error::wrap)?;
+        let dtype = vb.dtype();
+        let kernel = if vb.device().is_cpu() && dtype == DType::BF16 {
+            Some(cpu::bf16::Kernel::detect().map_err(candle_core::Error::msg)?)
+        } else {
+            None
+        };
+        let vb = if kernel.is_some() { vb.set_dtype(DType::F32) } else { vb };
         let (h, eps) = (config.hidden_size, config.layer_norm_eps);
         let v = vb.pp("vision_model");
-        let layers = (0..config.num_hidden_layers)
+        let mut layers = (0..config.num_hidden_layers)
             .map(|i| EncoderLayer::new(v.pp("encoder").pp("layers").pp(i), config))
             .collect::<Result<Vec<_>>>()?;
+        let packed = match kernel {
+            Some(kernel) => {
+                tracing::debug!(kernel = kernel.name(), "packing encoder weights as bf16");
+                let packed = layers
+                    .drain(..)
+                    .map(|layer| cpu::PackedLayer::pack(layer.cpu_tensors(), kernel))
+                    .collect::<Result<Vec<_>>>()?;
+                Some(packed)
+            }
+            None => None,
+        };
         Ok(ClipVision {
             config: config.clone(),
             embeddings: Embeddings::new(v.pp("embeddings"), config)?,
@@ -269,7 +295,8 @@ impl ClipVision {
                 .pp("visual_projection")
                 .get((config.projection_dim, h), "weight")?,
             device: vb.device().clone(),
-            dtype: vb.dtype(),
+            dtype,
+            packed,
             workspace: Mutex::default(),
         })
     }
@@ -294,24 +321,34 @@ impl ClipVision {
         &self.device
     }
 
-    /// The dtype the model computes in.
+    /// The dtype the model computes in (on CPU in bf16: the operands of the encoder's matrix
+    /// products; the rest runs in f32).
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// The dtype the weights outside the packed encoder are held in.
+    fn tensor_dtype(&self) -> DType {
+        if self.packed.is_some() { DType::F32 } else { self.dtype }
     }
 
     /// Embeds `(n, channels, image_size, image_size)` pixels (any float dtype, on the model's
     /// device) into `(n, projection_dim)` f32 rows of unit L2 norm.
     ///
-    /// On CPU in f32 the encoder layers run as direct matrix products over reused buffers;
-    /// elsewhere as candle operations.
+    /// On CPU the encoder layers run as direct matrix products over reused buffers (f32, or
+    /// bf16 operands with f32 sums); elsewhere as candle operations.
     pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        let fast = self.device.is_cpu() && self.dtype == DType::F32;
+        let fast = self.device.is_cpu() && self.tensor_dtype() == DType::F32;
         self.forward_with(pixel_values, fast)
     }
 
-    /// [`ClipVision::forward`] through candle operations only, as on CUDA; for tests.
+    /// [`ClipVision::forward`] through candle operations only, as on CUDA; for tests. A CPU
+    /// bf16 model has no such path.
     #[doc(hidden)]
     pub fn forward_portable(&self, pixel_values: &Tensor) -> Result<Tensor> {
+        if self.packed.is_some() {
+            candle_core::bail!("the cpu bf16 encoder runs packed products only");
+        }
         self.forward_with(pixel_values, false)
     }
 
@@ -325,7 +362,7 @@ impl ClipVision {
             );
         }
         let _span = tracing::trace_span!("clip_forward", images = n).entered();
-        let x = self.embeddings.forward(&pixel_values.to_dtype(self.dtype)?)?;
+        let x = self.embeddings.forward(&pixel_values.to_dtype(self.tensor_dtype())?)?;
         let tokens = x.dim(1)?;
         let mut x =
             self.pre_layrnorm.forward(&x)?.reshape((n * tokens, self.config.hidden_size))?;
@@ -354,10 +391,18 @@ impl ClipVision {
             act: self.config.hidden_act,
         };
         let mut stream = x.flatten_all()?.to_vec1::<f32>()?;
-        let layers = self.layers.iter().map(EncoderLayer::cpu_tensors);
-        match self.workspace.try_lock() {
-            Ok(mut ws) => cpu::run_layers(&mut stream, layers, &dims, &mut ws)?,
-            Err(_) => cpu::run_layers(&mut stream, layers, &dims, &mut cpu::Workspace::default())?,
+        let mut fresh = cpu::Workspace::default();
+        let mut guard = self.workspace.try_lock();
+        let ws = match &mut guard {
+            Ok(ws) => &mut **ws,
+            Err(_) => &mut fresh,
+        };
+        match &self.packed {
+            Some(packed) => cpu::run_packed_layers(&mut stream, packed, &dims, ws)?,
+            None => {
+                let layers = self.layers.iter().map(EncoderLayer::cpu_tensors);
+                cpu::run_layers(&mut stream, layers, &dims, ws)?
+            }
         }
         Tensor::from_vec(stream, x.shape(), x.device())
     }

@@ -75,14 +75,20 @@ impl InplaceOp1 for SoftmaxLastDim {
     }
 }
 
-/// Slice kernels, compiled twice: for the baseline target and for AVX2 + FMA, picked at run
-/// time. Both compile the same Rust without contracting multiply-adds, so they agree bit for
-/// bit.
+/// Slice kernels, compiled three times: for the baseline target, for AVX2 + FMA and for
+/// AVX-512F, picked at run time. All compile the same Rust without contracting multiply-adds,
+/// and reductions keep their own lane order, so they agree bit for bit.
 pub(crate) mod kernels {
     macro_rules! dispatch {
-        ($(#[$doc:meta])* $name:ident, $body:ident, $avx2:ident, ($($arg:ident: $ty:ty),*)) => {
+        ($(#[$doc:meta])* $name:ident, $body:ident, $avx2:ident, $avx512:ident, ($($arg:ident: $ty:ty),*)) => {
             $(#[$doc])*
             pub(crate) fn $name($($arg: $ty),*) {
+                #[cfg(target_arch = "x86_64")]
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports AVX-512F, checked just above.
+                    unsafe { $avx512($($arg),*) };
+                    return;
+                }
                 #[cfg(target_arch = "x86_64")]
                 if std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
@@ -99,30 +105,37 @@ pub(crate) mod kernels {
             pub(super) fn $avx2($($arg: $ty),*) {
                 $body($($arg),*)
             }
+
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f")]
+            pub(super) fn $avx512($($arg: $ty),*) {
+                $body($($arg),*)
+            }
         };
     }
 
     dispatch!(
         /// `x · sigmoid(1.702 x)` in place.
-        quick_gelu, quick_gelu_portable, quick_gelu_avx2, (xs: &mut [f32])
+        quick_gelu, quick_gelu_portable, quick_gelu_avx2, quick_gelu_avx512, (xs: &mut [f32])
     );
     dispatch!(
         /// Exact (erf) GELU in place.
-        gelu_erf, gelu_erf_portable, gelu_erf_avx2, (xs: &mut [f32])
+        gelu_erf, gelu_erf_portable, gelu_erf_avx2, gelu_erf_avx512, (xs: &mut [f32])
     );
     dispatch!(
         /// Tanh-approximated GELU in place.
-        gelu_tanh, gelu_tanh_portable, gelu_tanh_avx2, (xs: &mut [f32])
+        gelu_tanh, gelu_tanh_portable, gelu_tanh_avx2, gelu_tanh_avx512, (xs: &mut [f32])
     );
     dispatch!(
         /// Softmax of one row in place.
-        softmax, softmax_portable, softmax_avx2, (row: &mut [f32])
+        softmax, softmax_portable, softmax_avx2, softmax_avx512, (row: &mut [f32])
     );
     dispatch!(
         /// Layer norm of one row: `out = (x - mean) / sqrt(var + eps) · weight + bias`.
         layer_norm,
         layer_norm_portable,
         layer_norm_avx2,
+        layer_norm_avx512,
         (x: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], eps: f32)
     );
 
@@ -366,6 +379,48 @@ mod tests {
             return;
         }
         eprintln!("skipped avx2_kernels_match_portable_bit_for_bit: this CPU lacks AVX2 or FMA");
+    }
+
+    /// Every AVX-512F kernel against its portable version, bit for bit (lengths with tails
+    /// past 8 and 16 lanes); skipped on a CPU without AVX-512F.
+    #[test]
+    fn avx512_kernels_match_portable_bit_for_bit() {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            use super::kernels::*;
+            type Kernel = fn(&mut [f32]);
+            for len in [1, 7, 15, 16, 37, 1037] {
+                let x = sample(len);
+                let in_place: [(&str, Kernel, Kernel); 4] = [
+                    // SAFETY (each): the CPU has AVX-512F, checked above.
+                    ("quick_gelu", quick_gelu_portable, |x| unsafe { quick_gelu_avx512(x) }),
+                    ("gelu_erf", gelu_erf_portable, |x| unsafe { gelu_erf_avx512(x) }),
+                    ("gelu_tanh", gelu_tanh_portable, |x| unsafe { gelu_tanh_avx512(x) }),
+                    ("softmax", softmax_portable, |x| unsafe { softmax_avx512(x) }),
+                ];
+                for (name, portable, avx512) in in_place {
+                    let (mut a, mut b) = (x.clone(), x.clone());
+                    portable(&mut a);
+                    avx512(&mut b);
+                    assert!(
+                        a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{name} {len}"
+                    );
+                }
+                let w: Vec<f32> = (0..len).map(|i| 1.0 + i as f32 / 50.0).collect();
+                let bias: Vec<f32> = (0..len).map(|i| i as f32 / 10.0 - 1.0).collect();
+                let (mut a, mut b) = (vec![0.0; len], vec![0.0; len]);
+                layer_norm_portable(&x, &mut a, &w, &bias, 1e-5);
+                // SAFETY: as above.
+                unsafe { layer_norm_avx512(&x, &mut b, &w, &bias, 1e-5) };
+                assert!(
+                    a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "layer_norm {len}"
+                );
+            }
+            return;
+        }
+        eprintln!("skipped avx512_kernels_match_portable_bit_for_bit: this CPU lacks AVX-512F");
     }
 
     #[test]

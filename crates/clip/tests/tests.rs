@@ -2,6 +2,7 @@
 //!
 //! Fixtures live in `fixtures/clip/` and are made by `fixtures/clip/generate.py`.
 
+mod bf16;
 mod configs;
 mod errors;
 mod extract;

@@ -1,11 +1,15 @@
-//! The encoder layers on CPU in f32, as direct `gemm` calls over buffers reused across layers
-//! and calls.
+//! The encoder layers on CPU, as direct matrix-product calls over buffers reused across layers
+//! and calls: f32 through `gemm`, or bf16 operands with f32 accumulation through [`bf16`].
 //!
 //! Same arithmetic as the candle path in `model.rs`, minus its per-op tensors: biases and
 //! residuals are accumulated by the matrix products themselves, q, k and v are read from the
 //! fused projection in place through strides, each head's output is written straight into
 //! its columns, and softmax and the activation run in place. On 2 cores the allocations and
 //! passes this saves are about a quarter of the time the candle path takes.
+//!
+//! In bf16 only the four weight products of each layer change (as under
+//! `torch.autocast("cpu", bfloat16)`); layer norms, attention, softmax, the activation and the
+//! residual stream stay f32.
 
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor, bail};
 use gemm::{Parallelism, gemm};
@@ -13,6 +17,8 @@ use rayon::prelude::*;
 
 use crate::Activation;
 use crate::ops::kernels;
+
+pub(crate) mod bf16;
 
 /// Sizes of one forward pass.
 #[derive(Debug, Clone, Copy)]
@@ -46,6 +52,8 @@ pub(crate) struct Workspace {
     attn: Vec<f32>,
     mlp: Vec<f32>,
     scores: Vec<f32>,
+    /// The bf16 operand of the current product (bf16 layers only).
+    rounded: bf16::Activations,
 }
 
 impl std::fmt::Debug for Workspace {
@@ -76,21 +84,151 @@ fn grow(v: &mut Vec<f32>, len: usize) {
     }
 }
 
-/// The tensors of one encoder layer, in the order [`run_layer`] reads them: layer_norm1
-/// weight and bias, fused qkv weight `(3h, h)` and bias, out_proj weight and bias,
+/// The tensors of one encoder layer, in the order [`LayerWeights::from_tensors`] reads them:
+/// layer_norm1 weight and bias, fused qkv weight `(3h, h)` and bias, out_proj weight and bias,
 /// layer_norm2 weight and bias, fc1 weight and bias, fc2 weight and bias.
 pub(crate) type LayerTensors<'a> = [&'a Tensor; 12];
 
-/// Runs encoder layers over the residual stream `x` (`n · s × hidden`, row-major) in place.
+/// One weight matrix (`n × k`, a Linear weight) as a product reads it.
+#[derive(Debug, Clone, Copy)]
+enum Weight<'a> {
+    F32(&'a [f32]),
+    Bf16(bf16::Kernel, &'a bf16::PackedWeight),
+}
+
+impl Weight<'_> {
+    /// `dst (m × n) += a (m × k) · wᵀ`.
+    fn product(
+        self,
+        dst: &mut [f32],
+        a: &[f32],
+        m: usize,
+        n: usize,
+        k: usize,
+        ws: &mut bf16::Activations,
+    ) {
+        match self {
+            Weight::F32(w) => matmul_acc(dst, a, w, m, n, k),
+            Weight::Bf16(kernel, w) => {
+                assert!(
+                    w.n() == n && w.k() == k,
+                    "packed weight is {} × {}, not {n} × {k}",
+                    w.n(),
+                    w.k()
+                );
+                ws.fill_activations(a, m, k, k);
+                bf16::matmul_acc(kernel, dst, ws, w);
+            }
+        }
+    }
+}
+
+/// The weights of one encoder layer as [`run_layers`] reads them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LayerWeights<'a> {
+    ln1: [&'a [f32]; 2],
+    qkv: (Weight<'a>, &'a [f32]),
+    out: (Weight<'a>, &'a [f32]),
+    ln2: [&'a [f32]; 2],
+    fc1: (Weight<'a>, &'a [f32]),
+    fc2: (Weight<'a>, &'a [f32]),
+}
+
+impl<'a> LayerWeights<'a> {
+    /// Reads f32 layer tensors in place (the storage guards live in `guards`).
+    fn from_slices(w: [&'a [f32]; 12]) -> Self {
+        let [ln1_w, ln1_b, qkv_w, qkv_b, out_w, out_b, ln2_w, ln2_b, fc1_w, fc1_b, fc2_w, fc2_b] =
+            w;
+        LayerWeights {
+            ln1: [ln1_w, ln1_b],
+            qkv: (Weight::F32(qkv_w), qkv_b),
+            out: (Weight::F32(out_w), out_b),
+            ln2: [ln2_w, ln2_b],
+            fc1: (Weight::F32(fc1_w), fc1_b),
+            fc2: (Weight::F32(fc2_w), fc2_b),
+        }
+    }
+
+    fn check(&self, d: &Dims) -> Result<()> {
+        let (h, i) = (d.hidden, d.intermediate);
+        let lens = |w: Weight| match w {
+            Weight::F32(w) => w.len(),
+            Weight::Bf16(_, w) => w.n() * w.k(),
+        };
+        let got = [
+            self.ln1[0].len(),
+            self.ln1[1].len(),
+            lens(self.qkv.0),
+            self.qkv.1.len(),
+            lens(self.out.0),
+            self.out.1.len(),
+            self.ln2[0].len(),
+            self.ln2[1].len(),
+            lens(self.fc1.0),
+            self.fc1.1.len(),
+            lens(self.fc2.0),
+            self.fc2.1.len(),
+        ];
+        let expect = [h, h, 3 * h * h, 3 * h, h * h, h, h, h, i * h, i, h * i, h];
+        if got != expect {
+            bail!("cpu encoder layer weights do not match hidden {h}, intermediate {i}");
+        }
+        Ok(())
+    }
+}
+
+/// An encoder layer with its four weight matrices rounded to bf16 and packed once, for the
+/// bf16 products; the layer norms and biases stay f32.
+#[derive(Debug)]
+pub(crate) struct PackedLayer {
+    kernel: bf16::Kernel,
+    /// layer_norm1 weight, bias; qkv bias; out_proj bias; layer_norm2 weight, bias; fc1 bias;
+    /// fc2 bias.
+    small: [Vec<f32>; 8],
+    qkv: bf16::PackedWeight,
+    out: bf16::PackedWeight,
+    fc1: bf16::PackedWeight,
+    fc2: bf16::PackedWeight,
+}
+
+impl PackedLayer {
+    /// Packs f32 layer tensors (as [`LayerTensors`]) for `kernel`.
+    pub(crate) fn pack(tensors: LayerTensors<'_>, kernel: bf16::Kernel) -> Result<Self> {
+        let v: Vec<Vec<f32>> = tensors
+            .iter()
+            .map(|t| t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>())
+            .collect::<Result<_>>()?;
+        let pack = |t: usize| {
+            let (n, k) = tensors[t].dims2()?;
+            Ok::<_, candle_core::Error>(bf16::PackedWeight::pack(&v[t], n, k))
+        };
+        let (qkv, out, fc1, fc2) = (pack(2)?, pack(4)?, pack(8)?, pack(10)?);
+        let small = [0, 1, 3, 5, 6, 7, 9, 11].map(|t| v[t].clone());
+        Ok(PackedLayer { kernel, small, qkv, out, fc1, fc2 })
+    }
+
+    fn weights(&self) -> LayerWeights<'_> {
+        let [ln1_w, ln1_b, qkv_b, out_b, ln2_w, ln2_b, fc1_b, fc2_b] = &self.small;
+        let k = self.kernel;
+        LayerWeights {
+            ln1: [ln1_w, ln1_b],
+            qkv: (Weight::Bf16(k, &self.qkv), qkv_b),
+            out: (Weight::Bf16(k, &self.out), out_b),
+            ln2: [ln2_w, ln2_b],
+            fc1: (Weight::Bf16(k, &self.fc1), fc1_b),
+            fc2: (Weight::Bf16(k, &self.fc2), fc2_b),
+        }
+    }
+}
+
+/// Runs f32 encoder layers over the residual stream `x` (`n · s × hidden`, row-major) in place.
 pub(crate) fn run_layers<'a>(
     x: &mut [f32],
     layers: impl Iterator<Item = LayerTensors<'a>>,
     dims: &Dims,
     ws: &mut Workspace,
 ) -> Result<()> {
-    if x.len() != dims.rows() * dims.hidden {
-        bail!("residual stream has {} values, expected {}", x.len(), dims.rows() * dims.hidden);
-    }
+    check_stream(x, dims)?;
     ws.fit(dims);
     for tensors in layers {
         let guards = tensors.map(|t| t.storage_and_layout());
@@ -98,7 +236,29 @@ pub(crate) fn run_layers<'a>(
         for (slot, (storage, layout)) in w.iter_mut().zip(&guards) {
             *slot = f32_data(storage, layout)?;
         }
-        run_layer(x, &w, dims, ws)?;
+        run_layer(x, &LayerWeights::from_slices(w), dims, ws)?;
+    }
+    Ok(())
+}
+
+/// Runs packed bf16 encoder layers over the residual stream `x` in place.
+pub(crate) fn run_packed_layers(
+    x: &mut [f32],
+    layers: &[PackedLayer],
+    dims: &Dims,
+    ws: &mut Workspace,
+) -> Result<()> {
+    check_stream(x, dims)?;
+    ws.fit(dims);
+    for layer in layers {
+        run_layer(x, &layer.weights(), dims, ws)?;
+    }
+    Ok(())
+}
+
+fn check_stream(x: &[f32], dims: &Dims) -> Result<()> {
+    if x.len() != dims.rows() * dims.hidden {
+        bail!("residual stream has {} values, expected {}", x.len(), dims.rows() * dims.hidden);
     }
     Ok(())
 }
@@ -110,37 +270,37 @@ fn f32_data<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
     }
 }
 
-fn run_layer(x: &mut [f32], w: &[&[f32]; 12], d: &Dims, ws: &mut Workspace) -> Result<()> {
-    let [ln1_w, ln1_b, qkv_w, qkv_b, out_w, out_b, ln2_w, ln2_b, fc1_w, fc1_b, fc2_w, fc2_b] = *w;
+fn run_layer(x: &mut [f32], w: &LayerWeights<'_>, d: &Dims, ws: &mut Workspace) -> Result<()> {
+    w.check(d)?;
     let (m, h, i) = (d.rows(), d.hidden, d.intermediate);
-    let expect = [h, h, 3 * h * h, 3 * h, h * h, h, h, h, i * h, i, h * i, h];
-    if w.iter().zip(expect).any(|(s, len)| s.len() != len) {
-        bail!("cpu encoder layer weights do not match hidden {h}, intermediate {i}");
-    }
     let normed = &mut ws.normed[..m * h];
     let qkv = &mut ws.qkv[..m * 3 * h];
     let attn = &mut ws.attn[..m * h];
     let mlp = &mut ws.mlp[..m * i];
     let scores = &mut ws.scores[..d.n * d.heads * d.s * d.s];
+    let rounded = &mut ws.rounded;
 
-    layer_norm(x, normed, ln1_w, ln1_b, h, d.eps);
-    fill_rows(qkv, qkv_b);
-    matmul_acc(qkv, normed, qkv_w, m, 3 * h, h);
-    attention(qkv, attn, scores, d);
-    add_rows(x, out_b);
-    matmul_acc(x, attn, out_w, m, h, h);
+    layer_norm(x, normed, w.ln1[0], w.ln1[1], h, d.eps);
+    fill_rows(qkv, w.qkv.1);
+    w.qkv.0.product(qkv, normed, m, 3 * h, h, rounded);
+    match w.qkv.0 {
+        Weight::F32(_) => attention(qkv, attn, scores, d),
+        Weight::Bf16(kernel, _) => attention_bf16(kernel, qkv, attn, scores, d),
+    }
+    add_rows(x, w.out.1);
+    w.out.0.product(x, attn, m, h, h, rounded);
 
-    layer_norm(x, normed, ln2_w, ln2_b, h, d.eps);
-    fill_rows(mlp, fc1_b);
-    matmul_acc(mlp, normed, fc1_w, m, i, h);
+    layer_norm(x, normed, w.ln2[0], w.ln2[1], h, d.eps);
+    fill_rows(mlp, w.fc1.1);
+    w.fc1.0.product(mlp, normed, m, i, h, rounded);
     let act = match d.act {
         Activation::QuickGelu => kernels::quick_gelu,
         Activation::Gelu => kernels::gelu_erf,
         Activation::GeluTanh => kernels::gelu_tanh,
     };
     mlp.par_chunks_mut(16 * 1024).for_each(act);
-    add_rows(x, fc2_b);
-    matmul_acc(x, mlp, fc2_w, m, h, i);
+    add_rows(x, w.fc2.1);
+    w.fc2.0.product(x, mlp, m, h, i, rounded);
     Ok(())
 }
 
@@ -276,6 +436,61 @@ fn attention(qkv: &[f32], out: &mut [f32], scores: &mut [f32], d: &Dims) {
             );
         }
     });
+}
+
+/// Operands of one head's two attention products in bf16, kept for the next head.
+#[derive(Default)]
+struct HeadOperands {
+    q: bf16::Activations,
+    k: bf16::PackedWeight,
+    p: bf16::Activations,
+    v: bf16::PackedWeight,
+}
+
+/// [`attention`] with both products on bf16 operands and f32 sums, as autocast runs them:
+/// q, k and v rounded, the softmax in f32 and its probabilities rounded for `p · v`.
+fn attention_bf16(
+    kernel: bf16::Kernel,
+    qkv: &[f32],
+    out: &mut [f32],
+    scores: &mut [f32],
+    d: &Dims,
+) {
+    let (s, h, heads, hd) = (d.s, d.hidden, d.heads, d.head_dim());
+    let stride = 3 * h;
+    assert!(qkv.len() == d.rows() * stride && out.len() == d.rows() * h);
+    assert!(scores.len() == d.n * heads * s * s);
+    out.fill(0.0);
+    let out = SharedMut(out.as_mut_ptr());
+    scores.par_chunks_mut(s * s).enumerate().for_each_init(
+        HeadOperands::default,
+        move |ops, (task, p)| {
+            let out = out;
+            let (image, head) = (task / heads, task % heads);
+            let base = image * s * stride + head * hd;
+            // p = q · kᵀ (q pre-scaled)
+            ops.q.fill_activations(&qkv[base..], s, hd, stride);
+            ops.k.fill_weight_rows(&qkv[base + h..], s, hd, stride);
+            p.fill(0.0);
+            // SAFETY: `p` is this task's own s × s block.
+            unsafe { bf16::matmul_acc_raw(kernel, p.as_mut_ptr(), s, &ops.q, &ops.k) };
+            p.chunks_exact_mut(s).for_each(kernels::softmax);
+            // out = p · v, as p times the weight vᵀ
+            ops.p.fill_activations(p, s, s, s);
+            ops.v.fill_weight_columns(&qkv[base + 2 * h..], hd, s, stride);
+            // SAFETY: rows `image · s ..` and columns `head · hd ..` of `out` (n · s × h, inside it
+            // by the assert above) belong to this task alone.
+            unsafe {
+                bf16::matmul_acc_raw(
+                    kernel,
+                    out.0.add(image * s * h + head * hd),
+                    h,
+                    &ops.p,
+                    &ops.v,
+                )
+            };
+        },
+    );
 }
 
 #[cfg(test)]

@@ -1,0 +1,65 @@
+//! The AVX512-BF16 block kernel: `vdpbf16ps` on 8 rows × 32 columns of zmm accumulators.
+//!
+//! A packed step row (16 columns × one K pair) is one zmm register; each activation pair is
+//! broadcast to all 16 lanes, so one instruction adds two products to 16 outputs.
+
+use std::arch::x86_64::{
+    __m512, __m512bh, _mm512_dpbf16_ps, _mm512_loadu_ps, _mm512_set1_epi32, _mm512_storeu_ps,
+};
+
+/// Whether this CPU has AVX512-BF16 (and the AVX-512F it extends).
+pub(super) fn available() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bf16")
+}
+
+/// Rows of one register block.
+const ROWS: usize = 8;
+
+/// `c (32 × 32, stride ldc floats) += a · bᵀ`, each two packed panels.
+///
+/// # Safety
+/// [`available`] returned true; the pointers address what [`super::Kernel::block`] says.
+pub(super) unsafe fn block(
+    c: *mut f32,
+    ldc: usize,
+    a: *const u16,
+    b: *const u16,
+    panel: usize,
+    steps: usize,
+) {
+    for r in (0..super::BLOCK).step_by(ROWS) {
+        let a = a.wrapping_add((r / super::PANEL) * panel + (r % super::PANEL) * super::STEP);
+        // SAFETY: forwarded, for rows r .. r + 8 of the block (within one 16-row panel).
+        unsafe { rows(c.add(r * ldc), ldc, a, b, panel, steps) }
+    }
+}
+
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn rows(c: *mut f32, ldc: usize, a: *const u16, b: *const u16, panel: usize, steps: usize) {
+    // SAFETY: every address is inside the caller's block, rows or panels.
+    unsafe {
+        let mut acc: [[__m512; 2]; ROWS] = std::array::from_fn(|r| {
+            [_mm512_loadu_ps(c.add(r * ldc)), _mm512_loadu_ps(c.add(r * ldc + 16))]
+        });
+        for step in 0..steps {
+            for pair in 0..super::STEP / 2 {
+                let offset = step * super::PANEL_STEP + pair * 2 * super::PANEL;
+                let b0: __m512bh = std::mem::transmute(_mm512_loadu_ps(b.add(offset).cast()));
+                let b1: __m512bh =
+                    std::mem::transmute(_mm512_loadu_ps(b.add(panel + offset).cast()));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let at = a.add(step * super::PANEL_STEP + r * super::STEP + 2 * pair);
+                    let pair: __m512bh =
+                        std::mem::transmute(_mm512_set1_epi32(at.cast::<i32>().read_unaligned()));
+                    acc[0] = _mm512_dpbf16_ps(acc[0], pair, b0);
+                    acc[1] = _mm512_dpbf16_ps(acc[1], pair, b1);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            _mm512_storeu_ps(c.add(r * ldc), acc[0]);
+            _mm512_storeu_ps(c.add(r * ldc + 16), acc[1]);
+        }
+    }
+}

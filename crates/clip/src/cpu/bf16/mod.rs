@@ -1,0 +1,615 @@
+//! Matrix products on bf16 operands with f32 accumulation, for the CPU encoder's `--dtype bf16`.
+//!
+//! What `torch.autocast("cpu", bfloat16)` does to a linear layer: both operands rounded to
+//! bf16 (round to nearest even), products summed in f32. The weights are rounded and packed
+//! once at load ([`PackedWeight`]); the activations are rounded into a padded buffer
+//! ([`Activations`]) before each product. Everything else in the encoder stays f32.
+//!
+//! Two kernels share one packed layout, chosen at run time by [`Kernel::detect`]:
+//! - [`Kernel::Amx`]: AMX tiles (`tdpbf16ps`, Intel Sapphire Rapids and later), after the
+//!   Linux permission request for tile data;
+//! - [`Kernel::Avx512Bf16`]: `vdpbf16ps` on zmm registers (AMD Zen 4/5, Intel Cooper Lake).
+//!
+//! A CPU with neither has no bf16 path: [`Kernel::detect`] returns `None` and says why.
+
+#[cfg(target_arch = "x86_64")]
+mod amx;
+#[cfg(target_arch = "x86_64")]
+mod avx512;
+
+use rayon::prelude::*;
+
+/// Rows and columns of one output block, and K of one step: the AMX tile shape, 2 × 2 tiles.
+const BLOCK: usize = 32;
+/// Columns of one packed panel (one AMX tile, one zmm register of f32).
+const PANEL: usize = 16;
+/// K values of one packed step: 16 pairs.
+const STEP: usize = 32;
+/// u16 values in one packed panel step: 16 pair-rows of 16 columns × 2.
+const PANEL_STEP: usize = PANEL * STEP;
+
+/// A bf16 matrix-product kernel this CPU runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    /// AMX-BF16 tiles.
+    Amx,
+    /// AVX512-BF16 `vdpbf16ps`.
+    Avx512Bf16,
+}
+
+impl Kernel {
+    /// The fastest kernel this CPU and OS allow, or why there is none.
+    pub(crate) fn detect() -> Result<Kernel, &'static str> {
+        let all = Kernel::available();
+        all.first().copied().ok_or(
+            "this CPU has neither AMX-BF16 nor AVX512-BF16 (bf16 matrix instructions); \
+             use f32 on it",
+        )
+    }
+
+    /// Every kernel this CPU and OS allow, fastest first.
+    pub(crate) fn available() -> Vec<Kernel> {
+        let mut all = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if amx::available() {
+                all.push(Kernel::Amx);
+            }
+            if avx512::available() {
+                all.push(Kernel::Avx512Bf16);
+            }
+        }
+        all
+    }
+
+    /// The name a user sees in logs and benchmark reports.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Kernel::Amx => "AMX-BF16",
+            Kernel::Avx512Bf16 => "AVX512-BF16",
+        }
+    }
+
+    /// `c (32 × 32 block, row stride ldc floats) += a · bᵀ` over `steps` steps, for `a` and
+    /// `b` each two packed panels (32 rows, 32 columns) `panel` u16 apart.
+    ///
+    /// # Safety
+    /// The CPU supports the kernel (it came from [`Kernel::available`]); `c` addresses 32 rows
+    /// of 32 writable floats at stride `ldc`; `a` and `b` `panel + steps · 512` u16 each.
+    unsafe fn block(
+        self,
+        c: *mut f32,
+        ldc: usize,
+        a: *const u16,
+        b: *const u16,
+        panel: usize,
+        steps: usize,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: forwarded from the caller.
+        unsafe {
+            match self {
+                Kernel::Amx => amx::block(c, ldc, a, b, panel, steps),
+                Kernel::Avx512Bf16 => avx512::block(c, ldc, a, b, panel, steps),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = (c, ldc, a, b, panel, steps);
+            unreachable!("no bf16 kernel exists off x86-64")
+        }
+    }
+}
+
+/// `f32` → `bf16` bits, rounding to nearest even (as PyTorch and `half` do); NaN stays NaN.
+/// Branch-free, so that loops over it vectorize.
+#[inline(always)]
+pub(crate) fn to_bf16(x: f32) -> u16 {
+    let bits = x.to_bits();
+    let rounded = bits.wrapping_add(0x7fff + ((bits >> 16) & 1)) >> 16;
+    let quiet = (bits >> 16) | 0x40;
+    let nan = (bits & 0x7fff_ffff) > 0x7f80_0000;
+    (if nan { quiet } else { rounded }) as u16
+}
+
+/// `bf16` bits → `f32`, exact.
+#[cfg(test)]
+fn from_bf16(x: u16) -> f32 {
+    f32::from_bits(u32::from(x) << 16)
+}
+
+/// Rounds `src` into `dst` (same length).
+type RoundRow = fn(&[f32], &mut [u16]);
+
+/// The row rounder for this CPU: compiled for AVX-512 where it has it, the same Rust either
+/// way, so bit for bit the same result. Chosen once per fill, not per row.
+fn row_rounder() -> RoundRow {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+    {
+        // SAFETY: the CPU has AVX-512F and BW, checked just above.
+        return |src, dst| unsafe { round_row_avx512(src, dst) };
+    }
+    round_row_portable
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn round_row_avx512(src: &[f32], dst: &mut [u16]) {
+    round_row_portable(src, dst)
+}
+
+#[inline(always)]
+fn round_row_portable(src: &[f32], dst: &mut [u16]) {
+    dst.iter_mut().zip(src).for_each(|(d, &x)| *d = to_bf16(x));
+}
+
+fn round_up(x: usize, to: usize) -> usize {
+    x.div_ceil(to) * to
+}
+
+/// A matrix rounded to bf16 and packed for the kernels, in one of two roles:
+/// - [`PackedWeight`]: the right operand, a Linear weight `W` (`n × k`, `y = x Wᵀ`): panels of
+///   16 output columns; within a panel, steps of 32 K values; within a step, 16 rows of
+///   (column, pair) for the K pairs `(2t, 2t + 1)`: the B tile of `tdpbf16ps`, and 16 zmm
+///   registers for `vdpbf16ps`.
+/// - [`Activations`]: the left operand (`m × k`): panels of 16 rows; within a panel, steps of
+///   32 K values, each step one 16 × 32 A tile (row after row, 1 KiB contiguous).
+///
+/// Rows (of either) pad to 32 and K to 32, with zeros; the buffer is kept for the next fill.
+#[derive(Default)]
+pub(crate) struct Packed {
+    data: Vec<u16>,
+    /// Rows of the matrix as given (`n` of a weight, `m` of activations).
+    rows: usize,
+    k: usize,
+}
+
+/// The right operand of a product (see [`Packed`]).
+pub(crate) type PackedWeight = Packed;
+/// The left operand of a product (see [`Packed`]).
+pub(crate) type Activations = Packed;
+
+impl std::fmt::Debug for Packed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Packed").field("rows", &self.rows).field("k", &self.k).finish()
+    }
+}
+
+impl Packed {
+    /// Packs a Linear weight `w` (`n × k` row-major f32).
+    pub(crate) fn pack(w: &[f32], n: usize, k: usize) -> PackedWeight {
+        assert_eq!(w.len(), n * k, "weight of {} values is not {n} × {k}", w.len());
+        let mut packed = Packed::default();
+        packed.fill_weight_rows(w, n, k, k);
+        packed
+    }
+
+    /// Output columns of a weight, rows of activations.
+    pub(crate) fn n(&self) -> usize {
+        self.rows
+    }
+
+    /// Input columns (K).
+    pub(crate) fn k(&self) -> usize {
+        self.k
+    }
+
+    fn steps(&self) -> usize {
+        round_up(self.k, STEP) / STEP
+    }
+
+    /// u16 values from one panel to the next.
+    fn panel_len(&self) -> usize {
+        self.steps() * PANEL_STEP
+    }
+
+    /// Makes room for `rows × k` and returns the panels to fill.
+    fn resize(&mut self, rows: usize, k: usize) -> &mut [u16] {
+        (self.rows, self.k) = (rows, k);
+        let len = round_up(rows.max(1), BLOCK) / PANEL * self.panel_len();
+        if self.data.len() < len {
+            self.data.resize(len, 0);
+        }
+        &mut self.data[..len]
+    }
+
+    /// Packs as a weight `n` rows of `k` values, row `j` starting at `src[j · stride]` (a
+    /// Linear weight, or attention's keys).
+    pub(crate) fn fill_weight_rows(&mut self, src: &[f32], n: usize, k: usize, stride: usize) {
+        assert!(n == 0 || src.len() >= (n - 1) * stride + k, "weight too short for {n} × {k}");
+        let steps = round_up(k, STEP) / STEP;
+        let panel_len = steps * PANEL_STEP;
+        let data = self.resize(n, k);
+        if panel_len == 0 {
+            return;
+        }
+        let round_row = row_rounder();
+        data.par_chunks_mut(panel_len).with_min_len(4).enumerate().for_each(|(panel, out)| {
+            let mut row = vec![0u16; steps * STEP];
+            for col in 0..PANEL {
+                let j = panel * PANEL + col;
+                if j < n {
+                    round_row(&src[j * stride..j * stride + k], &mut row[..k]);
+                } else {
+                    row[..k].fill(0);
+                }
+                // Each K pair of the row goes to its (step, pair) row of the panel, as one u32.
+                for (index, pair) in row.chunks_exact(2).enumerate() {
+                    let at = (index / 16) * PANEL_STEP + (index % 16) * 2 * PANEL + 2 * col;
+                    out[at..at + 2].copy_from_slice(pair);
+                }
+            }
+        });
+    }
+
+    /// Packs as a weight the transpose of `k` rows of `n` values, row `kk` starting at
+    /// `src[kk · stride]`: element `(j, kk)` is `src[kk · stride + j]` (attention's values).
+    pub(crate) fn fill_weight_columns(&mut self, src: &[f32], n: usize, k: usize, stride: usize) {
+        assert!(k == 0 || src.len() >= (k - 1) * stride + n, "weight too short for {n} × {k}");
+        let steps = round_up(k, STEP) / STEP;
+        let panel_len = steps * PANEL_STEP;
+        let data = self.resize(n, k);
+        if panel_len == 0 {
+            return;
+        }
+        let round_row = row_rounder();
+        data.par_chunks_mut(panel_len).with_min_len(4).enumerate().for_each(|(panel, out)| {
+            let (j0, width) = (panel * PANEL, n.saturating_sub(panel * PANEL).min(PANEL));
+            let mut rounded = [[0u16; PANEL]; 2];
+            for (at, pair_row) in out.chunks_exact_mut(2 * PANEL).enumerate() {
+                let kk = (at / 16) * STEP + (at % 16) * 2;
+                for (parity, r) in rounded.iter_mut().enumerate() {
+                    r.fill(0);
+                    if kk + parity < k && width > 0 {
+                        let from = (kk + parity) * stride + j0;
+                        round_row(&src[from..from + width], &mut r[..width]);
+                    }
+                }
+                for col in 0..PANEL {
+                    pair_row[2 * col] = rounded[0][col];
+                    pair_row[2 * col + 1] = rounded[1][col];
+                }
+            }
+        });
+    }
+
+    /// Packs as activations `x`, `m` rows of `k` values, row `i` starting at `x[i · stride]`.
+    pub(crate) fn fill_activations(&mut self, x: &[f32], m: usize, k: usize, stride: usize) {
+        assert!(m == 0 || x.len() >= (m - 1) * stride + k, "activations too short for {m} × {k}");
+        let steps = round_up(k, STEP) / STEP;
+        let panel_len = steps * PANEL_STEP;
+        let data = self.resize(m, k);
+        if panel_len == 0 {
+            return;
+        }
+        let round_row = row_rounder();
+        data.par_chunks_mut(panel_len).with_min_len(4).enumerate().for_each(|(panel, out)| {
+            for r in 0..PANEL {
+                let i = panel * PANEL + r;
+                let row = if i < m { &x[i * stride..i * stride + k] } else { &[][..] };
+                for step in 0..steps {
+                    let tile_row = &mut out[step * PANEL_STEP + r * STEP..][..STEP];
+                    let from = row.get(step * STEP..).unwrap_or(&[]);
+                    let used = from.len().min(STEP);
+                    round_row(&from[..used], &mut tile_row[..used]);
+                    tile_row[used..].fill(0);
+                }
+            }
+        });
+    }
+
+    /// The value packed as a weight for row `j`, column `kk`, as f32.
+    #[cfg(test)]
+    fn weight_at(&self, j: usize, kk: usize) -> f32 {
+        let (panel, col, step, within) = (j / PANEL, j % PANEL, kk / STEP, kk % STEP);
+        let index = panel * self.panel_len()
+            + step * PANEL_STEP
+            + (within / 2) * 2 * PANEL
+            + col * 2
+            + within % 2;
+        from_bf16(self.data[index])
+    }
+
+    /// The value packed as activations for row `i`, column `kk`, as f32.
+    #[cfg(test)]
+    fn activation_at(&self, i: usize, kk: usize) -> f32 {
+        let (panel, r, step, within) = (i / PANEL, i % PANEL, kk / STEP, kk % STEP);
+        from_bf16(self.data[panel * self.panel_len() + step * PANEL_STEP + r * STEP + within])
+    }
+}
+
+/// A pointer that rayon tasks writing disjoint blocks of one matrix may share.
+#[derive(Clone, Copy)]
+struct SharedMut(*mut f32);
+// SAFETY: every task writes its own blocks of the output, and the buffer outlives the loop.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+/// Output rows and columns of one parallel task, in blocks: big enough that the task's
+/// activations and weight panels are reused from cache, small enough for many tasks.
+const TASK_ROWS: usize = 4 * BLOCK;
+const TASK_COLS: usize = 8 * BLOCK;
+
+/// `dst (m × n, row-major) += a · wᵀ` with bf16 operands and f32 sums, on every thread.
+///
+/// K is not split: splitting it so that a block of each operand fits in L1 (8 steps)
+/// measured slower, each pass reloading and storing its output tiles.
+pub(crate) fn matmul_acc(kernel: Kernel, dst: &mut [f32], a: &Activations, w: &PackedWeight) {
+    let (m, n) = (a.rows, w.rows);
+    assert_eq!(dst.len(), m * n, "output of {} values is not {m} × {n}", dst.len());
+    check_operands(a, w);
+    let (row_tasks, col_tasks) = (m.div_ceil(TASK_ROWS), n.div_ceil(TASK_COLS));
+    let out = SharedMut(dst.as_mut_ptr());
+    (0..row_tasks * col_tasks).into_par_iter().for_each(move |task| {
+        let out = out;
+        let (row_task, col_task) = (task / col_tasks, task % col_tasks);
+        let rows = row_task * TASK_ROWS..((row_task + 1) * TASK_ROWS).min(m);
+        let cols = col_task * TASK_COLS..((col_task + 1) * TASK_COLS).min(n);
+        // SAFETY: `dst` is m × n with stride n; this task alone writes `rows` × `cols`.
+        unsafe { blocks(kernel, out.0, n, rows, cols, a, w) }
+    });
+}
+
+/// `dst[i · ldc + j] += (a · wᵀ)[i][j]` on this thread, for a product too small to split.
+#[cfg(test)]
+fn matmul_acc_strided(
+    kernel: Kernel,
+    dst: &mut [f32],
+    ldc: usize,
+    a: &Activations,
+    w: &PackedWeight,
+) {
+    let (m, n) = (a.rows, w.rows);
+    assert!(n <= ldc && (m == 0 || dst.len() >= (m - 1) * ldc + n), "output too short");
+    // SAFETY: `dst` holds m rows of n values at stride ldc, checked above.
+    unsafe { matmul_acc_raw(kernel, dst.as_mut_ptr(), ldc, a, w) }
+}
+
+/// `dst[i · ldc + j] += (a · wᵀ)[i][j]` on this thread, into part of a matrix that other
+/// threads write other columns of.
+///
+/// # Safety
+/// `dst` addresses `a.n()` rows of `w.n()` values at stride `ldc`, which no one else reads
+/// or writes meanwhile.
+pub(crate) unsafe fn matmul_acc_raw(
+    kernel: Kernel,
+    dst: *mut f32,
+    ldc: usize,
+    a: &Activations,
+    w: &PackedWeight,
+) {
+    check_operands(a, w);
+    // SAFETY: forwarded.
+    unsafe { blocks(kernel, dst, ldc, 0..a.rows, 0..w.rows, a, w) }
+}
+
+fn check_operands(a: &Activations, w: &PackedWeight) {
+    assert_eq!(a.k, w.k, "activations have K = {}, weight K = {}", a.k, w.k);
+    assert!(a.data.len() >= round_up(a.rows.max(1), BLOCK) / PANEL * a.panel_len());
+    assert!(w.data.len() >= round_up(w.rows.max(1), BLOCK) / PANEL * w.panel_len());
+}
+
+/// The output blocks of `rows` × `cols` (both starting on a block boundary).
+///
+/// # Safety
+/// `out` addresses rows `rows` of at least `cols.end` values at stride `ldc`, written by no
+/// one else meanwhile; `a` and `w` passed [`check_operands`], `rows.end <= a.rows`,
+/// `cols.end <= w.rows`.
+unsafe fn blocks(
+    kernel: Kernel,
+    out: *mut f32,
+    ldc: usize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+    a: &Activations,
+    w: &PackedWeight,
+) {
+    let (steps, panel) = (w.steps(), w.panel_len());
+    if steps == 0 {
+        return;
+    }
+    let mut scratch = [0f32; BLOCK * BLOCK];
+    for j in cols.clone().step_by(BLOCK) {
+        let b = w.data[(j / PANEL) * panel..].as_ptr();
+        for i in rows.clone().step_by(BLOCK) {
+            let a_block = a.data[(i / PANEL) * panel..].as_ptr();
+            let (h, wd) = ((rows.end - i).min(BLOCK), (cols.end - j).min(BLOCK));
+            // SAFETY: the block's first element is inside the output; a whole block (32 ×
+            // 32) stays inside it, a partial one goes through `scratch`. `a` has two panels
+            // from row `i` and `w` two from column `j` (both padded to 32 rows).
+            unsafe {
+                let c = out.add(i * ldc + j);
+                if h == BLOCK && wd == BLOCK {
+                    kernel.block(c, ldc, a_block, b, panel, steps);
+                } else {
+                    let s = scratch.as_mut_ptr();
+                    for r in 0..h {
+                        std::ptr::copy_nonoverlapping(c.add(r * ldc), s.add(r * BLOCK), wd);
+                    }
+                    kernel.block(s, BLOCK, a_block, b, panel, steps);
+                    for r in 0..h {
+                        std::ptr::copy_nonoverlapping(s.add(r * BLOCK), c.add(r * ldc), wd);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The same product by a plain loop over the packed operands, f32 accumulation in K order:
+/// the reference the kernels are tested against, and the definition of what they compute.
+#[cfg(test)]
+fn matmul_acc_reference(dst: &mut [f32], a: &Activations, w: &PackedWeight) {
+    let (m, n, k) = (a.rows, w.rows, w.k);
+    for i in 0..m {
+        for j in 0..n {
+            let mut acc = dst[i * n + j];
+            for kk in 0..k {
+                acc += a.activation_at(i, kk) * w.weight_at(j, kk);
+            }
+            dst[i * n + j] = acc;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(super) fn random(len: usize, seed: u64) -> Vec<f32> {
+        let mut state = seed | 1;
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rounding_to_bf16_is_nearest_even() {
+        for x in [0.0f32, -0.0, 1.0, -2.5, 1e-30, 3.4e38, f32::INFINITY, f32::MIN_POSITIVE] {
+            assert_eq!(to_bf16(x), half::bf16::from_f32(x).to_bits(), "{x}");
+        }
+        for bits in (0..u32::MAX).step_by(65_521) {
+            let x = f32::from_bits(bits);
+            if x.is_nan() {
+                assert!(from_bf16(to_bf16(x)).is_nan());
+            } else {
+                assert_eq!(to_bf16(x), half::bf16::from_f32(x).to_bits(), "{bits:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn packing_keeps_every_value_in_its_place() {
+        let (n, k) = (37, 45);
+        let w = random(n * k, 3);
+        let packed = PackedWeight::pack(&w, n, k);
+        for j in 0..n {
+            for kk in 0..k {
+                assert_eq!(
+                    packed.weight_at(j, kk),
+                    from_bf16(to_bf16(w[j * k + kk])),
+                    "({j}, {kk})"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn rows_round_as_single_values_do() {
+        let x: Vec<f32> = (0..1000u32)
+            .map(|i| f32::from_bits(i.wrapping_mul(0x9E37_79B9)))
+            .chain([f32::NAN, -f32::NAN, f32::INFINITY, 1e-40, -1e-45])
+            .collect();
+        let want: Vec<u16> = x.iter().map(|&v| to_bf16(v)).collect();
+        let mut got = vec![0u16; x.len()];
+        row_rounder()(&x, &mut got);
+        assert_eq!(got, want, "round_row on this CPU");
+        round_row_portable(&x, &mut got);
+        assert_eq!(got, want, "round_row_portable");
+    }
+
+    #[test]
+    fn strided_activations_and_a_transposed_weight_pack_in_place() {
+        let (m, k, stride) = (19, 40, 57);
+        let x = random((m - 1) * stride + k, 11);
+        let mut a = Activations::default();
+        a.fill_activations(&x, m, k, stride);
+        // A second, smaller fill reuses the buffer and leaves no trace of the first.
+        a.fill_activations(&x, 3, 5, stride);
+        for i in 0..3 {
+            for kk in 0..32 {
+                let want = if kk < 5 { from_bf16(to_bf16(x[i * stride + kk])) } else { 0.0 };
+                assert_eq!(a.activation_at(i, kk), want, "({i}, {kk})");
+            }
+        }
+        // W[j][kk] = v[kk][j], as attention's p · v reads v; two panels, the second partial.
+        let (n, kv) = (21, 35);
+        let v = random(kv * n, 12);
+        let mut w = PackedWeight::default();
+        w.fill_weight_columns(&v, n, kv, n);
+        for j in 0..n {
+            for kk in 0..kv {
+                assert_eq!(w.weight_at(j, kk), from_bf16(to_bf16(v[kk * n + j])), "({j}, {kk})");
+            }
+        }
+    }
+
+    /// Every kernel this CPU runs against the plain loop on the same bf16 operands, on shapes
+    /// whose rows, columns and K are not multiples of the 32 × 32 block or the 32-step.
+    #[test]
+    fn kernels_match_the_reference_on_edge_shapes() {
+        let available = Kernel::available();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if !available.contains(&Kernel::Amx) {
+                eprintln!("skipped the AMX-BF16 kernel: {}", amx::missing());
+            }
+            if !available.contains(&Kernel::Avx512Bf16) {
+                eprintln!("skipped the AVX512-BF16 kernel: this CPU lacks avx512bf16");
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        eprintln!("skipped the bf16 kernels: they exist on x86-64 only");
+        let shapes = [
+            (1, 1, 1),
+            (5, 3, 7),
+            (32, 32, 32),
+            (33, 65, 31),
+            (130, 300, 97),
+            (257, 48, 1024),
+            (40, 16, 0),
+        ];
+        for kernel in available {
+            for (case, &(m, n, k)) in shapes.iter().enumerate() {
+                let seed = case as u64 * 3;
+                let x = random(m * k, seed + 1);
+                let w = PackedWeight::pack(&random(n * k, seed + 2), n, k);
+                let init = random(m * n, seed + 3);
+                let mut a = Activations::default();
+                a.fill_activations(&x, m, k, k);
+                let (mut got, mut want) = (init.clone(), init.clone());
+                matmul_acc(kernel, &mut got, &a, &w);
+                matmul_acc_reference(&mut want, &a, &w);
+                // The one-thread product into every other row of a wider matrix: the same
+                // sums in the same order, and nothing outside its columns touched.
+                let ldc = n + 3;
+                let mut wide = vec![7.0f32; m * ldc];
+                for i in 0..m {
+                    wide[i * ldc..i * ldc + n].copy_from_slice(&init[i * n..(i + 1) * n]);
+                }
+                matmul_acc_strided(kernel, &mut wide, ldc, &a, &w);
+                for i in 0..m {
+                    assert_eq!(&wide[i * ldc..i * ldc + n], &got[i * n..(i + 1) * n], "row {i}");
+                    assert!(wide[i * ldc + n..(i + 1) * ldc].iter().all(|&v| v == 7.0));
+                }
+                for i in 0..m {
+                    for j in 0..n {
+                        // Any order of f32 summation of k + 1 terms (fused or not) is within
+                        // (k + 1) · eps · Σ|terms| of the exact sum, so within twice that of
+                        // the reference's own order.
+                        let magnitude = init[i * n + j].abs()
+                            + (0..k)
+                                .map(|t| (a.activation_at(i, t) * w.weight_at(j, t)).abs())
+                                .sum::<f32>();
+                        let bound = 2.0 * (k + 1) as f32 * f32::EPSILON * magnitude;
+                        let diff = (got[i * n + j] - want[i * n + j]).abs();
+                        assert!(
+                            diff <= bound,
+                            "{} {m}x{n}x{k} at ({i}, {j}): got {}, want {}, diff {diff} > {bound}",
+                            kernel.name(),
+                            got[i * n + j],
+                            want[i * n + j],
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
