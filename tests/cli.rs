@@ -208,6 +208,43 @@ mod filter {
         assert!(kept_total > 0 && kept_total < 24, "threshold 5 should split the fixture");
     }
 
+    /// `--dtype bf16 --device cpu` on a CPU with AMX-BF16 or AVX512-BF16: scores within 0.02
+    /// of transformers in f32 (the bar the GPU's bf16 is held to) and the kept set follows
+    /// the bf16 scores; elsewhere a refusal naming the missing instructions.
+    #[test]
+    fn bf16_on_cpu_scores_close_to_f32_or_is_refused() {
+        let out = tempfile::tempdir().unwrap();
+        let inputs = good_shards();
+        let result = run_filter(&inputs, out.path(), &["--threshold", "5", "--dtype", "bf16"]);
+        if let Err(why) = aesthete_clip::cpu_bf16_kernel() {
+            eprintln!("skipped bf16 scoring on cpu: {why}");
+            assert_eq!(result.status.code(), Some(2), "{}", stderr(&result));
+            let text = stderr(&result);
+            assert!(text.contains("AMX-BF16") && text.contains("AVX512-BF16"), "{text}");
+            return;
+        }
+        assert!(result.status.success(), "{}", stderr(&result));
+        let reference = reference();
+        let mut worst = 0.0f32;
+        for input in inputs {
+            let name = input.file_name().unwrap().to_str().unwrap();
+            let rows = read_table(&out.path().join(name.replace(".tar", ".parquet")));
+            for (row, want) in rows.iter().zip(&reference.shards[name]) {
+                assert_eq!(row.key, want.key);
+                let (got, f32_score) = (row.score.unwrap(), want.score.unwrap());
+                worst = worst.max((got - f32_score).abs());
+                assert!(
+                    (got - f32_score).abs() <= 0.02,
+                    "{name} {}: {got} vs {f32_score}",
+                    row.key
+                );
+                assert_eq!(row.kept, got >= 5.0, "{name} {}", row.key);
+            }
+        }
+        eprintln!("bf16 scores on cpu against transformers f32: max |Δ| {worst:.3e}");
+        assert!(worst > 0.0, "bf16 gave exactly the f32 scores");
+    }
+
     /// The CLI's scores are the crates' composition, image by image:
     /// aesthete-head(aesthete-clip(aesthete-preprocess(bytes))).
     #[test]

@@ -87,7 +87,7 @@ pub struct RunArgs {
     /// Device for the CLIP model: cpu, cuda or cuda:N.
     #[arg(long, default_value = "cpu")]
     pub device: String,
-    /// Model precision (f16 and bf16 on GPU).
+    /// Model precision: f32; bf16 on GPU and on CPUs with AMX-BF16 or AVX512-BF16; f16 on GPU.
     #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
     pub dtype: DTypeArg,
     /// Image preprocessing: exact (bit-exact with transformers' CLIPImageProcessor) or fast.

@@ -36,10 +36,20 @@ pub const VIT_L14_FLOP_PER_IMAGE: f64 = {
 };
 
 /// The PyTorch comparison script, written with the CLIP crate. Contract: run as
-/// `python3 SCRIPT --threads N`, it prints one JSON object as its last stdout line with at
-/// least `"images_per_second"` (transformers `CLIPVisionModelWithProjection`, fp32, random
-/// weights of the ViT-L/14 shape), and optionally `"batch"`.
+/// `python3 SCRIPT --threads N --batches 1,4 --compile --sgemm --bf16 --min-seconds S`, it
+/// prints one JSON object per line: `{"system", "batch", "images_per_s" | "error"}` for
+/// transformers `CLIPVisionModelWithProjection` at the ViT-L/14 shape (`torch-eager`,
+/// `torch-compile`, `torch-autocast-bf16`, `torch-bf16-weights`), and `{"system", "n",
+/// "gflops"}` for the matrix-multiply peaks (`torch-sgemm`, `torch-bf16-gemm`).
 pub const TORCH_SCRIPT: &str = "fixtures/clip/bench_torch.py";
+
+/// The environment variable the `vit` bench reads its batch sizes from.
+pub const BATCHES_ENV: &str = "AESTHETE_BENCH_BATCHES";
+
+/// The ViT-L/14 batch sizes both aesthete-clip and PyTorch measure.
+pub fn vit_batches(quick: bool) -> &'static str {
+    if quick { "1,4" } else { "1,4,16" }
+}
 
 /// What to run.
 #[derive(Debug, Clone, Default)]
@@ -104,7 +114,10 @@ pub fn run(root: &Path, opts: &BenchOptions) -> anyhow::Result<()> {
                     .map(String::from),
             );
         }
-        commands.push(run_cargo(&cargo, root, &args)?);
+        // Both sides of the PyTorch comparison measure the same batches.
+        let env =
+            if name == "clip" { vec![(BATCHES_ENV, vit_batches(opts.quick))] } else { vec![] };
+        commands.push(run_cargo_with(&cargo, root, &env, &args)?);
         if name == "preprocess" {
             // The optional SIMD build of libjpeg-turbo, where nasm can build it.
             if command_line("nasm", &["-v"]).is_some() {
@@ -132,10 +145,26 @@ pub fn run(root: &Path, opts: &BenchOptions) -> anyhow::Result<()> {
 
 /// Runs `cargo ARGS` in `root`; returns the command line as the report shows it.
 pub(crate) fn run_cargo(cargo: &str, root: &Path, args: &[String]) -> anyhow::Result<String> {
-    let command = format!("cargo {}", args.join(" "));
+    run_cargo_with(cargo, root, &[], args)
+}
+
+/// Runs `cargo ARGS` in `root` with the variables `env` set; returns the command line, the
+/// variables first, as the report shows it.
+fn run_cargo_with(
+    cargo: &str,
+    root: &Path,
+    env: &[(&str, &str)],
+    args: &[String],
+) -> anyhow::Result<String> {
+    let vars: String = env.iter().map(|(k, v)| format!("{k}={v} ")).collect();
+    let command = format!("{vars}cargo {}", args.join(" "));
     eprintln!("bench: {command}");
-    let status =
-        Command::new(cargo).args(args).current_dir(root).status().context("cannot run cargo")?;
+    let status = Command::new(cargo)
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(root)
+        .status()
+        .context("cannot run cargo")?;
     if !status.success() {
         bail!("`{command}` failed ({status})");
     }
@@ -196,7 +225,8 @@ fn read_measurement(new_dir: &Path, since: SystemTime) -> anyhow::Result<Option<
     Ok(Some(Measurement { id, mean_ns, throughput }))
 }
 
-/// `images_per_second` of the PyTorch CLIP, when python3 has torch and transformers.
+/// The lines of [`TORCH_SCRIPT`] (fp32 and bf16 images/s of the PyTorch CLIP, and the matmul
+/// peaks), when python3 has torch and transformers.
 fn torch_comparison(root: &Path, quick: bool) -> anyhow::Result<Vec<Value>> {
     let script = root.join(TORCH_SCRIPT);
     if !script.exists() {
@@ -218,9 +248,10 @@ fn torch_comparison(root: &Path, quick: bool) -> anyhow::Result<Vec<Value>> {
         "--threads",
         &threads,
         "--batches",
-        "1,4",
+        vit_batches(quick),
         "--compile",
         "--sgemm",
+        "--bf16",
         "--min-seconds",
         seconds,
     ];
@@ -235,7 +266,7 @@ fn torch_comparison(root: &Path, quick: bool) -> anyhow::Result<Vec<Value>> {
         bail!("{TORCH_SCRIPT} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     // One JSON object per line: {"system", "batch", "images_per_s" | "error", "threads"}, and
-    // {"system": "torch-sgemm", "gflops"}.
+    // {"system": "torch-sgemm" | "torch-bf16-gemm", "n", "gflops"}.
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|l| l.trim_start().starts_with('{'))
@@ -274,12 +305,9 @@ fn report(
             .map_or_else(|| "—".to_owned(), |(n, unit)| human_rate(n / (m.mean_ns * 1e-9), unit));
         let _ = writeln!(s, "| `{}` | {} | {throughput} |", m.id, human_time(m.mean_ns));
     }
-    let rate = |m: &Measurement| {
-        m.throughput.filter(|t| t.1 == "elements").map(|(n, _)| n / (m.mean_ns * 1e-9))
-    };
     // `group/function/batch` -> images/s, for the comparisons below.
     let find = |group: &str, function: &str, batch: &str| {
-        measurements.iter().find(|m| m.id == format!("{group}/{function}/{batch}")).and_then(rate)
+        rate_of(measurements, &format!("{group}/{function}/{batch}"))
     };
     let pipelines: Vec<&Measurement> = measurements
         .iter()
@@ -296,7 +324,8 @@ fn report(
             let mut parts = m.id.split('/');
             let (group, _, batch) =
                 (parts.next().unwrap_or(""), parts.next(), parts.next().unwrap_or(""));
-            if let (Some(e2e), Some(model)) = (rate(m), find(group, "model_only", batch)) {
+            if let (Some(e2e), Some(model)) = (elements_per_s(m), find(group, "model_only", batch))
+            {
                 let _ = writeln!(
                     s,
                     "| `{group}` batch {batch} | {e2e:.2} images/s | {model:.2} images/s | {:.3} |",
@@ -305,77 +334,170 @@ fn report(
             }
         }
     }
-    if !torch.is_empty() {
+    let models: Vec<&Value> = torch.iter().filter(|t| !is_peak(t)).collect();
+    if !models.is_empty() {
         let _ = writeln!(s, "\n## CLIP ViT-L/14 against PyTorch\n");
         let _ = writeln!(
             s,
-            "transformers `CLIPVisionModelWithProjection`, fp32, random weights of the ViT-L/14 shape, same thread count, measured in the same run (`{TORCH_SCRIPT}`).\n"
+            "transformers `CLIPVisionModelWithProjection`, random weights of the ViT-L/14 shape, same thread count, measured in the same run (`{TORCH_SCRIPT}`): fp32 eager (`torch-eager`) and `torch.compile` (`torch-compile`), and two bf16 modes, `torch.autocast(\"cpu\", torch.bfloat16)` over the fp32 model (`torch-autocast-bf16`) and the model with bf16 weights (`torch-bf16-weights`). Each row is compared with aesthete-clip at the same precision: fp32 with `{}`, bf16 with `{}`.\n",
+            vit_group("f32"),
+            vit_group("bf16"),
         );
         let _ = writeln!(
             s,
-            "| system | batch | images/s | aesthete-clip images/s | ratio |\n|---|---:|---:|---:|---:|"
+            "| system | batch | images/s | aesthete-clip precision | aesthete-clip images/s | ratio |\n|---|---:|---:|---|---:|---:|"
         );
-        for t in torch.iter().filter(|t| t["system"] != "torch-sgemm") {
+        for t in models {
             let batch = t["batch"].as_u64().map_or_else(|| "?".to_owned(), |b| b.to_string());
             let system = t["system"].as_str().unwrap_or("?");
+            let precision = torch_precision(system);
             let Some(theirs) = t["images_per_s"].as_f64() else {
                 let error = t["error"].as_str().unwrap_or("no result");
-                let _ = writeln!(s, "| {system} | {batch} | failed: {error} | | |");
+                let _ = writeln!(s, "| {system} | {batch} | failed: {error} | {precision} | | |");
                 continue;
             };
-            match find("clip_vit_l14_f32_cpu", "forward", &batch) {
+            match find(&vit_group(precision), "forward", &batch) {
                 Some(ours) => {
                     let _ = writeln!(
                         s,
-                        "| {system} | {batch} | {theirs:.3} | {ours:.3} | {:.2}× |",
+                        "| {system} | {batch} | {theirs:.3} | {precision} | {ours:.3} | {:.2}× |",
                         ours / theirs
                     );
                 }
                 None => {
-                    let _ = writeln!(s, "| {system} | {batch} | {theirs:.3} | not measured | |");
+                    let missing = not_measured(measurements, precision);
+                    let _ = writeln!(
+                        s,
+                        "| {system} | {batch} | {theirs:.3} | {precision} | {missing} | |"
+                    );
                 }
             }
         }
     }
-    ceiling_section(&mut s, torch, &find);
+    ceiling_section(&mut s, measurements, torch);
     if let Some(memory) = memory {
         memory_section(&mut s, memory);
     }
     s
 }
 
-/// ViT-L/14 images/s against what the machine's f32 matmul peak allows.
-fn ceiling_section(
-    s: &mut String,
-    torch: &[Value],
-    find: &dyn Fn(&str, &str, &str) -> Option<f64>,
-) {
-    let gemm = find("sgemm_f32_cpu", "gemm", "2048");
-    let torch_gemm = torch
-        .iter()
-        .find(|t| t["system"] == "torch-sgemm")
-        .and_then(|t| t["gflops"].as_f64())
-        .map(|g| g * 1e9);
-    let Some(peak) = gemm.into_iter().chain(torch_gemm).reduce(f64::max) else { return };
-    let ceiling = peak / VIT_L14_FLOP_PER_IMAGE;
-    let gflops =
-        |f: Option<f64>| f.map_or_else(|| "not measured".to_owned(), |f| format!("{:.1}", f / 1e9));
+/// Images (elements) per second of one measurement, if it declared elements.
+fn elements_per_s(m: &Measurement) -> Option<f64> {
+    m.throughput.filter(|t| t.1 == "elements").map(|(n, _)| n / (m.mean_ns * 1e-9))
+}
+
+/// Images (elements) per second of the measurement named `id`.
+fn rate_of(measurements: &[Measurement], id: &str) -> Option<f64> {
+    measurements.iter().find(|m| m.id == id).and_then(elements_per_s)
+}
+
+/// The criterion group of the aesthete-clip ViT-L/14 forward at `precision` (`f32`, `bf16`).
+fn vit_group(precision: &str) -> String {
+    format!("clip_vit_l14_{precision}_cpu")
+}
+
+/// The precision a [`TORCH_SCRIPT`] system runs in: the bf16 ones say so in their name.
+fn torch_precision(system: &str) -> &'static str {
+    if system.contains("bf16") { "bf16" } else { "f32" }
+}
+
+/// Whether a [`TORCH_SCRIPT`] line is a matrix-multiply peak (`torch-sgemm`,
+/// `torch-bf16-gemm`) rather than a model measurement.
+fn is_peak(t: &Value) -> bool {
+    t["system"].as_str().is_some_and(|system| system.ends_with("gemm"))
+}
+
+/// What a table says where aesthete-clip has no measurement at `precision`: the `vit` bench
+/// runs bf16 only on CPUs with a bf16 kernel, so f32 without bf16 means there is none.
+fn not_measured(measurements: &[Measurement], precision: &str) -> &'static str {
+    let has = |precision: &str| {
+        let prefix = format!("{}/", vit_group(precision));
+        measurements.iter().any(|m| m.id.starts_with(&prefix))
+    };
+    if precision == "bf16" && has("f32") && !has("bf16") {
+        "not measured (no bf16 kernel on this CPU)"
+    } else {
+        "not measured"
+    }
+}
+
+/// ViT-L/14 images/s against what the machine's f32 and bf16 matmul peaks allow, with the
+/// targets for each precision.
+fn ceiling_section(s: &mut String, measurements: &[Measurement], torch: &[Value]) {
+    let torch_peak = |system: &str| {
+        torch
+            .iter()
+            .find(|t| t["system"] == system)
+            .and_then(|t| t["gflops"].as_f64())
+            .map(|g| g * 1e9)
+    };
+    let gemm = rate_of(measurements, "sgemm_f32_cpu/gemm/2048");
+    let torch_sgemm = torch_peak("torch-sgemm");
+    let f32_peak = gemm.into_iter().chain(torch_sgemm).reduce(f64::max);
+    let bf16_peak = torch_peak("torch-bf16-gemm");
+    if f32_peak.is_none() && bf16_peak.is_none() {
+        return;
+    }
+    let gflops = |f: Option<f64>| {
+        f.map_or_else(|| "not measured".to_owned(), |f| format!("{:.1} GFLOP/s", f / 1e9))
+    };
     let _ = writeln!(s, "\n## CLIP ViT-L/14 against the machine's ceiling\n");
     let _ = writeln!(
         s,
-        "f32 matrix-multiply peak on square 2048 matrices, all cores: gemm crate (`sgemm_f32_cpu/gemm/2048`) {} GFLOP/s, PyTorch's BLAS {} GFLOP/s. One ViT-L/14 image is {:.1} GFLOP, so the best peak allows {ceiling:.3} images/s.\n",
-        gflops(gemm),
-        gflops(torch_gemm),
+        "A ceiling is a matrix-multiply peak on square 2048 matrices, all cores, divided by the {:.1} GFLOP of one ViT-L/14 image.",
         VIT_L14_FLOP_PER_IMAGE / 1e9,
     );
+    if let Some(peak) = f32_peak {
+        let ceiling = peak / VIT_L14_FLOP_PER_IMAGE;
+        let _ = writeln!(s, "\n### f32\n");
+        let _ = writeln!(
+            s,
+            "f32 peak: gemm crate (`sgemm_f32_cpu/gemm/2048`) {}, PyTorch's BLAS (`torch-sgemm`) {}; the better allows {ceiling:.3} images/s.\n",
+            gflops(gemm),
+            gflops(torch_sgemm),
+        );
+        let _ = writeln!(
+            s,
+            "Target: aesthete-clip f32 ≥ 1.0 × PyTorch fp32 eager (`torch-eager`) and ≥ 0.85 × the f32 ceiling.\n"
+        );
+        ceiling_table(s, measurements, "f32", ceiling);
+    }
+    if let Some(peak) = bf16_peak {
+        let ceiling = peak / VIT_L14_FLOP_PER_IMAGE;
+        let _ = writeln!(s, "\n### bf16\n");
+        let _ = writeln!(
+            s,
+            "bf16 peak: PyTorch's bf16 matrix multiply (`torch-bf16-gemm`) {}, which allows {ceiling:.3} images/s.\n",
+            gflops(Some(peak)),
+        );
+        let _ = writeln!(
+            s,
+            "Target: aesthete-clip bf16 ≥ 1.0 × the faster of `torch-autocast-bf16` and `torch-bf16-weights`, and ≥ 0.5 × the bf16 ceiling.\n"
+        );
+        ceiling_table(s, measurements, "bf16", ceiling);
+    }
+}
+
+/// aesthete-clip images/s at `precision` against `ceiling`, batch by batch.
+fn ceiling_table(s: &mut String, measurements: &[Measurement], precision: &str, ceiling: f64) {
+    let rows: Vec<(&str, f64)> = ["1", "4", "8", "16"]
+        .into_iter()
+        .filter_map(|batch| {
+            rate_of(measurements, &format!("{}/forward/{batch}", vit_group(precision)))
+                .map(|ours| (batch, ours))
+        })
+        .collect();
+    if rows.is_empty() {
+        let _ =
+            writeln!(s, "aesthete-clip {precision}: {}.", not_measured(measurements, precision));
+        return;
+    }
     let _ = writeln!(
         s,
-        "| batch | aesthete-clip images/s | ceiling images/s | fraction of ceiling |\n|---:|---:|---:|---:|"
+        "| batch | aesthete-clip {precision} images/s | {precision} ceiling images/s | fraction of ceiling |\n|---:|---:|---:|---:|"
     );
-    for batch in ["1", "4", "8", "16"] {
-        if let Some(ours) = find("clip_vit_l14_f32_cpu", "forward", batch) {
-            let _ = writeln!(s, "| {batch} | {ours:.3} | {ceiling:.3} | {:.2} |", ours / ceiling);
-        }
+    for (batch, ours) in rows {
+        let _ = writeln!(s, "| {batch} | {ours:.3} | {ceiling:.3} | {:.2} |", ours / ceiling);
     }
 }
 
@@ -553,8 +675,8 @@ mod tests {
             serde_json::json!({"system": "torch-compile", "batch": 1, "error": "no compiler"}),
         ];
         let text = report(&[], &found, &torch, None);
-        assert!(text.contains("| torch-eager | 4 | 0.500 | 1.000 | 2.00× |"), "{text}");
-        assert!(text.contains("| torch-compile | 1 | failed: no compiler | | |"), "{text}");
+        assert!(text.contains("| torch-eager | 4 | 0.500 | f32 | 1.000 | 2.00× |"), "{text}");
+        assert!(text.contains("| torch-compile | 1 | failed: no compiler | f32 | | |"), "{text}");
         assert!(
             text.contains(
                 "| `pipeline_vit_l14_f32_cpu` batch 8 | 0.95 images/s | 1.00 images/s | 0.952 |"
@@ -599,6 +721,104 @@ mod tests {
         assert!(text.contains("| 4 | 0.800 | 1.000 | 0.80 |"), "{text}");
         assert!(!text.contains("| torch-sgemm |"), "{text}");
         assert!(text.contains("| 4 | 24 | 100.0 MiB | 1.2 s |"), "{text}");
+        // No PyTorch model lines: no PyTorch table; no bf16 peak: no bf16 ceiling.
+        assert!(!text.contains("## CLIP ViT-L/14 against PyTorch"), "{text}");
+        assert!(!text.contains("### bf16"), "{text}");
+    }
+
+    /// The bf16 PyTorch modes are compared with aesthete-clip bf16, the fp32 ones with f32,
+    /// and the bf16 peak gives its own ceiling.
+    #[test]
+    fn report_compares_bf16_with_bf16() {
+        let m = |id: &str, mean_ns: f64, n: f64| Measurement {
+            id: id.into(),
+            mean_ns,
+            throughput: Some((n, "elements")),
+        };
+        let found = [
+            m("clip_vit_l14_bf16_cpu/forward/1", 0.5e9, 1.0),
+            m("clip_vit_l14_bf16_cpu/forward/16", 4e9, 16.0),
+            m("clip_vit_l14_f32_cpu/forward/1", 1e9, 1.0),
+            m("clip_vit_l14_f32_cpu/forward/16", 16e9, 16.0),
+        ];
+        // 8 images/s of ViT-L/14 in bf16 GFLOP/s: bf16 ceiling 8 images/s.
+        let torch: Vec<Value> = vec![
+            serde_json::json!({"system": "torch-sgemm", "n": 2048, "gflops": VIT_L14_FLOP_PER_IMAGE / 1e9}),
+            serde_json::json!({"system": "torch-bf16-gemm", "n": 2048, "gflops": 8.0 * VIT_L14_FLOP_PER_IMAGE / 1e9}),
+            serde_json::json!({"system": "torch-eager", "batch": 16, "images_per_s": 0.5}),
+            serde_json::json!({"system": "torch-autocast-bf16", "batch": 1, "images_per_s": 1.0}),
+            serde_json::json!({"system": "torch-bf16-weights", "batch": 16, "images_per_s": 8.0}),
+            serde_json::json!({"system": "torch-bf16-weights", "batch": 4, "images_per_s": 3.0}),
+        ];
+        let text = report(&[], &found, &torch, None);
+        assert!(text.contains("| torch-eager | 16 | 0.500 | f32 | 1.000 | 2.00× |"), "{text}");
+        assert!(
+            text.contains("| torch-autocast-bf16 | 1 | 1.000 | bf16 | 2.000 | 2.00× |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| torch-bf16-weights | 16 | 8.000 | bf16 | 4.000 | 0.50× |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| torch-bf16-weights | 4 | 3.000 | bf16 | not measured | |"),
+            "{text}"
+        );
+        assert!(!text.contains("| torch-bf16-gemm |"), "{text}");
+        assert!(text.contains("fp32 eager") && text.contains("two bf16 modes"), "{text}");
+
+        let (f32_part, bf16_part) = text.split_once("### bf16").expect(&text);
+        assert!(f32_part.contains("| batch | aesthete-clip f32 images/s | f32 ceiling images/s |"));
+        assert!(f32_part.contains("| 16 | 1.000 | 1.000 | 1.00 |"), "{text}");
+        assert!(f32_part.contains("(`sgemm_f32_cpu/gemm/2048`) not measured, PyTorch's BLAS (`torch-sgemm`) 162.0 GFLOP/s;"), "{text}");
+        assert!(
+            f32_part.contains(
+                "≥ 1.0 × PyTorch fp32 eager (`torch-eager`) and ≥ 0.85 × the f32 ceiling"
+            )
+        );
+        assert!(
+            bf16_part.contains("(`torch-bf16-gemm`) 1296.2 GFLOP/s, which allows 8.000 images/s"),
+            "{text}"
+        );
+        assert!(
+            bf16_part.contains("| batch | aesthete-clip bf16 images/s | bf16 ceiling images/s |")
+        );
+        assert!(bf16_part.contains("| 1 | 2.000 | 8.000 | 0.25 |"), "{text}");
+        assert!(bf16_part.contains("| 16 | 4.000 | 8.000 | 0.50 |"), "{text}");
+        assert!(!bf16_part.contains("| 4 |"), "{text}");
+        assert!(bf16_part.contains("≥ 1.0 × the faster of `torch-autocast-bf16` and `torch-bf16-weights`, and ≥ 0.5 × the bf16 ceiling"));
+    }
+
+    /// On a CPU without a bf16 kernel the bench has only the f32 group, and the bf16 rows say why.
+    #[test]
+    fn report_says_when_the_cpu_has_no_bf16_kernel() {
+        let found = [Measurement {
+            id: "clip_vit_l14_f32_cpu/forward/1".into(),
+            mean_ns: 1e9,
+            throughput: Some((1.0, "elements")),
+        }];
+        let torch: Vec<Value> = vec![
+            serde_json::json!({"system": "torch-bf16-gemm", "n": 2048, "gflops": 100.0}),
+            serde_json::json!({"system": "torch-autocast-bf16", "batch": 1, "images_per_s": 0.25}),
+        ];
+        let text = report(&[], &found, &torch, None);
+        assert!(
+            text.contains(
+                "| torch-autocast-bf16 | 1 | 0.250 | bf16 | not measured (no bf16 kernel on this CPU) | |"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("aesthete-clip bf16: not measured (no bf16 kernel on this CPU)."));
+        // Without the f32 group either, the bench did not run: no reason is guessed.
+        let text = report(&[], &[], &torch, None);
+        assert!(text.contains("| torch-autocast-bf16 | 1 | 0.250 | bf16 | not measured | |"));
+    }
+
+    /// The vit bench and the PyTorch script are asked for the same batches.
+    #[test]
+    fn both_sides_measure_the_same_batches() {
+        assert_eq!(vit_batches(false), "1,4,16");
+        assert_eq!(vit_batches(true), "1,4");
     }
 
     #[test]

@@ -285,7 +285,7 @@ fn run_layer(x: &mut [f32], w: &LayerWeights<'_>, d: &Dims, ws: &mut Workspace) 
     w.qkv.0.product(qkv, normed, m, 3 * h, h, rounded);
     match w.qkv.0 {
         Weight::F32(_) => attention(qkv, attn, scores, d),
-        Weight::Bf16(kernel, _) => attention_bf16(kernel, qkv, attn, scores, d),
+        Weight::Bf16(kernel, _) => attention_bf16(kernel, qkv, attn, d),
     }
     add_rows(x, w.out.1);
     w.out.0.product(x, attn, m, h, h, rounded);
@@ -438,9 +438,11 @@ fn attention(qkv: &[f32], out: &mut [f32], scores: &mut [f32], d: &Dims) {
     });
 }
 
-/// Operands of one head's two attention products in bf16, kept for the next head.
+/// One head's attention scores and the operands of its two products in bf16, kept for the
+/// next head on the same thread (so that they stay in its cache).
 #[derive(Default)]
 struct HeadOperands {
+    scores: Vec<f32>,
     q: bf16::Activations,
     k: bf16::PackedWeight,
     p: bf16::Activations,
@@ -449,48 +451,33 @@ struct HeadOperands {
 
 /// [`attention`] with both products on bf16 operands and f32 sums, as autocast runs them:
 /// q, k and v rounded, the softmax in f32 and its probabilities rounded for `p · v`.
-fn attention_bf16(
-    kernel: bf16::Kernel,
-    qkv: &[f32],
-    out: &mut [f32],
-    scores: &mut [f32],
-    d: &Dims,
-) {
+fn attention_bf16(kernel: bf16::Kernel, qkv: &[f32], out: &mut [f32], d: &Dims) {
     let (s, h, heads, hd) = (d.s, d.hidden, d.heads, d.head_dim());
     let stride = 3 * h;
     assert!(qkv.len() == d.rows() * stride && out.len() == d.rows() * h);
-    assert!(scores.len() == d.n * heads * s * s);
     out.fill(0.0);
     let out = SharedMut(out.as_mut_ptr());
-    scores.par_chunks_mut(s * s).enumerate().for_each_init(
-        HeadOperands::default,
-        move |ops, (task, p)| {
-            let out = out;
-            let (image, head) = (task / heads, task % heads);
-            let base = image * s * stride + head * hd;
-            // p = q · kᵀ (q pre-scaled)
-            ops.q.fill_activations(&qkv[base..], s, hd, stride);
-            ops.k.fill_weight_rows(&qkv[base + h..], s, hd, stride);
-            p.fill(0.0);
-            // SAFETY: `p` is this task's own s × s block.
-            unsafe { bf16::matmul_acc_raw(kernel, p.as_mut_ptr(), s, &ops.q, &ops.k) };
-            p.chunks_exact_mut(s).for_each(kernels::softmax);
-            // out = p · v, as p times the weight vᵀ
-            ops.p.fill_activations(p, s, s, s);
-            ops.v.fill_weight_columns(&qkv[base + 2 * h..], hd, s, stride);
-            // SAFETY: rows `image · s ..` and columns `head · hd ..` of `out` (n · s × h, inside it
-            // by the assert above) belong to this task alone.
-            unsafe {
-                bf16::matmul_acc_raw(
-                    kernel,
-                    out.0.add(image * s * h + head * hd),
-                    h,
-                    &ops.p,
-                    &ops.v,
-                )
-            };
-        },
-    );
+    (0..d.n * heads).into_par_iter().for_each_init(HeadOperands::default, move |ops, task| {
+        let out = out;
+        let (image, head) = (task / heads, task % heads);
+        let base = image * s * stride + head * hd;
+        // p = q · kᵀ (q pre-scaled)
+        ops.q.fill_activations(&qkv[base..], s, hd, stride);
+        ops.k.fill_weight_rows(&qkv[base + h..], s, hd, stride);
+        ops.scores.clear();
+        ops.scores.resize(s * s, 0.0);
+        let p = &mut ops.scores[..];
+        // SAFETY: `p` is this task's own s × s buffer.
+        unsafe { bf16::matmul_acc_raw(kernel, p.as_mut_ptr(), s, &ops.q, &ops.k) };
+        p.chunks_exact_mut(s).for_each(kernels::softmax);
+        // out = p · v, as p times the weight vᵀ
+        ops.p.fill_activations(p, s, s, s);
+        ops.v.fill_weight_columns(&qkv[base + 2 * h..], hd, s, stride);
+        let dst = out.0.wrapping_add(image * s * h + head * hd);
+        // SAFETY: rows `image · s ..` and columns `head · hd ..` of `out` (n · s × h, inside
+        // it by the assert above) belong to this task alone.
+        unsafe { bf16::matmul_acc_raw(kernel, dst, h, &ops.p, &ops.v) };
+    });
 }
 
 #[cfg(test)]
