@@ -243,6 +243,55 @@ mod filter {
         }
         eprintln!("bf16 scores on cpu against transformers f32: max |Δ| {worst:.3e}");
         assert!(worst > 0.0, "bf16 gave exactly the f32 scores");
+        bf16_against_f32_with_the_real_head(&good_shards());
+    }
+
+    /// The same comparison through the real LAION head (converted from `../shared/models`),
+    /// ours in bf16 against ours in f32: the score difference users of the real head see.
+    fn bf16_against_f32_with_the_real_head(inputs: &[PathBuf]) {
+        let pth = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../../shared/models/sac+logos+ava1-l14-linearMSE.pth");
+        if !pth.exists() {
+            if std::env::var("AESTHETE_REQUIRE_MODELS").is_ok_and(|v| v == "1") {
+                panic!("{} is absent and AESTHETE_REQUIRE_MODELS=1", pth.display());
+            }
+            eprintln!("skipped bf16 against f32 with the real head: {} is absent", pth.display());
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let head = dir.path().join("head.safetensors");
+        aesthete_head::convert_pth_to_safetensors(&pth, &head).unwrap();
+        let scores = |dtype: &str| {
+            let out = dir.path().join(dtype);
+            let mut args: Vec<String> = vec!["score".into()];
+            args.extend(inputs.iter().map(|p| p.display().to_string()));
+            args.extend(["--output".into(), out.display().to_string(), "--quiet".into()]);
+            args.extend([
+                "--clip".into(),
+                fixtures().join("clip/tiny-vit-224-768").display().to_string(),
+            ]);
+            args.extend([
+                "--head".into(),
+                head.display().to_string(),
+                "--dtype".into(),
+                dtype.into(),
+            ]);
+            let result = aesthete(args);
+            assert!(result.status.success(), "{}", stderr(&result));
+            inputs
+                .iter()
+                .flat_map(|input| {
+                    let name = input.file_name().unwrap().to_str().unwrap();
+                    read_table(&out.join(name.replace(".tar", ".parquet")))
+                })
+                .map(|row| row.score.unwrap())
+                .collect::<Vec<f32>>()
+        };
+        let (f32_scores, bf16_scores) = (scores("f32"), scores("bf16"));
+        let worst =
+            f32_scores.iter().zip(&bf16_scores).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        eprintln!("bf16 against f32 on cpu with the real LAION head: max score |Δ| {worst:.3e}");
+        assert!(worst <= 0.02, "bf16 moved a real-head score by {worst}");
     }
 
     /// The CLI's scores are the crates' composition, image by image:

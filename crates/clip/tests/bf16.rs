@@ -90,3 +90,23 @@ fn bf16_has_no_portable_path() {
     let err = model.forward_portable(&pixels).unwrap_err();
     assert!(err.to_string().contains("packed"), "{err}");
 }
+
+/// bf16 against f32 at the real ViT-L/14 shape, random weights (no Python needed).
+#[test]
+#[ignore = "builds a 1.2 GB random ViT-L/14: a minute on 2 cores"]
+fn vit_l14_bf16_matches_f32() {
+    let Ok(kernel) = aesthete_clip::cpu_bf16_kernel() else {
+        eprintln!("skipped vit_l14_bf16_matches_f32: this CPU has no bf16 kernel");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = aesthete_clip::ClipVisionConfig::vit_large_patch14();
+    aesthete_clip::write_random_model(dir.path(), &config).unwrap();
+    let n = 3;
+    let f32_rows = embed_reference_inputs(&load(dir.path()), n);
+    let bf16 = ClipVision::load(dir.path(), &Device::Cpu, DType::BF16).unwrap();
+    let bf16_rows = embed_reference_inputs(&bf16, n);
+    let (cos, diff) = compare(&bf16_rows, &f32_rows, config.projection_dim);
+    eprintln!("ViT-L/14 bf16 on {kernel} against f32: min cosine {cos:.8}, max |Δ| {diff:.3e}");
+    assert!(cos >= BF16_MIN_COSINE, "cosine {cos} < {BF16_MIN_COSINE}");
+}

@@ -18,7 +18,10 @@ use rayon::prelude::*;
 use crate::Activation;
 use crate::ops::kernels;
 
+mod aligned;
 pub(crate) mod bf16;
+
+use aligned::AlignedF32;
 
 /// Sizes of one forward pass.
 #[derive(Debug, Clone, Copy)]
@@ -47,18 +50,21 @@ impl Dims {
 /// Scratch buffers, grown on demand and kept for the next call.
 #[derive(Default)]
 pub(crate) struct Workspace {
-    normed: Vec<f32>,
-    qkv: Vec<f32>,
-    attn: Vec<f32>,
-    mlp: Vec<f32>,
-    scores: Vec<f32>,
+    /// The residual stream, copied in and out so that it starts on a cache line too.
+    stream: AlignedF32,
+    normed: AlignedF32,
+    qkv: AlignedF32,
+    attn: AlignedF32,
+    mlp: AlignedF32,
+    scores: AlignedF32,
     /// The bf16 operand of the current product (bf16 layers only).
     rounded: bf16::Activations,
 }
 
 impl std::fmt::Debug for Workspace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let floats = self.normed.len()
+        let floats = self.stream.len()
+            + self.normed.len()
             + self.qkv.len()
             + self.attn.len()
             + self.mlp.len()
@@ -70,17 +76,12 @@ impl std::fmt::Debug for Workspace {
 impl Workspace {
     fn fit(&mut self, d: &Dims) {
         let m = d.rows();
-        grow(&mut self.normed, m * d.hidden);
-        grow(&mut self.qkv, m * 3 * d.hidden);
-        grow(&mut self.attn, m * d.hidden);
-        grow(&mut self.mlp, m * d.intermediate);
-        grow(&mut self.scores, d.n * d.heads * d.s * d.s);
-    }
-}
-
-fn grow(v: &mut Vec<f32>, len: usize) {
-    if v.len() < len {
-        v.resize(len, 0.0);
+        self.stream.grow(m * d.hidden);
+        self.normed.grow(m * d.hidden);
+        self.qkv.grow(m * 3 * d.hidden);
+        self.attn.grow(m * d.hidden);
+        self.mlp.grow(m * d.intermediate);
+        self.scores.grow(d.n * d.heads * d.s * d.s);
     }
 }
 
@@ -230,15 +231,17 @@ pub(crate) fn run_layers<'a>(
 ) -> Result<()> {
     check_stream(x, dims)?;
     ws.fit(dims);
-    for tensors in layers {
-        let guards = tensors.map(|t| t.storage_and_layout());
-        let mut w = [&[][..]; 12];
-        for (slot, (storage, layout)) in w.iter_mut().zip(&guards) {
-            *slot = f32_data(storage, layout)?;
+    with_aligned_stream(x, ws, |x, ws| {
+        for tensors in layers {
+            let guards = tensors.map(|t| t.storage_and_layout());
+            let mut w = [&[][..]; 12];
+            for (slot, (storage, layout)) in w.iter_mut().zip(&guards) {
+                *slot = f32_data(storage, layout)?;
+            }
+            run_layer(x, &LayerWeights::from_slices(w), dims, ws)?;
         }
-        run_layer(x, &LayerWeights::from_slices(w), dims, ws)?;
-    }
-    Ok(())
+        Ok(())
+    })
 }
 
 /// Runs packed bf16 encoder layers over the residual stream `x` in place.
@@ -250,10 +253,29 @@ pub(crate) fn run_packed_layers(
 ) -> Result<()> {
     check_stream(x, dims)?;
     ws.fit(dims);
-    for layer in layers {
-        run_layer(x, &layer.weights(), dims, ws)?;
-    }
-    Ok(())
+    with_aligned_stream(x, ws, |x, ws| {
+        for layer in layers {
+            run_layer(x, &layer.weights(), dims, ws)?;
+        }
+        Ok(())
+    })
+}
+
+/// Runs `f` over a copy of `x` that starts on a cache line (the workspace's), then copies
+/// the result back.
+fn with_aligned_stream(
+    x: &mut [f32],
+    ws: &mut Workspace,
+    f: impl FnOnce(&mut [f32], &mut Workspace) -> Result<()>,
+) -> Result<()> {
+    let mut stream = std::mem::take(&mut ws.stream);
+    stream.grow(x.len());
+    let aligned = &mut stream.as_mut_slice()[..x.len()];
+    aligned.copy_from_slice(x);
+    let result = f(aligned, ws);
+    x.copy_from_slice(aligned);
+    ws.stream = stream;
+    result
 }
 
 fn check_stream(x: &[f32], dims: &Dims) -> Result<()> {
@@ -273,11 +295,11 @@ fn f32_data<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
 fn run_layer(x: &mut [f32], w: &LayerWeights<'_>, d: &Dims, ws: &mut Workspace) -> Result<()> {
     w.check(d)?;
     let (m, h, i) = (d.rows(), d.hidden, d.intermediate);
-    let normed = &mut ws.normed[..m * h];
-    let qkv = &mut ws.qkv[..m * 3 * h];
-    let attn = &mut ws.attn[..m * h];
-    let mlp = &mut ws.mlp[..m * i];
-    let scores = &mut ws.scores[..d.n * d.heads * d.s * d.s];
+    let normed = &mut ws.normed.as_mut_slice()[..m * h];
+    let qkv = &mut ws.qkv.as_mut_slice()[..m * 3 * h];
+    let attn = &mut ws.attn.as_mut_slice()[..m * h];
+    let mlp = &mut ws.mlp.as_mut_slice()[..m * i];
+    let scores = &mut ws.scores.as_mut_slice()[..d.n * d.heads * d.s * d.s];
     let rounded = &mut ws.rounded;
 
     layer_norm(x, normed, w.ln1[0], w.ln1[1], h, d.eps);

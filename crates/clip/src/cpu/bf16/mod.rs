@@ -19,6 +19,8 @@ mod avx512;
 
 use rayon::prelude::*;
 
+use super::aligned::AlignedU16;
+
 /// Rows and columns of one output block, and K of one step: the AMX tile shape, 2 × 2 tiles.
 const BLOCK: usize = 32;
 /// Columns of one packed panel (one AMX tile, one zmm register of f32).
@@ -160,7 +162,7 @@ fn round_up(x: usize, to: usize) -> usize {
 /// Rows (of either) pad to 32 and K to 32, with zeros; the buffer is kept for the next fill.
 #[derive(Default)]
 pub(crate) struct Packed {
-    data: Vec<u16>,
+    data: AlignedU16,
     /// Rows of the matrix as given (`n` of a weight, `m` of activations).
     rows: usize,
     k: usize,
@@ -209,10 +211,8 @@ impl Packed {
     fn resize(&mut self, rows: usize, k: usize) -> &mut [u16] {
         (self.rows, self.k) = (rows, k);
         let len = round_up(rows.max(1), BLOCK) / PANEL * self.panel_len();
-        if self.data.len() < len {
-            self.data.resize(len, 0);
-        }
-        &mut self.data[..len]
+        self.data.grow(len);
+        &mut self.data.as_mut_slice()[..len]
     }
 
     /// Packs as a weight `n` rows of `k` values, row `j` starting at `src[j · stride]` (a
@@ -309,14 +309,16 @@ impl Packed {
             + (within / 2) * 2 * PANEL
             + col * 2
             + within % 2;
-        from_bf16(self.data[index])
+        from_bf16(self.data.as_slice()[index])
     }
 
     /// The value packed as activations for row `i`, column `kk`, as f32.
     #[cfg(test)]
     fn activation_at(&self, i: usize, kk: usize) -> f32 {
         let (panel, r, step, within) = (i / PANEL, i % PANEL, kk / STEP, kk % STEP);
-        from_bf16(self.data[panel * self.panel_len() + step * PANEL_STEP + r * STEP + within])
+        from_bf16(
+            self.data.as_slice()[panel * self.panel_len() + step * PANEL_STEP + r * STEP + within],
+        )
     }
 }
 
@@ -387,8 +389,8 @@ pub(crate) unsafe fn matmul_acc_raw(
 
 fn check_operands(a: &Activations, w: &PackedWeight) {
     assert_eq!(a.k, w.k, "activations have K = {}, weight K = {}", a.k, w.k);
-    assert!(a.data.len() >= round_up(a.rows.max(1), BLOCK) / PANEL * a.panel_len());
-    assert!(w.data.len() >= round_up(w.rows.max(1), BLOCK) / PANEL * w.panel_len());
+    assert!(a.data.as_slice().len() >= round_up(a.rows.max(1), BLOCK) / PANEL * a.panel_len());
+    assert!(w.data.as_slice().len() >= round_up(w.rows.max(1), BLOCK) / PANEL * w.panel_len());
 }
 
 /// The output blocks of `rows` × `cols` (both starting on a block boundary).
@@ -412,9 +414,9 @@ unsafe fn blocks(
     }
     let mut scratch = [0f32; BLOCK * BLOCK];
     for j in cols.clone().step_by(BLOCK) {
-        let b = w.data[(j / PANEL) * panel..].as_ptr();
+        let b = w.data.as_slice()[(j / PANEL) * panel..].as_ptr();
         for i in rows.clone().step_by(BLOCK) {
-            let a_block = a.data[(i / PANEL) * panel..].as_ptr();
+            let a_block = a.data.as_slice()[(i / PANEL) * panel..].as_ptr();
             let (h, wd) = ((rows.end - i).min(BLOCK), (cols.end - j).min(BLOCK));
             // SAFETY: the block's first element is inside the output; a whole block (32 ×
             // 32) stays inside it, a partial one goes through `scratch`. `a` has two panels
