@@ -75,7 +75,8 @@ pub enum Error {
         /// The stored data type.
         dtype: String,
     },
-    /// The data type is not supported on the device (CPU runs f32 only).
+    /// The data type is not supported on the device (CPU: f32, and bf16 with AMX-BF16 or
+    /// AVX512-BF16; never f16).
     #[error("dtype {} is not supported on {device}{hint}", dtype.as_str())]
     UnsupportedDtype {
         /// The requested data type.

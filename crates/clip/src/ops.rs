@@ -338,86 +338,82 @@ mod tests {
         (0..n).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 37.0).collect()
     }
 
-    /// Every AVX2 + FMA kernel against its portable version on the same inputs, bit for bit
-    /// (lengths with a tail past the last 8 lanes); skipped on a CPU without them.
+    type InPlace = fn(&mut [f32]);
+    type LayerNorm = fn(&[f32], &mut [f32], &[f32], &[f32], f32);
+
+    /// One build of every kernel against the portable build on the same inputs, bit for bit,
+    /// at lengths with tails past 8 and 16 lanes.
+    fn assert_build_matches_portable(
+        build: &str,
+        in_place: [(&str, InPlace); 4],
+        layer_norm_built: LayerNorm,
+    ) {
+        use super::kernels::*;
+        let portable: [InPlace; 4] =
+            [quick_gelu_portable, gelu_erf_portable, gelu_tanh_portable, softmax_portable];
+        for len in [1, 7, 8, 15, 16, 37, 1037] {
+            let x = sample(len);
+            for ((name, built), portable) in in_place.iter().zip(portable) {
+                let (mut a, mut b) = (x.clone(), x.clone());
+                portable(&mut a);
+                built(&mut b);
+                assert!(
+                    a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()),
+                    "{build} {name} {len}"
+                );
+            }
+            let w: Vec<f32> = (0..len).map(|i| 1.0 + i as f32 / 50.0).collect();
+            let bias: Vec<f32> = (0..len).map(|i| i as f32 / 10.0 - 1.0).collect();
+            let (mut a, mut b) = (vec![0.0; len], vec![0.0; len]);
+            layer_norm_portable(&x, &mut a, &w, &bias, 1e-5);
+            layer_norm_built(&x, &mut b, &w, &bias, 1e-5);
+            assert!(
+                a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{build} layer_norm {len}"
+            );
+        }
+    }
+
+    /// Every AVX2 + FMA kernel against its portable version; skipped on a CPU without them.
     #[test]
     fn avx2_kernels_match_portable_bit_for_bit() {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
             use super::kernels::*;
-            type Kernel = fn(&mut [f32]);
-            for len in [1, 7, 8, 37, 1037] {
-                let x = sample(len);
-                let in_place: [(&str, Kernel, Kernel); 4] = [
-                    // SAFETY (each): the CPU has AVX2 and FMA, checked above.
-                    ("quick_gelu", quick_gelu_portable, |x| unsafe { quick_gelu_avx2(x) }),
-                    ("gelu_erf", gelu_erf_portable, |x| unsafe { gelu_erf_avx2(x) }),
-                    ("gelu_tanh", gelu_tanh_portable, |x| unsafe { gelu_tanh_avx2(x) }),
-                    ("softmax", softmax_portable, |x| unsafe { softmax_avx2(x) }),
-                ];
-                for (name, portable, avx2) in in_place {
-                    let (mut a, mut b) = (x.clone(), x.clone());
-                    portable(&mut a);
-                    avx2(&mut b);
-                    assert!(
-                        a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()),
-                        "{name} {len}"
-                    );
-                }
-                let w: Vec<f32> = (0..len).map(|i| 1.0 + i as f32 / 50.0).collect();
-                let bias: Vec<f32> = (0..len).map(|i| i as f32 / 10.0 - 1.0).collect();
-                let (mut a, mut b) = (vec![0.0; len], vec![0.0; len]);
-                layer_norm_portable(&x, &mut a, &w, &bias, 1e-5);
-                // SAFETY: as above.
-                unsafe { layer_norm_avx2(&x, &mut b, &w, &bias, 1e-5) };
-                assert!(
-                    a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "layer_norm {len}"
-                );
-            }
+            // SAFETY (each): the CPU has AVX2 and FMA, checked above.
+            assert_build_matches_portable(
+                "avx2",
+                [
+                    ("quick_gelu", |x| unsafe { quick_gelu_avx2(x) }),
+                    ("gelu_erf", |x| unsafe { gelu_erf_avx2(x) }),
+                    ("gelu_tanh", |x| unsafe { gelu_tanh_avx2(x) }),
+                    ("softmax", |x| unsafe { softmax_avx2(x) }),
+                ],
+                |x, o, w, b, eps| unsafe { layer_norm_avx2(x, o, w, b, eps) },
+            );
             return;
         }
         eprintln!("skipped avx2_kernels_match_portable_bit_for_bit: this CPU lacks AVX2 or FMA");
     }
 
-    /// Every AVX-512F kernel against its portable version, bit for bit (lengths with tails
-    /// past 8 and 16 lanes); skipped on a CPU without AVX-512F.
+    /// Every AVX-512F kernel against its portable version; skipped on a CPU without AVX-512F.
     #[test]
     fn avx512_kernels_match_portable_bit_for_bit() {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx512f") {
             use super::kernels::*;
-            type Kernel = fn(&mut [f32]);
-            for len in [1, 7, 15, 16, 37, 1037] {
-                let x = sample(len);
-                let in_place: [(&str, Kernel, Kernel); 4] = [
-                    // SAFETY (each): the CPU has AVX-512F, checked above.
-                    ("quick_gelu", quick_gelu_portable, |x| unsafe { quick_gelu_avx512(x) }),
-                    ("gelu_erf", gelu_erf_portable, |x| unsafe { gelu_erf_avx512(x) }),
-                    ("gelu_tanh", gelu_tanh_portable, |x| unsafe { gelu_tanh_avx512(x) }),
-                    ("softmax", softmax_portable, |x| unsafe { softmax_avx512(x) }),
-                ];
-                for (name, portable, avx512) in in_place {
-                    let (mut a, mut b) = (x.clone(), x.clone());
-                    portable(&mut a);
-                    avx512(&mut b);
-                    assert!(
-                        a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()),
-                        "{name} {len}"
-                    );
-                }
-                let w: Vec<f32> = (0..len).map(|i| 1.0 + i as f32 / 50.0).collect();
-                let bias: Vec<f32> = (0..len).map(|i| i as f32 / 10.0 - 1.0).collect();
-                let (mut a, mut b) = (vec![0.0; len], vec![0.0; len]);
-                layer_norm_portable(&x, &mut a, &w, &bias, 1e-5);
-                // SAFETY: as above.
-                unsafe { layer_norm_avx512(&x, &mut b, &w, &bias, 1e-5) };
-                assert!(
-                    a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()),
-                    "layer_norm {len}"
-                );
-            }
+            // SAFETY (each): the CPU has AVX-512F, checked above.
+            assert_build_matches_portable(
+                "avx512",
+                [
+                    ("quick_gelu", |x| unsafe { quick_gelu_avx512(x) }),
+                    ("gelu_erf", |x| unsafe { gelu_erf_avx512(x) }),
+                    ("gelu_tanh", |x| unsafe { gelu_tanh_avx512(x) }),
+                    ("softmax", |x| unsafe { softmax_avx512(x) }),
+                ],
+                |x, o, w, b, eps| unsafe { layer_norm_avx512(x, o, w, b, eps) },
+            );
             return;
         }
         eprintln!("skipped avx512_kernels_match_portable_bit_for_bit: this CPU lacks AVX-512F");

@@ -113,7 +113,7 @@ fn corrupt_safetensors_is_refused() {
 }
 
 #[test]
-fn cpu_runs_f32_only() {
+fn cpu_refuses_f16() {
     let err = ClipVision::load(&fixture("tiny-vision-32"), &Device::Cpu, DType::F16).unwrap_err();
     assert!(matches!(err, Error::UnsupportedDtype { dtype: DType::F16, .. }), "{err:?}");
 }

@@ -56,6 +56,8 @@ pub(crate) struct Workspace {
     qkv: AlignedF32,
     attn: AlignedF32,
     mlp: AlignedF32,
+    /// Attention probabilities of every head (f32 layers; bf16 ones keep one head's per
+    /// thread).
     scores: AlignedF32,
     /// The bf16 operand of the current product (bf16 layers only).
     rounded: bf16::Activations,
@@ -81,11 +83,10 @@ impl Workspace {
         self.qkv.grow(m * 3 * d.hidden);
         self.attn.grow(m * d.hidden);
         self.mlp.grow(m * d.intermediate);
-        self.scores.grow(d.n * d.heads * d.s * d.s);
     }
 }
 
-/// The tensors of one encoder layer, in the order [`LayerWeights::from_tensors`] reads them:
+/// The tensors of one encoder layer, in the order [`PackedLayer::pack`] and [`run_layers`] read them:
 /// layer_norm1 weight and bias, fused qkv weight `(3h, h)` and bias, out_proj weight and bias,
 /// layer_norm2 weight and bias, fc1 weight and bias, fc2 weight and bias.
 pub(crate) type LayerTensors<'a> = [&'a Tensor; 12];
@@ -195,17 +196,15 @@ pub(crate) struct PackedLayer {
 impl PackedLayer {
     /// Packs f32 layer tensors (as [`LayerTensors`]) for `kernel`.
     pub(crate) fn pack(tensors: LayerTensors<'_>, kernel: bf16::Kernel) -> Result<Self> {
-        let v: Vec<Vec<f32>> = tensors
-            .iter()
-            .map(|t| t.flatten_all()?.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>())
-            .collect::<Result<_>>()?;
-        let pack = |t: usize| {
-            let (n, k) = tensors[t].dims2()?;
-            Ok::<_, candle_core::Error>(bf16::PackedWeight::pack(&v[t], n, k))
-        };
-        let (qkv, out, fc1, fc2) = (pack(2)?, pack(4)?, pack(8)?, pack(10)?);
-        let small = [0, 1, 3, 5, 6, 7, 9, 11].map(|t| v[t].clone());
-        Ok(PackedLayer { kernel, small, qkv, out, fc1, fc2 })
+        with_f32_slices(tensors, |v| {
+            let pack = |t: usize| {
+                let (n, k) = tensors[t].dims2()?;
+                Ok::<_, candle_core::Error>(bf16::PackedWeight::pack(v[t], n, k))
+            };
+            let (qkv, out, fc1, fc2) = (pack(2)?, pack(4)?, pack(8)?, pack(10)?);
+            let small = [0, 1, 3, 5, 6, 7, 9, 11].map(|t| v[t].to_vec());
+            Ok(PackedLayer { kernel, small, qkv, out, fc1, fc2 })
+        })
     }
 
     fn weights(&self) -> LayerWeights<'_> {
@@ -231,14 +230,10 @@ pub(crate) fn run_layers<'a>(
 ) -> Result<()> {
     check_stream(x, dims)?;
     ws.fit(dims);
+    ws.scores.grow(dims.n * dims.heads * dims.s * dims.s);
     with_aligned_stream(x, ws, |x, ws| {
         for tensors in layers {
-            let guards = tensors.map(|t| t.storage_and_layout());
-            let mut w = [&[][..]; 12];
-            for (slot, (storage, layout)) in w.iter_mut().zip(&guards) {
-                *slot = f32_data(storage, layout)?;
-            }
-            run_layer(x, &LayerWeights::from_slices(w), dims, ws)?;
+            with_f32_slices(tensors, |w| run_layer(x, &LayerWeights::from_slices(w), dims, ws))?;
         }
         Ok(())
     })
@@ -285,6 +280,19 @@ fn check_stream(x: &[f32], dims: &Dims) -> Result<()> {
     Ok(())
 }
 
+/// Runs `f` over the layer tensors' f32 values, read in place.
+fn with_f32_slices<R>(
+    tensors: LayerTensors<'_>,
+    f: impl FnOnce([&[f32]; 12]) -> Result<R>,
+) -> Result<R> {
+    let guards = tensors.map(|t| t.storage_and_layout());
+    let mut slices = [&[][..]; 12];
+    for (slot, (storage, layout)) in slices.iter_mut().zip(&guards) {
+        *slot = f32_data(storage, layout)?;
+    }
+    f(slices)
+}
+
 fn f32_data<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
     match (storage, layout.contiguous_offsets()) {
         (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) => Ok(&v[start..end]),
@@ -299,14 +307,16 @@ fn run_layer(x: &mut [f32], w: &LayerWeights<'_>, d: &Dims, ws: &mut Workspace) 
     let qkv = &mut ws.qkv.as_mut_slice()[..m * 3 * h];
     let attn = &mut ws.attn.as_mut_slice()[..m * h];
     let mlp = &mut ws.mlp.as_mut_slice()[..m * i];
-    let scores = &mut ws.scores.as_mut_slice()[..d.n * d.heads * d.s * d.s];
     let rounded = &mut ws.rounded;
 
     layer_norm(x, normed, w.ln1[0], w.ln1[1], h, d.eps);
     fill_rows(qkv, w.qkv.1);
     w.qkv.0.product(qkv, normed, m, 3 * h, h, rounded);
     match w.qkv.0 {
-        Weight::F32(_) => attention(qkv, attn, scores, d),
+        Weight::F32(_) => {
+            let scores = &mut ws.scores.as_mut_slice()[..d.n * d.heads * d.s * d.s];
+            attention(qkv, attn, scores, d)
+        }
         Weight::Bf16(kernel, _) => attention_bf16(kernel, qkv, attn, d),
     }
     add_rows(x, w.out.1);

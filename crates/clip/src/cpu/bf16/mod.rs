@@ -30,6 +30,10 @@ const STEP: usize = 32;
 /// u16 values in one packed panel step: 16 pair-rows of 16 columns × 2.
 const PANEL_STEP: usize = PANEL * STEP;
 
+/// Why a CPU has no bf16 kernel.
+pub(crate) const NO_KERNEL: &str =
+    "this CPU has neither AMX-BF16 nor AVX512-BF16, the bf16 matrix instructions";
+
 /// A bf16 matrix-product kernel this CPU runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kernel {
@@ -42,11 +46,7 @@ pub(crate) enum Kernel {
 impl Kernel {
     /// The fastest kernel this CPU and OS allow, or why there is none.
     pub(crate) fn detect() -> Result<Kernel, &'static str> {
-        let all = Kernel::available();
-        all.first().copied().ok_or(
-            "this CPU has neither AMX-BF16 nor AVX512-BF16 (bf16 matrix instructions); \
-             use f32 on it",
-        )
+        Kernel::available().first().copied().ok_or(NO_KERNEL)
     }
 
     /// Every kernel this CPU and OS allow, fastest first.
@@ -207,12 +207,18 @@ impl Packed {
         self.steps() * PANEL_STEP
     }
 
-    /// Makes room for `rows × k` and returns the panels to fill.
-    fn resize(&mut self, rows: usize, k: usize) -> &mut [u16] {
+    /// Makes room for `rows × k` and returns its panels to fill, numbered, in parallel (none
+    /// when `k` is 0).
+    fn panels_mut(
+        &mut self,
+        rows: usize,
+        k: usize,
+    ) -> impl IndexedParallelIterator<Item = (usize, &mut [u16])> {
         (self.rows, self.k) = (rows, k);
-        let len = round_up(rows.max(1), BLOCK) / PANEL * self.panel_len();
+        let panel_len = self.panel_len();
+        let len = round_up(rows.max(1), BLOCK) / PANEL * panel_len;
         self.data.grow(len);
-        &mut self.data.as_mut_slice()[..len]
+        self.data.as_mut_slice()[..len].par_chunks_mut(panel_len.max(1)).with_min_len(4).enumerate()
     }
 
     /// Packs as a weight `n` rows of `k` values, row `j` starting at `src[j · stride]` (a
@@ -220,14 +226,9 @@ impl Packed {
     pub(crate) fn fill_weight_rows(&mut self, src: &[f32], n: usize, k: usize, stride: usize) {
         assert!(n == 0 || src.len() >= (n - 1) * stride + k, "weight too short for {n} × {k}");
         let steps = round_up(k, STEP) / STEP;
-        let panel_len = steps * PANEL_STEP;
-        let data = self.resize(n, k);
-        if panel_len == 0 {
-            return;
-        }
         let round_row = row_rounder();
-        data.par_chunks_mut(panel_len).with_min_len(4).enumerate().for_each(|(panel, out)| {
-            let mut row = vec![0u16; steps * STEP];
+        let one_row = || vec![0u16; steps * STEP];
+        self.panels_mut(n, k).for_each_init(one_row, |row, (panel, out)| {
             for col in 0..PANEL {
                 let j = panel * PANEL + col;
                 if j < n {
@@ -248,14 +249,8 @@ impl Packed {
     /// `src[kk · stride]`: element `(j, kk)` is `src[kk · stride + j]` (attention's values).
     pub(crate) fn fill_weight_columns(&mut self, src: &[f32], n: usize, k: usize, stride: usize) {
         assert!(k == 0 || src.len() >= (k - 1) * stride + n, "weight too short for {n} × {k}");
-        let steps = round_up(k, STEP) / STEP;
-        let panel_len = steps * PANEL_STEP;
-        let data = self.resize(n, k);
-        if panel_len == 0 {
-            return;
-        }
         let round_row = row_rounder();
-        data.par_chunks_mut(panel_len).with_min_len(4).enumerate().for_each(|(panel, out)| {
+        self.panels_mut(n, k).for_each(|(panel, out)| {
             let (j0, width) = (panel * PANEL, n.saturating_sub(panel * PANEL).min(PANEL));
             let mut rounded = [[0u16; PANEL]; 2];
             for (at, pair_row) in out.chunks_exact_mut(2 * PANEL).enumerate() {
@@ -279,13 +274,8 @@ impl Packed {
     pub(crate) fn fill_activations(&mut self, x: &[f32], m: usize, k: usize, stride: usize) {
         assert!(m == 0 || x.len() >= (m - 1) * stride + k, "activations too short for {m} × {k}");
         let steps = round_up(k, STEP) / STEP;
-        let panel_len = steps * PANEL_STEP;
-        let data = self.resize(m, k);
-        if panel_len == 0 {
-            return;
-        }
         let round_row = row_rounder();
-        data.par_chunks_mut(panel_len).with_min_len(4).enumerate().for_each(|(panel, out)| {
+        self.panels_mut(m, k).for_each(|(panel, out)| {
             for r in 0..PANEL {
                 let i = panel * PANEL + r;
                 let row = if i < m { &x[i * stride..i * stride + k] } else { &[][..] };
