@@ -14,6 +14,7 @@
 use candle_core::{CpuStorage, Layout, Result, Storage, Tensor, bail};
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
+use std::sync::Mutex;
 
 use crate::Activation;
 use crate::ops::kernels;
@@ -61,6 +62,10 @@ pub(crate) struct Workspace {
     scores: AlignedF32,
     /// The bf16 operand of the current product (bf16 layers only).
     rounded: bf16::Activations,
+    /// One attention head's bf16 operands per rayon thread (bf16 layers only), kept from
+    /// head to head and call to call: made afresh per rayon job, their allocations (and page
+    /// faults) measured longer than the packing itself.
+    heads: Vec<Mutex<HeadOperands>>,
 }
 
 impl std::fmt::Debug for Workspace {
@@ -77,6 +82,10 @@ impl std::fmt::Debug for Workspace {
 
 impl Workspace {
     fn fit(&mut self, d: &Dims) {
+        let threads = rayon::current_num_threads().max(1);
+        if self.heads.len() < threads {
+            self.heads.resize_with(threads, Default::default);
+        }
         let m = d.rows();
         self.stream.grow(m * d.hidden);
         self.normed.grow(m * d.hidden);
@@ -112,17 +121,75 @@ impl Weight<'_> {
         match self {
             Weight::F32(w) => matmul_acc(dst, a, w, m, n, k),
             Weight::Bf16(kernel, w) => {
-                assert!(
-                    w.n() == n && w.k() == k,
-                    "packed weight is {} × {}, not {n} × {k}",
-                    w.n(),
-                    w.k()
-                );
-                ws.fill_activations(a, m, k, k);
+                check_packed(w, n, k);
+                ws.fill_activations(a, m, k, k, bf16::Threads::All);
                 bf16::matmul_acc(kernel, dst, ws, w);
             }
         }
     }
+
+    /// `dst (m × n) += layer_norm(x) · wᵀ`, the norm's weight and bias `ln`: f32 writes the
+    /// normed rows into `normed` first; bf16 norms each row as it is rounded, in the same
+    /// pass (`normed` unused).
+    #[allow(clippy::too_many_arguments)]
+    fn product_of_norm(
+        self,
+        dst: &mut [f32],
+        x: &[f32],
+        ln: [&[f32]; 2],
+        eps: f32,
+        normed: &mut [f32],
+        (m, n, k): (usize, usize, usize),
+        ws: &mut bf16::Activations,
+    ) {
+        match self {
+            Weight::F32(_) => {
+                layer_norm(x, normed, ln[0], ln[1], k, eps);
+                self.product(dst, normed, m, n, k, ws);
+            }
+            Weight::Bf16(kernel, w) => {
+                check_packed(w, n, k);
+                ws.fill_activations_of(x, m, k, k, bf16::Threads::All, |row, out| {
+                    kernels::layer_norm(row, out, ln[0], ln[1], eps)
+                });
+                bf16::matmul_acc(kernel, dst, ws, w);
+            }
+        }
+    }
+
+    /// `dst (m × n) += f(a) · wᵀ` for an element-wise `f` (the MLP's activation), which may
+    /// overwrite `a`: f32 runs `f` over `a` in place first; bf16 runs it on each row as the row
+    /// is rounded, in the same pass (`a` is left as it was).
+    #[allow(clippy::too_many_arguments)]
+    fn product_of(
+        self,
+        dst: &mut [f32],
+        a: &mut [f32],
+        f: fn(&mut [f32]),
+        m: usize,
+        n: usize,
+        k: usize,
+        ws: &mut bf16::Activations,
+    ) {
+        match self {
+            Weight::F32(_) => {
+                a.par_chunks_mut(16 * 1024).for_each(f);
+                self.product(dst, a, m, n, k, ws);
+            }
+            Weight::Bf16(kernel, w) => {
+                check_packed(w, n, k);
+                ws.fill_activations_of(a, m, k, k, bf16::Threads::All, |row, out| {
+                    out.copy_from_slice(row);
+                    f(out)
+                });
+                bf16::matmul_acc(kernel, dst, ws, w);
+            }
+        }
+    }
+}
+
+fn check_packed(w: &bf16::PackedWeight, n: usize, k: usize) {
+    assert!(w.n() == n && w.k() == k, "packed weight is {} × {}, not {n} × {k}", w.n(), w.k());
 }
 
 /// The weights of one encoder layer as [`run_layers`] reads them.
@@ -309,30 +376,27 @@ fn run_layer(x: &mut [f32], w: &LayerWeights<'_>, d: &Dims, ws: &mut Workspace) 
     let mlp = &mut ws.mlp.as_mut_slice()[..m * i];
     let rounded = &mut ws.rounded;
 
-    layer_norm(x, normed, w.ln1[0], w.ln1[1], h, d.eps);
     fill_rows(qkv, w.qkv.1);
-    w.qkv.0.product(qkv, normed, m, 3 * h, h, rounded);
+    w.qkv.0.product_of_norm(qkv, x, w.ln1, d.eps, normed, (m, 3 * h, h), rounded);
     match w.qkv.0 {
         Weight::F32(_) => {
             let scores = &mut ws.scores.as_mut_slice()[..d.n * d.heads * d.s * d.s];
             attention(qkv, attn, scores, d)
         }
-        Weight::Bf16(kernel, _) => attention_bf16(kernel, qkv, attn, d),
+        Weight::Bf16(kernel, _) => attention_bf16(kernel, qkv, attn, &ws.heads, d),
     }
     add_rows(x, w.out.1);
     w.out.0.product(x, attn, m, h, h, rounded);
 
-    layer_norm(x, normed, w.ln2[0], w.ln2[1], h, d.eps);
     fill_rows(mlp, w.fc1.1);
-    w.fc1.0.product(mlp, normed, m, i, h, rounded);
+    w.fc1.0.product_of_norm(mlp, x, w.ln2, d.eps, normed, (m, i, h), rounded);
     let act = match d.act {
         Activation::QuickGelu => kernels::quick_gelu,
         Activation::Gelu => kernels::gelu_erf,
         Activation::GeluTanh => kernels::gelu_tanh,
     };
-    mlp.par_chunks_mut(16 * 1024).for_each(act);
     add_rows(x, w.fc2.1);
-    w.fc2.0.product(x, mlp, m, h, i, rounded);
+    w.fc2.0.product_of(x, mlp, act, m, h, i, rounded);
     Ok(())
 }
 
@@ -482,29 +546,46 @@ struct HeadOperands {
 }
 
 /// [`attention`] with both products on bf16 operands and f32 sums, as autocast runs them:
-/// q, k and v rounded, the softmax in f32 and its probabilities rounded for `p · v`.
-fn attention_bf16(kernel: bf16::Kernel, qkv: &[f32], out: &mut [f32], d: &Dims) {
+/// q, k and v rounded, the softmax in f32 and its probabilities rounded for `p · v`. Each
+/// task takes its thread's operands from `heads` (one per rayon thread; nothing inside a task
+/// starts parallel work, so no thread wants its operands twice at once).
+fn attention_bf16(
+    kernel: bf16::Kernel,
+    qkv: &[f32],
+    out: &mut [f32],
+    heads_operands: &[Mutex<HeadOperands>],
+    d: &Dims,
+) {
     let (s, h, heads, hd) = (d.s, d.hidden, d.heads, d.head_dim());
     let stride = 3 * h;
     assert!(qkv.len() == d.rows() * stride && out.len() == d.rows() * h);
+    assert!(!heads_operands.is_empty(), "no attention operands");
     out.fill(0.0);
     let out = SharedMut(out.as_mut_ptr());
-    (0..d.n * heads).into_par_iter().for_each_init(HeadOperands::default, move |ops, task| {
+    let this = bf16::Threads::This;
+    (0..d.n * heads).into_par_iter().for_each(move |task| {
         let out = out;
+        let thread = rayon::current_thread_index().unwrap_or(0) % heads_operands.len();
+        // A poisoned lock only means another task panicked; every buffer is refilled below.
+        let mut ops = heads_operands[thread].lock().unwrap_or_else(|e| e.into_inner());
+        let ops = &mut *ops;
         let (image, head) = (task / heads, task % heads);
         let base = image * s * stride + head * hd;
         // p = q · kᵀ (q pre-scaled)
-        ops.q.fill_activations(&qkv[base..], s, hd, stride);
-        ops.k.fill_weight_rows(&qkv[base + h..], s, hd, stride);
+        ops.q.fill_activations(&qkv[base..], s, hd, stride, this);
+        ops.k.fill_weight_rows(&qkv[base + h..], s, hd, stride, this);
         ops.scores.clear();
         ops.scores.resize(s * s, 0.0);
         let p = &mut ops.scores[..];
         // SAFETY: `p` is this task's own s × s buffer.
         unsafe { bf16::matmul_acc_raw(kernel, p.as_mut_ptr(), s, &ops.q, &ops.k) };
-        p.chunks_exact_mut(s).for_each(kernels::softmax);
-        // out = p · v, as p times the weight vᵀ
-        ops.p.fill_activations(p, s, s, s);
-        ops.v.fill_weight_columns(&qkv[base + 2 * h..], hd, s, stride);
+        // out = softmax(p) · v, as softmax(p) times the weight vᵀ; the softmax runs on each
+        // row as it is rounded.
+        ops.p.fill_activations_of(p, s, s, s, this, |row, out| {
+            out.copy_from_slice(row);
+            kernels::softmax(out)
+        });
+        ops.v.fill_weight_columns(&qkv[base + 2 * h..], hd, s, stride, this);
         let dst = out.0.wrapping_add(image * s * h + head * hd);
         // SAFETY: rows `image · s ..` and columns `head · hd ..` of `out` (n · s × h, inside
         // it by the assert above) belong to this task alone.

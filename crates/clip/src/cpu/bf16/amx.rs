@@ -1,8 +1,8 @@
 //! The AMX-BF16 block kernel: a 32 × 32 f32 block as 2 × 2 tiles, `tdpbf16ps` over K.
 //!
-//! Tiles are configured and released inside each call, so no tile state outlives it and the
-//! caller's thread needs no set-up beyond the process-wide permission that [`available`]
-//! requests from Linux once.
+//! Tiles are configured for the span of a [`Tiles`] value (one parallel task's blocks) and
+//! released when it drops, so no tile state outlives the task; beyond that, the process-wide
+//! permission that [`available`] requests from Linux once is all a thread needs.
 
 use std::arch::asm;
 use std::sync::OnceLock;
@@ -78,62 +78,103 @@ const CONFIG: TileConfig = {
     TileConfig(bytes)
 };
 
-/// `c (32 × 32, stride ldc floats) += a · bᵀ`, each two packed panels.
-///
-/// # Safety
-/// [`available`] returned true; the pointers address what [`super::Kernel::block`] says.
-pub(super) unsafe fn block(
-    c: *mut f32,
-    ldc: usize,
-    a: *const u16,
-    b: *const u16,
-    panel: usize,
-    steps: usize,
-) {
-    if steps == 0 {
-        return;
+/// This thread's tiles, configured (palette 1, eight 16 × 64-byte tiles) for as long as the
+/// value lives and released when it drops: a block kernel call needs one, so no call runs on
+/// unconfigured tiles, and configuring once per task rather than per block measured 10-15 %
+/// faster products. Not `Send`: tile state belongs to the thread.
+pub(super) struct Tiles(std::marker::PhantomData<*const ()>);
+
+impl Tiles {
+    /// Loads the tile configuration on this thread.
+    ///
+    /// # Safety
+    /// [`available`] returned true, and no other `Tiles` lives on this thread (it would be
+    /// released under this one).
+    pub(super) unsafe fn configure() -> Tiles {
+        // SAFETY: AMX is enabled for this process (the caller checked `available`); the
+        // configuration is a 64-byte static.
+        unsafe { asm!("ldtilecfg [{cfg}]", cfg = in(reg) &CONFIG, options(nostack, readonly)) };
+        Tiles(std::marker::PhantomData)
     }
-    // SAFETY: the caller guarantees the block, rows and panels are in bounds (every address
-    // below is inside them) and that AMX is enabled for this process. The tiles are loaded
-    // from the configuration here and released before returning.
-    unsafe {
-        asm!(
-            "ldtilecfg [{cfg}]",
-            "tileloadd tmm0, [{c0} + {ldc}]",
-            "tileloadd tmm1, [{c0} + {ldc} + 64]",
-            "tileloadd tmm2, [{c1} + {ldc}]",
-            "tileloadd tmm3, [{c1} + {ldc} + 64]",
-            "2:",
-            "tileloadd tmm4, [{a0} + {s64}]",
-            "tileloadd tmm6, [{b0} + {s64}]",
-            "tdpbf16ps tmm0, tmm4, tmm6",
-            "tileloadd tmm7, [{b1} + {s64}]",
-            "tdpbf16ps tmm1, tmm4, tmm7",
-            "tileloadd tmm5, [{a1} + {s64}]",
-            "tdpbf16ps tmm2, tmm5, tmm6",
-            "tdpbf16ps tmm3, tmm5, tmm7",
-            "add {a0}, 1024",
-            "add {a1}, 1024",
-            "add {b0}, 1024",
-            "add {b1}, 1024",
-            "dec {steps}",
-            "jnz 2b",
-            "tilestored [{c0} + {ldc}], tmm0",
-            "tilestored [{c0} + {ldc} + 64], tmm1",
-            "tilestored [{c1} + {ldc}], tmm2",
-            "tilestored [{c1} + {ldc} + 64], tmm3",
-            "tilerelease",
-            cfg = in(reg) &CONFIG,
-            c0 = in(reg) c,
-            c1 = in(reg) c.add(16 * ldc),
-            ldc = in(reg) ldc * 4,
-            a0 = inout(reg) a => _,
-            a1 = inout(reg) a.add(panel) => _,
-            b0 = inout(reg) b => _,
-            b1 = inout(reg) b.add(panel) => _,
-            s64 = in(reg) 64usize,
-            steps = inout(reg) steps => _,
-            options(nostack),
-        );
+
+    /// `c (32 × 32, stride ldc floats) += a · bᵀ`, each two packed panels: the four tiles of
+    /// sums start at zero, run over all of K, and are added to `c` at the end (loading `c`
+    /// into tiles instead reads 16 rows at a stride of a multiple of 4 KiB, which share one L1
+    /// set, and measured slower).
+    ///
+    /// # Safety
+    /// The pointers address what [`super::each_block`] passes to its `block`.
+    pub(super) unsafe fn block(
+        &self,
+        c: *mut f32,
+        ldc: usize,
+        a: *const u16,
+        b: *const u16,
+        panel: usize,
+        steps: usize,
+    ) {
+        if steps == 0 {
+            return;
+        }
+        let mut sums = Sums([0f32; 32 * 32]);
+        let s = sums.0.as_mut_ptr();
+        // SAFETY: the tiles are configured (`self`); the caller guarantees the panels are in
+        // bounds for `steps` steps; `sums` is 32 rows of 32 floats, stored at 128 bytes.
+        unsafe {
+            asm!(
+                "tilezero tmm0",
+                "tilezero tmm1",
+                "tilezero tmm2",
+                "tilezero tmm3",
+                "2:",
+                "tileloadd tmm4, [{a0} + {s64}]",
+                "tileloadd tmm6, [{b0} + {s64}]",
+                "tdpbf16ps tmm0, tmm4, tmm6",
+                "tileloadd tmm7, [{b1} + {s64}]",
+                "tdpbf16ps tmm1, tmm4, tmm7",
+                "tileloadd tmm5, [{a1} + {s64}]",
+                "tdpbf16ps tmm2, tmm5, tmm6",
+                "tdpbf16ps tmm3, tmm5, tmm7",
+                "add {a0}, 1024",
+                "add {a1}, 1024",
+                "add {b0}, 1024",
+                "add {b1}, 1024",
+                "dec {steps}",
+                "jnz 2b",
+                "tilestored [{c0} + {s128}], tmm0",
+                "tilestored [{c0} + {s128} + 64], tmm1",
+                "tilestored [{c1} + {s128}], tmm2",
+                "tilestored [{c1} + {s128} + 64], tmm3",
+                c0 = in(reg) s,
+                c1 = in(reg) s.add(16 * 32),
+                s128 = in(reg) 128usize,
+                a0 = inout(reg) a => _,
+                a1 = inout(reg) a.add(panel) => _,
+                b0 = inout(reg) b => _,
+                b1 = inout(reg) b.add(panel) => _,
+                s64 = in(reg) 64usize,
+                steps = inout(reg) steps => _,
+                options(nostack),
+            );
+        }
+        for (r, sum) in sums.0.chunks_exact(32).enumerate() {
+            // SAFETY: the caller guarantees 32 rows of 32 writable floats at stride `ldc`.
+            let row = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc), 32) };
+            for (d, v) in row.iter_mut().zip(sum) {
+                *d += *v;
+            }
+        }
     }
 }
+
+impl Drop for Tiles {
+    fn drop(&mut self) {
+        // SAFETY: the tiles were configured by `configure`; releasing returns them to the
+        // initial state, which no later code on this thread depends on.
+        unsafe { asm!("tilerelease", options(nostack, nomem)) };
+    }
+}
+
+/// One block's sums, stored from the tiles on a cache line.
+#[repr(C, align(64))]
+struct Sums([f32; 32 * 32]);

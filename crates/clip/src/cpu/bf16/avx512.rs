@@ -19,7 +19,7 @@ const ROWS: usize = 8;
 /// `c (32 × 32, stride ldc floats) += a · bᵀ`, each two packed panels.
 ///
 /// # Safety
-/// [`available`] returned true; the pointers address what [`super::Kernel::block`] says.
+/// [`available`] returned true; the pointers address what [`super::each_block`] passes to its `block`.
 pub(super) unsafe fn block(
     c: *mut f32,
     ldc: usize,
