@@ -63,8 +63,7 @@ pub(crate) struct Workspace {
     /// The bf16 operand of the current product (bf16 layers only).
     rounded: bf16::Activations,
     /// One attention head's bf16 operands per rayon thread (bf16 layers only), kept from
-    /// head to head and call to call: made afresh per rayon job, their allocations (and page
-    /// faults) measured longer than the packing itself.
+    /// head to head and call to call rather than allocated per rayon job.
     heads: Vec<Mutex<HeadOperands>>,
 }
 
@@ -149,9 +148,7 @@ impl Weight<'_> {
             }
             Weight::Bf16(kernel, w) => {
                 check_packed(w, n, k);
-                ws.fill_activations_of(x, m, k, k, bf16::Threads::All, |row, out| {
-                    kernels::layer_norm(row, out, ln[0], ln[1], eps)
-                });
+                fill_normed(ws, x, ln, eps, m, k);
                 bf16::matmul_acc(kernel, dst, ws, w);
             }
         }
@@ -186,6 +183,21 @@ impl Weight<'_> {
             }
         }
     }
+}
+
+/// Packs `layer_norm(x)` (`m` rows of `k`, the norm's weight and bias `ln`) as activations,
+/// each row normed as it is rounded.
+fn fill_normed(
+    ws: &mut bf16::Activations,
+    x: &[f32],
+    ln: [&[f32]; 2],
+    eps: f32,
+    m: usize,
+    k: usize,
+) {
+    ws.fill_activations_of(x, m, k, k, bf16::Threads::All, |row, out| {
+        kernels::layer_norm(row, out, ln[0], ln[1], eps)
+    });
 }
 
 fn check_packed(w: &bf16::PackedWeight, n: usize, k: usize) {
@@ -376,14 +388,23 @@ fn run_layer(x: &mut [f32], w: &LayerWeights<'_>, d: &Dims, ws: &mut Workspace) 
     let mlp = &mut ws.mlp.as_mut_slice()[..m * i];
     let rounded = &mut ws.rounded;
 
-    fill_rows(qkv, w.qkv.1);
-    w.qkv.0.product_of_norm(qkv, x, w.ln1, d.eps, normed, (m, 3 * h, h), rounded);
     match w.qkv.0 {
         Weight::F32(_) => {
+            fill_rows(qkv, w.qkv.1);
+            w.qkv.0.product_of_norm(qkv, x, w.ln1, d.eps, normed, (m, 3 * h, h), rounded);
             let scores = &mut ws.scores.as_mut_slice()[..d.n * d.heads * d.s * d.s];
             attention(qkv, attn, scores, d)
         }
-        Weight::Bf16(kernel, _) => attention_bf16(kernel, qkv, attn, &ws.heads, d),
+        Weight::Bf16(kernel, packed) => {
+            // q, k and v head by head (3 · heads groups of head_dim columns, each its own
+            // m × head_dim matrix), so that each head's operands are read contiguously.
+            let layout = qkv_by_head(d);
+            fill_column_groups(qkv, w.qkv.1, m, d.head_dim());
+            check_packed(packed, 3 * h, h);
+            fill_normed(rounded, x, w.ln1, d.eps, m, h);
+            bf16::matmul_acc_to(kernel, qkv, layout, rounded, packed);
+            attention_bf16(kernel, qkv, attn, &ws.heads, d)
+        }
     }
     add_rows(x, w.out.1);
     w.out.0.product(x, attn, m, h, h, rounded);
@@ -439,6 +460,17 @@ fn matmul_acc(dst: &mut [f32], a: &[f32], w: &[f32], m: usize, n: usize, k: usiz
 
 fn fill_rows(dst: &mut [f32], row: &[f32]) {
     dst.par_chunks_mut(row.len()).with_min_len(16).for_each(|d| d.copy_from_slice(row));
+}
+
+/// Fills `dst`, `m` rows laid out in column groups of `group` (each its own `m × group`
+/// matrix, [`bf16::Output::column_groups`]), with `row` in every row: group `g`'s rows all
+/// hold `row[g · group ..][..group]`.
+fn fill_column_groups(dst: &mut [f32], row: &[f32], m: usize, group: usize) {
+    assert!(dst.len() == m * row.len() && row.len() % group == 0, "column groups do not fit");
+    dst.par_chunks_mut(group).with_min_len(64).enumerate().for_each(|(at, d)| {
+        let g = at / m;
+        d.copy_from_slice(&row[g * group..(g + 1) * group]);
+    });
 }
 
 fn add_rows(dst: &mut [f32], row: &[f32]) {
@@ -534,6 +566,11 @@ fn attention(qkv: &[f32], out: &mut [f32], scores: &mut [f32], d: &Dims) {
     });
 }
 
+/// The layout of bf16 layers' `qkv`: head by head, 3 · heads column groups of head_dim.
+fn qkv_by_head(d: &Dims) -> bf16::Output {
+    bf16::Output::column_groups(d.rows(), d.head_dim())
+}
+
 /// One head's attention scores and the operands of its two products in bf16, kept for the
 /// next head on the same thread (so that they stay in its cache).
 #[derive(Default)]
@@ -545,7 +582,8 @@ struct HeadOperands {
     v: bf16::PackedWeight,
 }
 
-/// [`attention`] with both products on bf16 operands and f32 sums, as autocast runs them:
+/// [`attention`] with both products on bf16 operands and f32 sums, as autocast runs them,
+/// over `qkv` laid out head by head ([`qkv_by_head`]):
 /// q, k and v rounded, the softmax in f32 and its probabilities rounded for `p · v`. Each
 /// task takes its thread's operands from `heads` (one per rayon thread; nothing inside a task
 /// starts parallel work, so no thread wants its operands twice at once).
@@ -557,9 +595,9 @@ fn attention_bf16(
     d: &Dims,
 ) {
     let (s, h, heads, hd) = (d.s, d.hidden, d.heads, d.head_dim());
-    let stride = 3 * h;
-    assert!(qkv.len() == d.rows() * stride && out.len() == d.rows() * h);
+    assert!(qkv.len() == d.rows() * 3 * h && out.len() == d.rows() * h);
     assert!(!heads_operands.is_empty(), "no attention operands");
+    let layout = qkv_by_head(d);
     out.fill(0.0);
     let out = SharedMut(out.as_mut_ptr());
     let this = bf16::Threads::This;
@@ -570,10 +608,11 @@ fn attention_bf16(
         let mut ops = heads_operands[thread].lock().unwrap_or_else(|e| e.into_inner());
         let ops = &mut *ops;
         let (image, head) = (task / heads, task % heads);
-        let base = image * s * stride + head * hd;
+        // Where this head's q, k and v start: `s` rows of `hd`, contiguous.
+        let [q, k, v] = [0, h, 2 * h].map(|third| layout.at(image * s, third + head * hd));
         // p = q · kᵀ (q pre-scaled)
-        ops.q.fill_activations(&qkv[base..], s, hd, stride, this);
-        ops.k.fill_weight_rows(&qkv[base + h..], s, hd, stride, this);
+        ops.q.fill_activations(&qkv[q..], s, hd, hd, this);
+        ops.k.fill_weight_rows(&qkv[k..], s, hd, hd, this);
         ops.scores.clear();
         ops.scores.resize(s * s, 0.0);
         let p = &mut ops.scores[..];
@@ -585,7 +624,7 @@ fn attention_bf16(
             out.copy_from_slice(row);
             kernels::softmax(out)
         });
-        ops.v.fill_weight_columns(&qkv[base + 2 * h..], hd, s, stride, this);
+        ops.v.fill_weight_columns(&qkv[v..], hd, s, hd, this);
         let dst = out.0.wrapping_add(image * s * h + head * hd);
         // SAFETY: rows `image · s ..` and columns `head · hd ..` of `out` (n · s × h, inside
         // it by the assert above) belong to this task alone.

@@ -391,8 +391,67 @@ const TASK_COLS: usize = 8 * BLOCK;
 /// from memory once per row task. K is not split: splitting it so that a block of each operand
 /// fits in L1 (8 or 16 steps) measured slower, each pass adding its sums to the output.
 pub(crate) fn matmul_acc(kernel: Kernel, dst: &mut [f32], a: &Activations, w: &PackedWeight) {
+    matmul_acc_to(kernel, dst, Output::rows(w.rows), a, w);
+}
+
+/// Where element `(i, j)` of a product's output lives: its columns in groups of `group`,
+/// each group an `m × group` row-major matrix (stride `ldc`) `group_stride` floats after the
+/// one before. One group is a plain row-major matrix; groups of a head's width store `qkv`
+/// head by head, so that attention reads each head's rows contiguously.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Output {
+    ldc: usize,
+    group: usize,
+    group_stride: usize,
+}
+
+impl Output {
+    /// Row-major, `n` columns.
+    pub(crate) fn rows(n: usize) -> Output {
+        Output::strided(n, n)
+    }
+
+    /// Row-major, `n` columns in rows `ldc` apart.
+    fn strided(n: usize, ldc: usize) -> Output {
+        Output { ldc, group: n.max(1), group_stride: 0 }
+    }
+
+    /// `m` rows, their columns in groups of `group`, each stored as its own `m × group`
+    /// matrix after the one before.
+    pub(crate) fn column_groups(m: usize, group: usize) -> Output {
+        assert!(group > 0, "column groups of no columns");
+        Output { ldc: group, group, group_stride: m * group }
+    }
+
+    /// Offset of element `(i, j)`.
+    pub(crate) fn at(&self, i: usize, j: usize) -> usize {
+        (j / self.group) * self.group_stride + i * self.ldc + j % self.group
+    }
+
+    /// Whether the `32 × 32` block at `(i, j)` is one strided matrix (inside one group).
+    fn whole_block(&self, j: usize) -> bool {
+        j % self.group + BLOCK <= self.group
+    }
+}
+
+/// [`matmul_acc`] into the layout `out` (`dst` holds exactly `m × n` values in it).
+pub(crate) fn matmul_acc_to(
+    kernel: Kernel,
+    dst: &mut [f32],
+    layout: Output,
+    a: &Activations,
+    w: &PackedWeight,
+) {
     let (m, n) = (a.rows, w.rows);
     assert_eq!(dst.len(), m * n, "output of {} values is not {m} × {n}", dst.len());
+    let fits = if layout.group_stride == 0 {
+        layout.ldc == n
+    } else {
+        n % layout.group == 0
+            && layout.ldc == layout.group
+            && layout.group_stride == m * layout.group
+    };
+    assert!(fits, "{layout:?} does not lay out {m} × {n} values");
     check_operands(a, w);
     let (row_tasks, col_tasks) = (m.div_ceil(TASK_ROWS), n.div_ceil(TASK_COLS));
     let out = SharedMut(dst.as_mut_ptr());
@@ -401,10 +460,10 @@ pub(crate) fn matmul_acc(kernel: Kernel, dst: &mut [f32], a: &Activations, w: &P
         let (row_task, col_task) = (task % row_tasks, task / row_tasks);
         let rows = row_task * TASK_ROWS..((row_task + 1) * TASK_ROWS).min(m);
         let cols = col_task * TASK_COLS..((col_task + 1) * TASK_COLS).min(n);
-        // SAFETY: `dst` is m × n with stride n; this task alone writes `rows` × `cols`; the
-        // kernel came from `Kernel::detect` or `Kernel::available` (nothing in the crate
-        // names a variant otherwise).
-        unsafe { blocks(kernel, out.0, n, rows, cols, a, w) }
+        // SAFETY: `dst` holds m × n values laid out as `layout` (checked above); this task
+        // alone writes `rows` × `cols`; the kernel came from `Kernel::detect` or
+        // `Kernel::available` (nothing in the crate names a variant otherwise).
+        unsafe { blocks(kernel, out.0, layout, rows, cols, a, w) }
     });
 }
 
@@ -438,7 +497,7 @@ pub(crate) unsafe fn matmul_acc_raw(
 ) {
     check_operands(a, w);
     // SAFETY: forwarded.
-    unsafe { blocks(kernel, dst, ldc, 0..a.rows, 0..w.rows, a, w) }
+    unsafe { blocks(kernel, dst, Output::strided(w.rows, ldc), 0..a.rows, 0..w.rows, a, w) }
 }
 
 fn check_operands(a: &Activations, w: &PackedWeight) {
@@ -450,13 +509,13 @@ fn check_operands(a: &Activations, w: &PackedWeight) {
 /// The output blocks of `rows` × `cols` (both starting on a block boundary), on this thread.
 ///
 /// # Safety
-/// `out` addresses rows `rows` of at least `cols.end` values at stride `ldc`, written by no
-/// one else meanwhile; `a` and `w` passed [`check_operands`], `rows.end <= a.rows`,
+/// `out` addresses the elements `rows` × `cols` of a matrix laid out as `layout`, written by
+/// no one else meanwhile; `a` and `w` passed [`check_operands`], `rows.end <= a.rows`,
 /// `cols.end <= w.rows`; the CPU supports `kernel` (it came from [`Kernel::available`]).
 unsafe fn blocks(
     kernel: Kernel,
     out: *mut f32,
-    ldc: usize,
+    layout: Output,
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
     a: &Activations,
@@ -468,7 +527,7 @@ unsafe fn blocks(
     }
     #[cfg(target_arch = "x86_64")]
     // SAFETY: forwarded from the caller. Each closure gets from `each_block` a 32 × 32 block
-    // of writable floats at stride `ldc` and two panels of each operand from its block's
+    // of writable floats at the stride it is given and two panels of each operand from its block's
     // rows / columns, `steps` steps long: what the block kernels require.
     unsafe {
         match kernel {
@@ -476,26 +535,26 @@ unsafe fn blocks(
                 // This task's thread runs nothing else while `tiles` lives (no rayon call
                 // below), so no other `Tiles` shares it.
                 let tiles = amx::Tiles::configure();
-                each_block(out, ldc, rows, cols, a, w, |c, ldc, a, b| {
+                each_block(out, layout, rows, cols, a, w, |c, ldc, a, b| {
                     tiles.block(c, ldc, a, b, panel, steps)
                 });
             }
-            Kernel::Avx512Bf16 => each_block(out, ldc, rows, cols, a, w, |c, ldc, a, b| {
+            Kernel::Avx512Bf16 => each_block(out, layout, rows, cols, a, w, |c, ldc, a, b| {
                 avx512::block(c, ldc, a, b, panel, steps)
             }),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
-        let _ = (kernel, out, ldc, rows, cols, a, w, panel);
+        let _ = (kernel, out, layout, rows, cols, a, w, panel);
         unreachable!("no bf16 kernel exists off x86-64")
     }
 }
 
 /// Calls `block(c, ldc, a, b)` for each 32 × 32 output block of `rows` × `cols`, where `c`
 /// addresses 32 rows of 32 writable floats at stride `ldc` and `a` and `b` two panels each of
-/// the block's rows and columns (`panel` u16 apart). A partial block at the matrix's edge goes
-/// through a scratch block, copied in and out.
+/// the block's rows and columns (`panel` u16 apart). A partial block at the matrix's edge, or
+/// one across two column groups, goes through a scratch block, copied in and out.
 ///
 /// # Safety
 /// As [`blocks`]; `block` may write only the block it is given. Blocks of `c` are 32 rows of
@@ -503,7 +562,7 @@ unsafe fn blocks(
 #[cfg(target_arch = "x86_64")]
 unsafe fn each_block(
     out: *mut f32,
-    ldc: usize,
+    layout: Output,
     rows: std::ops::Range<usize>,
     cols: std::ops::Range<usize>,
     a: &Activations,
@@ -517,21 +576,25 @@ unsafe fn each_block(
         for i in rows.clone().step_by(BLOCK) {
             let a_block = a.data.as_slice()[(i / PANEL) * panel..].as_ptr();
             let (h, wd) = ((rows.end - i).min(BLOCK), (cols.end - j).min(BLOCK));
-            // SAFETY: the block's first element is inside the output; a whole block (32 ×
-            // 32) stays inside it, a partial one goes through `scratch`. `a` has two panels
-            // from row `i` and `w` two from column `j` (both padded to 32 rows).
+            // SAFETY: every element addressed is one of `rows` × `cols` in `layout`; a whole
+            // block inside one column group is 32 rows of 32 at stride `ldc`, any other goes
+            // through `scratch` element by element. `a` has two panels from row `i` and `w`
+            // two from column `j` (both padded to 32 rows).
             unsafe {
-                let c = out.add(i * ldc + j);
-                if h == BLOCK && wd == BLOCK {
-                    block(c, ldc, a_block, b);
+                if h == BLOCK && wd == BLOCK && layout.whole_block(j) {
+                    block(out.add(layout.at(i, j)), layout.ldc, a_block, b);
                 } else {
                     let s = scratch.as_mut_ptr();
                     for r in 0..h {
-                        std::ptr::copy_nonoverlapping(c.add(r * ldc), s.add(r * BLOCK), wd);
+                        for c in 0..wd {
+                            *s.add(r * BLOCK + c) = *out.add(layout.at(i + r, j + c));
+                        }
                     }
                     block(s, BLOCK, a_block, b);
                     for r in 0..h {
-                        std::ptr::copy_nonoverlapping(s.add(r * BLOCK), c.add(r * ldc), wd);
+                        for c in 0..wd {
+                            *out.add(layout.at(i + r, j + c)) = *s.add(r * BLOCK + c);
+                        }
                     }
                 }
             }
@@ -671,6 +734,44 @@ mod tests {
                 for kk in 0..kv {
                     let want = from_bf16(to_bf16(v[kk * n + j]));
                     assert_eq!(w.weight_at(j, kk), want, "{threads:?} ({j}, {kk})");
+                }
+            }
+        }
+    }
+
+    /// A product into column groups (of a width that is a multiple of the block, one that
+    /// is not, and one that blocks straddle) holds the row-major product's values, moved.
+    #[test]
+    fn column_groups_hold_the_row_major_product() {
+        let kernels = Kernel::available();
+        if kernels.is_empty() {
+            eprintln!("skipped column groups: {NO_KERNEL}");
+        }
+        for kernel in kernels {
+            let (m, n, k) = (70, 192, 40);
+            let mut a = Activations::default();
+            a.fill_activations(&random(m * k, 21), m, k, k, Threads::All);
+            let w = PackedWeight::pack(&random(n * k, 22), n, k);
+            let init = random(m * n, 23);
+            let mut want = init.clone();
+            matmul_acc(kernel, &mut want, &a, &w);
+            for group in [64, 8, 48] {
+                let layout = Output::column_groups(m, group);
+                let mut grouped = vec![0f32; m * n];
+                for i in 0..m {
+                    for j in 0..n {
+                        grouped[layout.at(i, j)] = init[i * n + j];
+                    }
+                }
+                matmul_acc_to(kernel, &mut grouped, layout, &a, &w);
+                for i in 0..m {
+                    for j in 0..n {
+                        assert_eq!(
+                            grouped[layout.at(i, j)],
+                            want[i * n + j],
+                            "group {group} ({i}, {j})"
+                        );
+                    }
                 }
             }
         }
