@@ -466,7 +466,10 @@ fn fill_rows(dst: &mut [f32], row: &[f32]) {
 /// matrix, [`bf16::Output::column_groups`]), with `row` in every row: group `g`'s rows all
 /// hold `row[g · group ..][..group]`.
 fn fill_column_groups(dst: &mut [f32], row: &[f32], m: usize, group: usize) {
-    assert!(dst.len() == m * row.len() && row.len() % group == 0, "column groups do not fit");
+    assert!(
+        dst.len() == m * row.len() && row.len().is_multiple_of(group),
+        "column groups do not fit"
+    );
     dst.par_chunks_mut(group).with_min_len(64).enumerate().for_each(|(at, d)| {
         let g = at / m;
         d.copy_from_slice(&row[g * group..(g + 1) * group]);
