@@ -81,8 +81,12 @@ const CONFIG: TileConfig = {
 /// This thread's tiles, configured (palette 1, eight 16 × 64-byte tiles) for as long as the
 /// value lives and released when it drops: a block kernel call needs one, so no call runs on
 /// unconfigured tiles, and configuring once per task rather than per block measured 10-15 %
-/// faster products. Not `Send`: tile state belongs to the thread.
-pub(super) struct Tiles(std::marker::PhantomData<*const ()>);
+/// faster products. Not `Send`: tile state belongs to the thread. It also holds the buffer
+/// each block's sums are stored to, made once per task rather than per block.
+pub(super) struct Tiles {
+    sums: Box<Sums>,
+    thread_bound: std::marker::PhantomData<*const ()>,
+}
 
 impl Tiles {
     /// Loads the tile configuration on this thread.
@@ -94,7 +98,7 @@ impl Tiles {
         // SAFETY: AMX is enabled for this process (the caller checked `available`); the
         // configuration is a 64-byte static.
         unsafe { asm!("ldtilecfg [{cfg}]", cfg = in(reg) &CONFIG, options(nostack, readonly)) };
-        Tiles(std::marker::PhantomData)
+        Tiles { sums: Box::new(Sums([0.0; 32 * 32])), thread_bound: std::marker::PhantomData }
     }
 
     /// `c (32 × 32, stride ldc floats) += a · bᵀ`, each two packed panels: the four tiles of
@@ -105,7 +109,7 @@ impl Tiles {
     /// # Safety
     /// The pointers address what [`super::each_block`] passes to its `block`.
     pub(super) unsafe fn block(
-        &self,
+        &mut self,
         c: *mut f32,
         ldc: usize,
         a: *const u16,
@@ -116,8 +120,7 @@ impl Tiles {
         if steps == 0 {
             return;
         }
-        let mut sums = Sums([0f32; 32 * 32]);
-        let s = sums.0.as_mut_ptr();
+        let s = self.sums.0.as_mut_ptr();
         // SAFETY: the tiles are configured (`self`); the caller guarantees the panels are in
         // bounds for `steps` steps; `sums` is 32 rows of 32 floats, stored at 128 bytes.
         unsafe {
@@ -157,7 +160,7 @@ impl Tiles {
                 options(nostack),
             );
         }
-        for (r, sum) in sums.0.chunks_exact(32).enumerate() {
+        for (r, sum) in self.sums.0.chunks_exact(32).enumerate() {
             // SAFETY: the caller guarantees 32 rows of 32 writable floats at stride `ldc`.
             let row = unsafe { std::slice::from_raw_parts_mut(c.add(r * ldc), 32) };
             for (d, v) in row.iter_mut().zip(sum) {

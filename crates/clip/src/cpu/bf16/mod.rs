@@ -428,9 +428,9 @@ impl Output {
         (j / self.group) * self.group_stride + i * self.ldc + j % self.group
     }
 
-    /// Whether the `32 × 32` block at `(i, j)` is one strided matrix (inside one group).
-    fn whole_block(&self, j: usize) -> bool {
-        j % self.group + BLOCK <= self.group
+    /// Whether columns `j .. j + width` lie in one group (rows of them are contiguous).
+    fn in_one_group(&self, j: usize, width: usize) -> bool {
+        j % self.group + width <= self.group
     }
 }
 
@@ -534,7 +534,7 @@ unsafe fn blocks(
             Kernel::Amx => {
                 // This task's thread runs nothing else while `tiles` lives (no rayon call
                 // below), so no other `Tiles` shares it.
-                let tiles = amx::Tiles::configure();
+                let mut tiles = amx::Tiles::configure();
                 each_block(out, layout, rows, cols, a, w, |c, ldc, a, b| {
                     tiles.block(c, ldc, a, b, panel, steps)
                 });
@@ -581,19 +581,24 @@ unsafe fn each_block(
             // through `scratch` element by element. `a` has two panels from row `i` and `w`
             // two from column `j` (both padded to 32 rows).
             unsafe {
-                if h == BLOCK && wd == BLOCK && layout.whole_block(j) {
+                if h == BLOCK && wd == BLOCK && layout.in_one_group(j, BLOCK) {
                     block(out.add(layout.at(i, j)), layout.ldc, a_block, b);
                 } else {
                     let s = scratch.as_mut_ptr();
+                    // Row by row inside one group; element by element across groups.
+                    let runs = if layout.in_one_group(j, wd) { 1 } else { wd };
+                    let run = wd / runs;
                     for r in 0..h {
-                        for c in 0..wd {
-                            *s.add(r * BLOCK + c) = *out.add(layout.at(i + r, j + c));
+                        for c in (0..wd).step_by(run) {
+                            let at = out.add(layout.at(i + r, j + c));
+                            std::ptr::copy_nonoverlapping(at, s.add(r * BLOCK + c), run);
                         }
                     }
                     block(s, BLOCK, a_block, b);
                     for r in 0..h {
-                        for c in 0..wd {
-                            *out.add(layout.at(i + r, j + c)) = *s.add(r * BLOCK + c);
+                        for c in (0..wd).step_by(run) {
+                            let at = out.add(layout.at(i + r, j + c));
+                            std::ptr::copy_nonoverlapping(s.add(r * BLOCK + c), at, run);
                         }
                     }
                 }
