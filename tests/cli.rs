@@ -732,8 +732,25 @@ mod partition {
     }
 }
 
-/// CUDA integration tests: `cargo xtask gpu-test` builds with `--features cuda` and runs them
-/// on a machine with a GPU and the CUDA toolkit. CI never does.
+/// The default build carries the CUDA encoder but links no CUDA library: on a machine
+/// without the driver, `--device cuda` is one line naming what is missing, exit code 2.
+#[cfg(feature = "cuda")]
+#[test]
+fn cuda_without_the_driver_names_what_is_missing() {
+    let out = tempfile::tempdir().unwrap();
+    let result = run_filter(&good_shards()[..1], out.path(), &["--device", "cuda"]);
+    if result.status.success() {
+        eprintln!("skipped: this machine has a CUDA driver and GPU, so --device cuda ran");
+        return;
+    }
+    let err = stderr(&result);
+    assert_eq!(result.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "one line, no backtrace: {err}");
+    assert!(err.contains("cuda:0 is unavailable") && err.contains("lacks"), "{err}");
+}
+
+/// CUDA integration tests: `cargo xtask gpu-test` runs them on a machine with a GPU and the
+/// NVIDIA driver (the toolkit is not needed: the binary loads cuBLAS and NVRTC). CI never does.
 mod gpu {
     use super::*;
     use aesthete_clip::{ClipVision, DType, Device};

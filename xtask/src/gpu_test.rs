@@ -1,4 +1,6 @@
-//! `cargo xtask gpu-test`: the CUDA integration tests, which CI never runs.
+//! `cargo xtask gpu-test`: the CUDA integration tests, which CI never runs. They need a GPU
+//! and the NVIDIA driver; cuBLAS and NVRTC (`libcublas.so.13`, `libnvrtc.so.13`) are loaded
+//! at run time from the library path, and no CUDA toolkit is needed to build.
 //!
 //! GPU tests are named `gpu_*` and marked
 //! `#[ignore = "needs a CUDA GPU; run cargo xtask gpu-test"]`; this task builds the packages
@@ -22,16 +24,6 @@ pub fn skip_reason() -> Option<String> {
         Ok(out) if out.status.success() && !out.stdout.is_empty() => {}
         Ok(_) => return Some("nvidia-smi found no GPU".to_owned()),
         Err(_) => return Some("no NVIDIA driver (nvidia-smi not found)".to_owned()),
-    }
-    let cuda_home = std::env::var_os("CUDA_HOME").or_else(|| std::env::var_os("CUDA_PATH"));
-    let nvcc_found =
-        Command::new("nvcc").arg("--version").output().is_ok_and(|o| o.status.success())
-            || cuda_home.is_some_and(|home| Path::new(&home).join("bin/nvcc").exists())
-            || Path::new("/usr/local/cuda/bin/nvcc").exists();
-    if !nvcc_found {
-        return Some(
-            "no CUDA toolkit (nvcc not found on PATH, in $CUDA_HOME or /usr/local/cuda)".to_owned(),
-        );
     }
     None
 }

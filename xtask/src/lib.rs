@@ -5,11 +5,13 @@
 //! - [`fixtures`]: `fixtures`, regenerate `fixtures/` with the committed Python generators.
 //! - [`bench`]: `bench`, run the criterion benches and write `BENCHMARKS.md`.
 //! - [`gpu_test`]: `gpu-test`, run the CUDA integration tests where a GPU exists.
+//! - [`gpu_bundle`]: `gpu-bundle`, the GPU device check as a folder for a machine without Rust.
 #![deny(missing_docs)]
 
 pub mod bench;
 pub mod fetch;
 pub mod fixtures;
+pub mod gpu_bundle;
 pub mod gpu_test;
 
 use std::path::{Path, PathBuf};

@@ -4,10 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use xtask::{bench, fetch, fixtures, gpu_test};
+use xtask::{bench, fetch, fixtures, gpu_bundle, gpu_test};
 
 /// Each task's usage: what `cargo xtask TASK --help` prints, and `cargo xtask help` lists.
-const TASKS: [(&str, &str); 4] = [
+const TASKS: [(&str, &str); 5] = [
     (
         "fetch-models",
         "\
@@ -39,7 +39,16 @@ const TASKS: [(&str, &str); 4] = [
         "gpu-test",
         "\
   gpu-test
-      run the CUDA integration tests (skips with a reason without a GPU or CUDA toolkit)
+      run the CUDA integration tests (skips with a reason without a GPU and its driver)
+",
+    ),
+    (
+        "gpu-bundle",
+        "\
+  gpu-bundle [--out DIR]
+      write the GPU device check (default: target/gpu-bundle, at most 40 MiB): the stripped
+      binary, fixture models and shards, photo-sized JPEGs, check.py; on a machine with the
+      NVIDIA driver and PyTorch: bash DIR/run.sh --out RESULTS
 ",
     ),
 ];
@@ -127,6 +136,17 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
                 bail!("gpu-test: unknown argument `{extra}`");
             }
             gpu_test::run(&xtask::workspace_root())
+        }
+        "gpu-bundle" => {
+            let root = xtask::workspace_root();
+            let mut out = gpu_bundle::default_dir(&root);
+            while let Some(flag) = rest.next() {
+                match flag.as_str() {
+                    "--out" => out = PathBuf::from(rest.next().context("--out needs a value")?),
+                    _ => bail!("gpu-bundle: unknown option `{flag}`\n\n{}", usage("gpu-bundle")),
+                }
+            }
+            gpu_bundle::run(&root, &out)
         }
         "help" | "--help" | "-h" => {
             match rest.next() {

@@ -31,6 +31,17 @@ pub enum Command {
     /// Score every sample and write only the Parquet tables (`kept` says whether the sample
     /// passes the selection).
     Score(FilterArgs),
+    /// Preprocessed pixels from a file in, embeddings out, with an optional timing loop; for
+    /// the GPU device check.
+    #[command(hide = true)]
+    EmbedRaw(crate::embed_raw::EmbedRawArgs),
+    /// Writes a CLIP ViT-L/14 vision tower with random weights (config.json,
+    /// model.safetensors) into DIR; for the GPU device check, where no weights can be fetched.
+    #[command(hide = true)]
+    WriteRandomModel {
+        /// The directory to write.
+        dir: std::path::PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -174,14 +185,20 @@ impl RunArgs {
         };
         let device = aesthete_clip::parse_device(&self.device)
             .with_context(|| format!("--device {}", self.device))?;
-        let dtype = match self.dtype {
-            DTypeArg::F32 => DType::F32,
-            DTypeArg::F16 => DType::F16,
-            DTypeArg::Bf16 => DType::BF16,
-        };
+        let dtype: DType = self.dtype.into();
         aesthete_clip::check_dtype(&device, dtype)
             .with_context(|| format!("--dtype {} --device {}", dtype.as_str(), self.device))?;
         Ok(RunPlan { config, models, device, dtype })
+    }
+}
+
+impl From<DTypeArg> for DType {
+    fn from(dtype: DTypeArg) -> DType {
+        match dtype {
+            DTypeArg::F32 => DType::F32,
+            DTypeArg::F16 => DType::F16,
+            DTypeArg::Bf16 => DType::BF16,
+        }
     }
 }
 

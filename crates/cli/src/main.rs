@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::Parser;
 
 mod args;
+mod embed_raw;
 mod progress;
 
 use args::{Cli, Command, WorkerEnv};
@@ -42,6 +43,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Score(args) => {
             let selection = args.selection();
             args.run.into_plan(Outputs::ScoresOnly, selection, &env)?
+        }
+        Command::EmbedRaw(args) => {
+            embed_raw::run(args)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::WriteRandomModel { dir } => {
+            let config = aesthete_clip::ClipVisionConfig::vit_large_patch14();
+            aesthete_clip::write_random_model(&dir, &config)
+                .with_context(|| format!("writing a random ViT-L/14 into {}", dir.display()))?;
+            return Ok(ExitCode::SUCCESS);
         }
     };
     let models = Models::load(&plan.models, &plan.device, plan.dtype).context("loading models")?;

@@ -39,7 +39,7 @@ fn forward_in(c: &mut Criterion, dtype: DType) {
     let mut group = c.benchmark_group(format!("clip_vit_l14_{}_cpu", dtype.as_str()));
     group.sample_size(10);
     for n in batches() {
-        let pixels = Tensor::randn(0f32, 1.0, (n, 3, 224, 224), &Device::Cpu).unwrap();
+        let pixels = Tensor::randn(0f32, 1.0, (n, 3, 224, 224), &candle_core::Device::Cpu).unwrap();
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::new("forward", n), &pixels, |b, pixels| {
             b.iter(|| model.forward(pixels).unwrap())

@@ -153,21 +153,13 @@ fn read_index(path: &Path) -> Result<HashMap<String, String>, Error> {
 pub fn extract_vision_tower(
     src_dir: &Path,
     dst_dir: &Path,
-    dtype: Option<DType>,
+    dtype: Option<crate::DType>,
 ) -> Result<(), Error> {
-    let target = match dtype {
-        None => None,
-        Some(DType::F32) => Some(StDtype::F32),
-        Some(DType::F16) => Some(StDtype::F16),
-        Some(DType::BF16) => Some(StDtype::BF16),
-        Some(other) => {
-            return Err(Error::UnsupportedDtype {
-                dtype: other,
-                device: "a checkpoint".to_string(),
-                hint: " (use f32, f16 or bf16)",
-            });
-        }
-    };
+    let target = dtype.map(|dtype| match dtype {
+        crate::DType::F32 => StDtype::F32,
+        crate::DType::F16 => StDtype::F16,
+        crate::DType::BF16 => StDtype::BF16,
+    });
     let cfg = ClipVisionConfig::from_json_file(&src_dir.join("config.json"))?;
     let checkpoint = Checkpoint::open(src_dir, &cfg)?;
     std::fs::create_dir_all(dst_dir)

@@ -77,10 +77,10 @@ pub enum Error {
     },
     /// The data type is not supported on the device (CPU: f32, and bf16 with AMX-BF16 or
     /// AVX512-BF16; never f16).
-    #[error("dtype {} is not supported on {device}{hint}", dtype.as_str())]
+    #[error("dtype {dtype} is not supported on {device}{hint}")]
     UnsupportedDtype {
         /// The requested data type.
-        dtype: candle_core::DType,
+        dtype: crate::DType,
         /// The device, as text.
         device: String,
         /// What to use instead.
@@ -92,14 +92,22 @@ pub enum Error {
     /// A CUDA device was asked for but the crate was built without the `cuda` feature.
     #[error("device `{0}` needs aesthete-clip built with the `cuda` feature")]
     CudaNotCompiled(String),
-    /// The device could not be opened.
-    #[error("cannot open device `{name}`")]
-    Device {
-        /// The device string.
-        name: String,
-        /// The underlying error.
-        #[source]
-        source: candle_core::Error,
+    /// The CUDA libraries this machine lacks (the crate loads them when a model is first
+    /// put on a CUDA device).
+    #[error("{device} is unavailable: this machine lacks {missing}")]
+    CudaUnavailable {
+        /// The device, as text (`cuda:0`).
+        device: String,
+        /// The libraries that could not be loaded, comma-separated.
+        missing: String,
+    },
+    /// The CUDA device could not be opened or a step on it failed.
+    #[error("{device}: {reason}")]
+    Cuda {
+        /// The device, as text (`cuda:0`).
+        device: String,
+        /// The step that failed and the driver's or library's words.
+        reason: String,
     },
     /// The image batch does not have the size the model was trained on.
     #[error("image batch has {actual}×{actual} pixels, the model expects {expected}×{expected}")]

@@ -33,6 +33,8 @@
 mod checkpoint;
 mod config;
 mod cpu;
+#[cfg(feature = "cuda")]
+mod cuda;
 mod device;
 mod error;
 mod model;
@@ -43,11 +45,10 @@ use std::path::Path;
 
 use aesthete_tensor::{ImageBatch, NormalizedEmbeddings};
 
-pub use candle_core::{DType, Device};
 pub use candle_nn::VarBuilder;
 pub use checkpoint::extract_vision_tower;
 pub use config::{Activation, ClipVisionConfig};
-pub use device::parse_device;
+pub use device::{DType, Device, parse_device};
 pub use error::Error;
 pub use model::ClipVision;
 pub use random::write_random_model;
@@ -61,11 +62,26 @@ impl ClipVision {
     /// [`check_dtype`] allows it.
     pub fn load(dir: &Path, device: &Device, dtype: DType) -> Result<Self, Error> {
         check_dtype(device, dtype)?;
+        let cuda = match *device {
+            Device::Cpu => None,
+            Device::Cuda(ordinal) => Some(cuda_ordinal(device, ordinal)?),
+        };
         let config = ClipVisionConfig::from_json_file(&dir.join("config.json"))?;
         let _span = tracing::info_span!("clip_load", dir = %dir.display()).entered();
         let checkpoint = checkpoint::Checkpoint::open(dir, &config)?;
-        let vb = VarBuilder::from_backend(Box::new(checkpoint.tensors), dtype, device.clone());
+        // A CUDA model is read and checked on the CPU in f32, then moved.
+        let read_as = if cuda.is_some() { DType::F32 } else { dtype };
+        let vb = VarBuilder::from_backend(
+            Box::new(checkpoint.tensors),
+            read_as.to_candle(),
+            candle_core::Device::Cpu,
+        );
         let model = ClipVision::new(vb, &config)?;
+        #[cfg(feature = "cuda")]
+        let model = match cuda {
+            Some(ordinal) => model.into_cuda(ordinal, dtype)?,
+            None => model,
+        };
         tracing::info!(
             layers = config.num_hidden_layers,
             hidden = config.hidden_size,
@@ -90,10 +106,19 @@ impl ClipVision {
             return NormalizedEmbeddings::from_normalized(Vec::new(), dim)
                 .map_err(Error::Embeddings);
         }
-        let pixels =
-            candle_core::Tensor::from_slice(batch.as_slice(), &batch.shape()[..], self.device())?;
-        let rows =
-            self.forward(&pixels)?.to_device(&Device::Cpu)?.flatten_all()?.to_vec1::<f32>()?;
+        #[cfg(feature = "cuda")]
+        if let Some(encoder) = &self.cuda {
+            let rows = encoder
+                .forward(batch.as_slice(), batch.len())
+                .map_err(|reason| Error::Cuda { device: self.device().to_string(), reason })?;
+            return NormalizedEmbeddings::normalize(rows, dim).map_err(Error::Embeddings);
+        }
+        let pixels = candle_core::Tensor::from_slice(
+            batch.as_slice(),
+            &batch.shape()[..],
+            &candle_core::Device::Cpu,
+        )?;
+        let rows = self.forward(&pixels)?.flatten_all()?.to_vec1::<f32>()?;
         NormalizedEmbeddings::from_normalized(rows, dim).map_err(Error::Embeddings)
     }
 }
@@ -114,14 +139,25 @@ pub fn check_dtype(device: &Device, dtype: DType) -> Result<(), Error> {
             }
         },
         (Device::Cpu, _) => " (the CPU encoder runs f32, and bf16 on CPUs with AMX or AVX512-BF16)",
-        (_, DType::F32 | DType::F16 | DType::BF16) => return Ok(()),
-        _ => " (use f32, f16 or bf16)",
+        (Device::Cuda(_), _) => return Ok(()),
     };
-    let name = match device {
-        Device::Cpu => "cpu".to_string(),
-        other => format!("{:?}", other.location()),
-    };
-    Err(Error::UnsupportedDtype { dtype, device: name, hint })
+    Err(Error::UnsupportedDtype { dtype, device: device.to_string(), hint })
+}
+
+/// The ordinal of a CUDA device whose libraries all load, or which are missing.
+#[cfg(feature = "cuda")]
+fn cuda_ordinal(device: &Device, ordinal: usize) -> Result<usize, Error> {
+    let missing = cuda::missing_libraries();
+    if missing.is_empty() {
+        Ok(ordinal)
+    } else {
+        Err(Error::CudaUnavailable { device: device.to_string(), missing: missing.join(", ") })
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_ordinal(device: &Device, _ordinal: usize) -> Result<usize, Error> {
+    Err(Error::CudaNotCompiled(device.to_string()))
 }
 
 /// The bf16 matrix-product kernel the CPU encoder uses on this CPU (`"AMX-BF16"` or

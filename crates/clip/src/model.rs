@@ -13,7 +13,7 @@
 //! buffers: f32, or bf16 operands with f32 accumulation on CPUs with AMX-BF16 or AVX512-BF16)
 //! instead of the candle operations here; every path is tested against transformers.
 
-use candle_core::{D, DType, Device, IndexOp, Module, Result, Tensor};
+use candle_core::{D, DType, IndexOp, Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use std::sync::Mutex;
@@ -242,15 +242,18 @@ pub struct ClipVision {
     post_layernorm: LayerNorm,
     /// `visual_projection.weight`, `(projection_dim, hidden)`, no bias.
     visual_projection: Tensor,
-    device: Device,
+    device: crate::Device,
     /// The precision asked for: what the encoder's matrix products take as operands.
-    dtype: DType,
+    dtype: crate::DType,
     /// On CPU in bf16: the encoder layers, packed (and `layers` empty); the rest of the
     /// model is held and computed in f32.
     packed: Option<Vec<cpu::PackedLayer>>,
     /// Scratch buffers of the CPU encoder, kept between calls; a call that finds them busy
     /// uses fresh ones.
     workspace: Mutex<cpu::Workspace>,
+    /// On CUDA: the whole forward pass (and `layers` empty).
+    #[cfg(feature = "cuda")]
+    pub(crate) cuda: Option<crate::cuda::Encoder>,
 }
 
 impl ClipVision {
@@ -262,7 +265,15 @@ impl ClipVision {
     /// and packed once here, everything else is kept in f32.
     pub fn new(vb: VarBuilder, config: &ClipVisionConfig) -> Result<Self> {
         config.validate().map_err(candle_core::Error::wrap)?;
+        if !vb.device().is_cpu() {
+            candle_core::bail!(
+                "ClipVision::new builds CPU models; ClipVision::load puts one on CUDA"
+            );
+        }
         let dtype = vb.dtype();
+        let Some(precision) = crate::DType::from_candle(dtype) else {
+            candle_core::bail!("ClipVision computes in f32, f16 or bf16, not {dtype:?}");
+        };
         let kernel = if vb.device().is_cpu() && dtype == DType::BF16 {
             Some(cpu::bf16::Kernel::detect().map_err(candle_core::Error::msg)?)
         } else {
@@ -294,10 +305,12 @@ impl ClipVision {
             visual_projection: vb
                 .pp("visual_projection")
                 .get((config.projection_dim, h), "weight")?,
-            device: vb.device().clone(),
-            dtype,
+            device: crate::Device::Cpu,
+            dtype: precision,
             packed,
             workspace: Mutex::default(),
+            #[cfg(feature = "cuda")]
+            cuda: None,
         })
     }
 
@@ -317,19 +330,19 @@ impl ClipVision {
     }
 
     /// The device the weights live on.
-    pub fn device(&self) -> &Device {
+    pub fn device(&self) -> &crate::Device {
         &self.device
     }
 
     /// The dtype the model computes in (on CPU in bf16: the operands of the encoder's matrix
     /// products; the rest runs in f32).
-    pub fn dtype(&self) -> DType {
+    pub fn dtype(&self) -> crate::DType {
         self.dtype
     }
 
     /// The dtype the weights outside the packed encoder are held in.
     fn tensor_dtype(&self) -> DType {
-        if self.packed.is_some() { DType::F32 } else { self.dtype }
+        if self.packed.is_some() { DType::F32 } else { self.dtype.to_candle() }
     }
 
     /// Embeds `(n, channels, image_size, image_size)` pixels (any float dtype, on the model's
@@ -338,7 +351,7 @@ impl ClipVision {
     /// On CPU the encoder layers run as direct matrix products over reused buffers (f32, or
     /// bf16 operands with f32 sums); elsewhere as candle operations.
     pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        let fast = self.device.is_cpu() && self.tensor_dtype() == DType::F32;
+        let fast = self.tensor_dtype() == DType::F32;
         self.forward_with(pixel_values, fast)
     }
 
@@ -353,6 +366,10 @@ impl ClipVision {
     }
 
     fn forward_with(&self, pixel_values: &Tensor, cpu_encoder: bool) -> Result<Tensor> {
+        #[cfg(feature = "cuda")]
+        if self.cuda.is_some() {
+            candle_core::bail!("a CUDA model embeds through ClipVision::embed");
+        }
         let (n, c, height, width) = pixel_values.dims4()?;
         let (s, cc) = (self.config.image_size, self.config.num_channels);
         if (c, height, width) != (cc, s, s) {
@@ -405,5 +422,54 @@ impl ClipVision {
             }
         }
         Tensor::from_vec(stream, x.shape(), x.device())
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl ClipVision {
+    /// Moves an f32 CPU model onto CUDA device `ordinal`, computing in `dtype`; the host copy
+    /// of the encoder layers is dropped.
+    pub(crate) fn into_cuda(
+        mut self,
+        ordinal: usize,
+        dtype: crate::DType,
+    ) -> std::result::Result<Self, crate::Error> {
+        let host = self.host_model()?;
+        let device = crate::Device::Cuda(ordinal);
+        let encoder = crate::cuda::Encoder::open(&host, &self.config, ordinal, dtype)
+            .map_err(|reason| crate::Error::Cuda { device: device.to_string(), reason })?;
+        tracing::info!(device = %encoder.description, dtype = dtype.as_str(), "clip encoder on cuda");
+        self.layers.clear();
+        self.device = device;
+        self.dtype = dtype;
+        self.cuda = Some(encoder);
+        Ok(self)
+    }
+
+    /// The f32 values of every weight of an f32 CPU model, for a device encoder.
+    pub(crate) fn host_model(&self) -> Result<crate::cuda::HostModel> {
+        let values = |t: &Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_vec1::<f32>() };
+        let pair =
+            |n: &LayerNorm| -> Result<[Vec<f32>; 2]> { Ok([values(&n.weight)?, values(&n.bias)?]) };
+        let layers = self
+            .layers
+            .iter()
+            .map(|layer| {
+                let mut out: [Vec<f32>; 12] = Default::default();
+                for (slot, t) in out.iter_mut().zip(layer.cpu_tensors()) {
+                    *slot = values(t)?;
+                }
+                Ok(crate::cuda::HostLayer { values: out })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(crate::cuda::HostModel {
+            patch: values(&self.embeddings.patch)?,
+            class: values(&self.embeddings.class)?,
+            position: values(&self.embeddings.position)?,
+            pre_norm: pair(&self.pre_layrnorm)?,
+            layers,
+            post_norm: pair(&self.post_layernorm)?,
+            projection: values(&self.visual_projection)?,
+        })
     }
 }

@@ -57,7 +57,8 @@ fn bf16_batches_equal_single_images() {
     let dim = model.embedding_dim();
     let pixels = pixel_values(n, s);
     for (i, image) in pixels.chunks_exact(3 * s * s).enumerate() {
-        let one = candle_core::Tensor::from_slice(image, (1, 3, s, s), &Device::Cpu).unwrap();
+        let one = candle_core::Tensor::from_slice(image, (1, 3, s, s), &candle_core::Device::Cpu)
+            .unwrap();
         let single = model.forward(&one).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let (cos, diff) = compare(&single, &all[i * dim..(i + 1) * dim], dim);
         assert!(cos >= 0.999_999 && diff <= 1e-6, "image {i}: cos {cos}, |Δ| {diff}");
@@ -86,7 +87,12 @@ fn bf16_on_cpu_runs_or_says_which_instructions_are_missing() {
 #[test]
 fn bf16_has_no_portable_path() {
     let Some(model) = load_bf16("tiny-vision-32") else { return };
-    let pixels = candle_core::Tensor::zeros((1, 3, 32, 32), DType::F32, &Device::Cpu).unwrap();
+    let pixels = candle_core::Tensor::zeros(
+        (1, 3, 32, 32),
+        candle_core::DType::F32,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     let err = model.forward_portable(&pixels).unwrap_err();
     assert!(err.to_string().contains("packed"), "{err}");
 }

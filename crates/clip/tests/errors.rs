@@ -42,7 +42,7 @@ fn misshaped_tensor_names_expected_and_actual() {
     rewrite_safetensors(&dir.path().join("model.safetensors"), |t| {
         t.insert(
             name.to_string(),
-            Tensor::ones(31, candle_core::DType::F32, &Device::Cpu).unwrap(),
+            Tensor::ones(31, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap(),
         );
     });
     let err = load_err(dir.path());
@@ -69,7 +69,7 @@ fn integer_tensor_is_refused() {
     rewrite_safetensors(&dir.path().join("model.safetensors"), |t| {
         t.insert(
             name.to_string(),
-            Tensor::zeros(24, candle_core::DType::U8, &Device::Cpu).unwrap(),
+            Tensor::zeros(24, candle_core::DType::U8, &candle_core::Device::Cpu).unwrap(),
         );
     });
     let err = load_err(dir.path());
@@ -125,7 +125,8 @@ fn wrong_image_size_is_refused() {
     batch.push_slot().fill(0.0);
     let err = model.embed(&batch).unwrap_err();
     assert!(matches!(err, Error::ImageSize { expected: 32, actual: 28 }), "{err:?}");
-    let pixels = Tensor::zeros((1, 3, 28, 28), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let pixels =
+        Tensor::zeros((1, 3, 28, 28), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
     let err = model.forward(&pixels).unwrap_err();
     assert!(err.to_string().contains("expected (n, 3, 32, 32)"), "{err}");
 }
@@ -150,11 +151,14 @@ fn model_reads_exactly_the_checkpoint_tensors() {
         .checkpoint_tensors()
         .into_iter()
         .map(|(name, shape)| {
-            (name, Tensor::ones(shape, candle_core::DType::F32, &Device::Cpu).unwrap())
+            (name, Tensor::ones(shape, candle_core::DType::F32, &candle_core::Device::Cpu).unwrap())
         })
         .collect();
     let build = |tensors: HashMap<String, Tensor>| {
-        ClipVision::new(VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu), &config)
+        ClipVision::new(
+            VarBuilder::from_tensors(tensors, candle_core::DType::F32, &candle_core::Device::Cpu),
+            &config,
+        )
     };
     build(all.clone()).expect("the listed tensors suffice");
     for name in all.keys() {

@@ -24,7 +24,7 @@ fn is_vision(name: &str) -> bool {
 /// large checkpoints ship, then overwrites the text shard with bytes that are not safetensors.
 fn sharded_with_garbage_text(dir: &Path) {
     let file = fixture(FULL).join("model.safetensors");
-    let all = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+    let all = candle_core::safetensors::load(&file, &candle_core::Device::Cpu).unwrap();
     let (vision, text): (HashMap<_, _>, HashMap<_, _>) =
         all.into_iter().partition(|(name, _)| is_vision(name));
     assert!(text.keys().any(|n| n.starts_with("text_model.")), "fixture has text weights");
@@ -64,7 +64,10 @@ fn garbage_text_tensors_do_not_matter() {
         for name in text {
             // Wrong dtype, wrong shape, not even a float: reading any of these would fail or
             // poison the output.
-            tensors.insert(name, Tensor::zeros(7, candle_core::DType::U8, &Device::Cpu).unwrap());
+            tensors.insert(
+                name,
+                Tensor::zeros(7, candle_core::DType::U8, &candle_core::Device::Cpu).unwrap(),
+            );
         }
     });
     let model = load(dir.path());
@@ -76,11 +79,13 @@ fn garbage_text_tensors_do_not_matter() {
 fn extracted_tower_gives_identical_embeddings() {
     let dst = tempfile::tempdir().unwrap();
     extract_vision_tower(&fixture(FULL), dst.path(), None).unwrap();
-    let names: Vec<String> =
-        candle_core::safetensors::load(dst.path().join("model.safetensors"), &Device::Cpu)
-            .unwrap()
-            .into_keys()
-            .collect();
+    let names: Vec<String> = candle_core::safetensors::load(
+        dst.path().join("model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()
+    .into_keys()
+    .collect();
     assert!(names.iter().all(|n| is_vision(n)), "{names:?}");
     // 3 embeddings + 4 outer norm tensors + 16 per layer × 2 layers + projection.
     assert_eq!(names.len(), 3 + 4 + 32 + 1);
@@ -115,8 +120,11 @@ fn extracting_from_shards_skips_the_text_shard() {
 fn f16_extraction_is_close() {
     let dst = tempfile::tempdir().unwrap();
     extract_vision_tower(&fixture(FULL), dst.path(), Some(DType::F16)).unwrap();
-    let tensors =
-        candle_core::safetensors::load(dst.path().join("model.safetensors"), &Device::Cpu).unwrap();
+    let tensors = candle_core::safetensors::load(
+        dst.path().join("model.safetensors"),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     assert!(tensors.values().all(|t| t.dtype() == candle_core::DType::F16));
     // f16 weights computed in f32 on CPU.
     let model = ClipVision::load(dst.path(), &Device::Cpu, DType::F32).unwrap();

@@ -90,7 +90,7 @@ fn portable_path_matches_transformers() {
         let pixels = candle_core::Tensor::from_vec(
             pixel_values(n, s),
             (n, 3, s, s),
-            &aesthete_clip::Device::Cpu,
+            &candle_core::Device::Cpu,
         )
         .unwrap();
         let got = model

@@ -33,7 +33,8 @@ pub fn pixel_values(num_images: usize, image_size: usize) -> Vec<f32> {
 
 /// The tensors of `reference.safetensors` in a fixture directory.
 pub fn reference(dir: &Path) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(dir.join("reference.safetensors"), &Device::Cpu).unwrap()
+    candle_core::safetensors::load(dir.join("reference.safetensors"), &candle_core::Device::Cpu)
+        .unwrap()
 }
 
 /// Loads a fixture model on CPU in f32.
@@ -77,14 +78,18 @@ pub fn assert_parity(what: &str, got: &[f32], want: &[f32], dim: usize) {
 /// Runs `model` on `num_images` of the reference inputs, returning the host f32 rows.
 pub fn embed_reference_inputs(model: &ClipVision, num_images: usize) -> Vec<f32> {
     let s = model.image_size();
-    let pixels =
-        Tensor::from_vec(pixel_values(num_images, s), (num_images, 3, s, s), &Device::Cpu).unwrap();
+    let pixels = Tensor::from_vec(
+        pixel_values(num_images, s),
+        (num_images, 3, s, s),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
     model.forward(&pixels).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
 /// Rewrites `file` as a safetensors file with `edit` applied to its tensor map.
 pub fn rewrite_safetensors(file: &Path, edit: impl FnOnce(&mut HashMap<String, Tensor>)) {
-    let mut tensors = candle_core::safetensors::load(file, &Device::Cpu).unwrap();
+    let mut tensors = candle_core::safetensors::load(file, &candle_core::Device::Cpu).unwrap();
     edit(&mut tensors);
     candle_core::safetensors::save(&tensors, file).unwrap();
 }

@@ -1,0 +1,254 @@
+//! [`Exec`] on a real GPU: cudarc's driver API, cuBLAS and NVRTC, all loaded at run time.
+
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::cublas::{result as blas, sys as blas_sys};
+use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::{
+    CudaContext, CudaFunction, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+};
+
+use super::{Arg, Buffer, CudaResult, Exec, Kernel, Launch, Operand, Product};
+
+/// The CUDA C source of the encoder's kernels.
+const KERNELS: &str = include_str!("kernels.cu");
+
+/// The CUDA libraries this machine lacks, named as a user installs them; empty when all load.
+pub(crate) fn missing_libraries() -> Vec<&'static str> {
+    let mut missing = Vec::new();
+    // SAFETY: each call only tries to open a shared library by name.
+    unsafe {
+        if !cudarc::driver::sys::is_culib_present() {
+            missing.push("libcuda.so.1 (the NVIDIA driver)");
+        }
+        if !cudarc::cublas::sys::is_culib_present() {
+            missing.push("libcublas.so.13 (cuBLAS)");
+        }
+        if !cudarc::nvrtc::sys::is_culib_present() {
+            missing.push("libnvrtc.so.13 (NVRTC)");
+        }
+    }
+    missing
+}
+
+/// Compiles the encoder's kernels to PTX for `arch` (such as `compute_90`); needs NVRTC,
+/// not a GPU.
+pub(crate) fn compile_kernels(arch: &str) -> CudaResult<cudarc::nvrtc::Ptx> {
+    let options = cudarc::nvrtc::CompileOptions {
+        options: vec![format!("--gpu-architecture={arch}"), "--std=c++14".to_string()],
+        ..Default::default()
+    };
+    cudarc::nvrtc::compile_ptx_with_opts(KERNELS, options)
+        .map_err(|e| format!("compiling the encoder kernels for {arch}: {e}"))
+}
+
+/// A cuBLAS handle bound to the driver's stream.
+struct Blas(blas_sys::cublasHandle_t);
+
+// SAFETY: the handle is used only through `Exec`, whose calls the encoder serialises under
+// its lock; cuBLAS handles may move between threads.
+unsafe impl Send for Blas {}
+// SAFETY: as above: never used by two threads at once.
+unsafe impl Sync for Blas {}
+
+impl Drop for Blas {
+    fn drop(&mut self) {
+        // SAFETY: created by `create_handle`, dropped once.
+        let _ = unsafe { blas::destroy_handle(self.0) };
+    }
+}
+
+/// One CUDA device with the encoder's kernels loaded for one operand type.
+pub(crate) struct Driver {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    kernels: Vec<(Kernel, CudaFunction)>,
+    blas: Blas,
+    operand: Operand,
+}
+
+impl Driver {
+    /// Opens device `ordinal`; also returns its name and compute capability.
+    pub(crate) fn open(ordinal: usize, operand: Operand) -> CudaResult<(Driver, String)> {
+        let ctx = CudaContext::new(ordinal).map_err(|e| format!("opening the device: {e}"))?;
+        // SAFETY: the encoder runs everything on one stream, in order, and keeps every buffer
+        // alive as long as itself; nothing needs cross-stream events.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        let attr = |a| ctx.attribute(a).map_err(|e| format!("reading device attributes: {e}"));
+        let major = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR)?;
+        let minor = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR)?;
+        if operand == Operand::Bf16 && major < 8 {
+            return Err(format!(
+                "bf16 needs compute capability 8.0 or newer; this device has {major}.{minor} (use f16 or f32)"
+            ));
+        }
+        let name = ctx.name().unwrap_or_else(|_| "CUDA device".to_string());
+        let ptx = compile_kernels(&format!("compute_{major}{minor}"))?;
+        let module =
+            ctx.load_module(ptx).map_err(|e| format!("loading the encoder kernels: {e}"))?;
+        let kernels = Kernel::ALL
+            .iter()
+            .map(|&k| {
+                let name = k.name(operand);
+                let f = module.load_function(&name).map_err(|e| format!("kernel {name}: {e}"))?;
+                Ok((k, f))
+            })
+            .collect::<CudaResult<Vec<_>>>()?;
+        let blas =
+            Blas(blas::create_handle().map_err(|e| format!("creating a cuBLAS handle: {e}"))?);
+        // SAFETY: a live handle and the context's stream.
+        unsafe { blas::set_stream(blas.0, stream.cu_stream() as _) }
+            .map_err(|e| format!("binding cuBLAS to the stream: {e}"))?;
+        let description = format!("{name} (compute {major}.{minor})");
+        Ok((Driver { ctx, stream, kernels, blas, operand }, description))
+    }
+
+    fn data_type(&self, f32: bool) -> blas_sys::cudaDataType {
+        match (f32, self.operand) {
+            (true, _) | (_, Operand::F32) => blas_sys::cudaDataType::CUDA_R_32F,
+            (_, Operand::Bf16) => blas_sys::cudaDataType::CUDA_R_16BF,
+            (_, Operand::F16) => blas_sys::cudaDataType::CUDA_R_16F,
+        }
+    }
+
+    fn bind(&self) -> CudaResult<()> {
+        self.ctx.bind_to_thread().map_err(|e| format!("binding the device to this thread: {e}"))
+    }
+}
+
+impl Exec for Driver {
+    fn alloc(&self, bytes: usize) -> CudaResult<Buffer> {
+        self.bind()?;
+        let slice = self
+            .stream
+            .alloc_zeros::<u8>(bytes.max(1))
+            .map_err(|e| format!("allocating {bytes} bytes: {e}"))?;
+        let ptr = slice.device_ptr(&self.stream).0;
+        Ok(Buffer { ptr, bytes, _owner: Box::new(slice) })
+    }
+
+    fn upload(&self, bytes: &[u8]) -> CudaResult<Buffer> {
+        self.bind()?;
+        let slice = self
+            .stream
+            .clone_htod(bytes)
+            .map_err(|e| format!("copying weights to the device: {e}"))?;
+        let ptr = slice.device_ptr(&self.stream).0;
+        Ok(Buffer { ptr, bytes: bytes.len(), _owner: Box::new(slice) })
+    }
+
+    fn copy_in(&self, dst: u64, src: &[f32]) -> CudaResult<()> {
+        self.bind()?;
+        // SAFETY: the caller's buffer at `dst` holds at least `src.len()` f32 values; the copy
+        // completes before `src` can be dropped, as the stream is synchronised in `copy_out`
+        // before the caller returns (and pageable host copies are staged at once).
+        unsafe { cudarc::driver::result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
+            .map_err(|e| format!("copying pixels to the device: {e}"))
+    }
+
+    fn copy_out(&self, src: u64, dst: &mut [f32]) -> CudaResult<()> {
+        self.bind()?;
+        // SAFETY: the buffer at `src` holds at least `dst.len()` f32 values.
+        unsafe { cudarc::driver::result::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }
+            .map_err(|e| format!("copying embeddings back: {e}"))?;
+        self.stream.synchronize().map_err(|e| format!("running the encoder: {e}"))
+    }
+
+    fn launch(&self, kernel: Kernel, grid: Launch, args: &[Arg]) -> CudaResult<()> {
+        let f = &self.kernels.iter().find(|(k, _)| *k == kernel).expect("every kernel is loaded").1;
+        let mut builder = self.stream.launch_builder(f);
+        for arg in args {
+            match arg {
+                Arg::Ptr(v) => builder.arg(v),
+                Arg::I32(v) => builder.arg(v),
+                Arg::I64(v) => builder.arg(v),
+                Arg::F32(v) => builder.arg(v),
+            };
+        }
+        let cfg = LaunchConfig {
+            grid_dim: (grid.blocks, grid.rows, 1),
+            block_dim: (grid.threads, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: `Run` pushes each kernel's arguments in its declared order and types, and
+        // every address is inside a buffer sized for the batch.
+        unsafe { builder.launch(cfg) }
+            .map(|_| ())
+            .map_err(|e| format!("kernel {}: {e}", kernel.name(self.operand)))
+    }
+
+    fn product(&self, p: &Product) -> CudaResult<()> {
+        let op = |t| {
+            if t {
+                blas_sys::cublasOperation_t::CUBLAS_OP_T
+            } else {
+                blas_sys::cublasOperation_t::CUBLAS_OP_N
+            }
+        };
+        let (alpha, beta) = (1f32, p.beta);
+        let (m, n, k) = (p.m as i32, p.n as i32, p.k as i32);
+        // SAFETY: the matrices lie inside buffers of these sizes (`Run` computes them from
+        // the batch); alpha and beta are host f32, as the f32 compute type reads them.
+        unsafe {
+            blas::gemm_strided_batched_ex(
+                self.blas.0,
+                op(p.transpose_a),
+                op(false),
+                m,
+                n,
+                k,
+                (&alpha as *const f32).cast::<c_void>(),
+                p.a.ptr as *const c_void,
+                self.data_type(p.a.f32),
+                p.a.ld as i32,
+                p.a.stride as i64,
+                p.b.ptr as *const c_void,
+                self.data_type(p.b.f32),
+                p.b.ld as i32,
+                p.b.stride as i64,
+                (&beta as *const f32).cast::<c_void>(),
+                p.c.ptr as *mut c_void,
+                self.data_type(p.c.f32),
+                p.c.ld as i32,
+                p.c.stride as i64,
+                p.batch as i32,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| format!("matrix product {}×{}×{} ×{}: {e}", p.m, p.n, p.k, p.batch))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// NVRTC compiles without a GPU: every kernel the encoder loads must come out of it, for
+    /// the oldest architecture bf16 needs (8.0) and for Hopper (9.0).
+    #[test]
+    fn kernels_compile_with_nvrtc() {
+        // SAFETY: only tries to open the library.
+        if !unsafe { cudarc::nvrtc::sys::is_culib_present() } {
+            assert!(
+                std::env::var_os("AESTHETE_REQUIRE_NVRTC").is_none(),
+                "AESTHETE_REQUIRE_NVRTC is set but libnvrtc.so.13 does not load (LD_LIBRARY_PATH?)"
+            );
+            eprintln!(
+                "skipped: libnvrtc.so.13 not found (pip install nvidia-cuda-nvrtc, LD_LIBRARY_PATH on its lib)"
+            );
+            return;
+        }
+        for arch in ["compute_80", "compute_90"] {
+            let ptx = compile_kernels(arch).unwrap().to_src();
+            for kernel in Kernel::ALL {
+                for operand in [Operand::F32, Operand::Bf16, Operand::F16] {
+                    let name = kernel.name(operand);
+                    assert!(ptx.contains(&format!(".entry {name}(")), "{arch}: no kernel {name}");
+                }
+            }
+        }
+    }
+}
