@@ -202,9 +202,14 @@ impl Preprocessor {
                     fir::PixelType::U8x3,
                 )
                 .map_err(|e| Error::config(format!("fast resize: {e}")))?;
+                // In real numbers the box ends inside the source; in f64 `(left + s) · sx` can
+                // land an ulp past its edge, which fast_image_resize refuses: clamp it.
+                let (left, top) = (win.left as f64 * sx, win.top as f64 * sy);
+                let width = (s as f64 * sx).min(w as f64 - left);
+                let height = (s as f64 * sy).min(h as f64 - top);
                 let options = fir::ResizeOptions::new()
                     .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::CatmullRom))
-                    .crop(win.left as f64 * sx, win.top as f64 * sy, s as f64 * sx, s as f64 * sy);
+                    .crop(left, top, width, height);
                 self.fast
                     .resize(&src, &mut dst, &options)
                     .map_err(|e| Error::config(format!("fast resize: {e}")))?;

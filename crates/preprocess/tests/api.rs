@@ -1,7 +1,8 @@
 //! The public surface: extensions, sniffing, slots.
 
 use aesthete_preprocess::{
-    Error, ImageFormat, PreprocessConfig, PreprocessOptions, Preprocessor, is_image_extension,
+    Error, ImageFormat, Mode, PreprocessConfig, PreprocessOptions, Preprocessor, RgbImage,
+    is_image_extension,
 };
 
 use crate::common::read;
@@ -73,4 +74,26 @@ fn an_image_without_pixels_is_zero_sized() {
     let err = engine.preprocess_rgb(&empty, &mut out).unwrap_err();
     assert!(matches!(err, Error::ZeroSized { format: None }), "{err:?}");
     assert_eq!(err.to_string(), "the image has no pixels (zero width or height)");
+}
+
+/// Fast mode's crop box is the window scaled to the source: at sizes where that product
+/// rounds past the last pixel (1 ulp), it must be clamped, not refused. Every size from 224
+/// to 1,400 in steps of 3, in both orientations; found failing at 899×1105 JPEGs.
+#[test]
+fn fast_mode_takes_every_source_size() {
+    let mut engine = Preprocessor::new(
+        PreprocessConfig::clip_vit_l14(),
+        PreprocessOptions::new().mode(Mode::Fast),
+    )
+    .unwrap();
+    let mut out = vec![0f32; engine.output_len()];
+    for long in (224..1400u32).step_by(3) {
+        for (w, h) in [(224, long), (long, 224), (899, long), (long, 899)] {
+            let image =
+                RgbImage::from_raw(w, h, vec![128; (w * h * 3) as usize]).expect("a whole image");
+            engine
+                .preprocess_rgb(&image, &mut out)
+                .unwrap_or_else(|e| panic!("fast mode refused {w}×{h}: {e}"));
+        }
+    }
 }
