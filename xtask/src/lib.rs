@@ -3,7 +3,7 @@
 //!
 //! - [`fetch`]: `fetch-models`, download, verify and convert the models.
 //! - [`fixtures`]: `fixtures`, regenerate `fixtures/` with the committed Python generators.
-//! - [`bench`]: `bench`, run the criterion benches and write `BENCHMARKS.md`.
+//! - [`bench`](mod@bench): `bench`, run the criterion benches and write `BENCHMARKS.md`.
 //! - [`gpu_test`]: `gpu-test`, run the CUDA integration tests where a GPU exists.
 //! - [`gpu_bundle`]: `gpu-bundle`, the GPU device check as a folder for a machine without Rust.
 #![deny(missing_docs)]

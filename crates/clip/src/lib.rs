@@ -2,8 +2,8 @@
 //!
 //! - [`ClipVision`]: the model. [`ClipVision::load`] reads a Hugging Face model directory
 //!   (a full `CLIPModel`, whose text tower stays on disk, or a vision tower alone);
-//!   [`ClipVision::embed`] turns an [`ImageBatch`](aesthete_tensor::ImageBatch) into
-//!   [`NormalizedEmbeddings`](aesthete_tensor::NormalizedEmbeddings).
+//!   [`ClipVision::embed`] turns an [`ImageBatch`] into
+//!   [`NormalizedEmbeddings`].
 //! - [`ClipVisionConfig`]: the sizes, read from `config.json` (ViT-B/32, B/16, L/14, L/14-336…).
 //! - [`extract_vision_tower`]: writes a smaller vision-only checkpoint, optionally in f16;
 //!   [`write_random_model`]: a model of a real shape with random weights, for benchmarks.

@@ -70,7 +70,7 @@ impl fmt::Display for PinMismatch {
 
 impl std::error::Error for PinMismatch {}
 
-/// What a call to [`fetch`] did.
+/// What a call to `fetch` did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fetched {
     /// The verified file's sha256.
