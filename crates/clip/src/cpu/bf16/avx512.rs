@@ -16,7 +16,9 @@ pub(super) fn available() -> bool {
 /// Rows of one register block.
 const ROWS: usize = 8;
 
-/// `c (32 × 32, stride ldc floats) += a · bᵀ`, each two packed panels.
+/// `c (32 × 32, stride ldc floats) += a · bᵀ`, each two packed panels, for the 8-row groups
+/// that hold the first `live` rows (the rest of `c` is left as it is: an edge block's rows
+/// past the matrix are never read back).
 ///
 /// # Safety
 /// [`available`] returned true; the pointers address what [`super::each_block`] passes to its `block`.
@@ -27,8 +29,9 @@ pub(super) unsafe fn block(
     b: *const u16,
     panel: usize,
     steps: usize,
+    live: usize,
 ) {
-    for r in (0..super::BLOCK).step_by(ROWS) {
+    for r in (0..live.min(super::BLOCK)).step_by(ROWS) {
         let a = a.wrapping_add((r / super::PANEL) * panel + (r % super::PANEL) * super::STEP);
         // SAFETY: forwarded, for rows r .. r + 8 of the block (within one 16-row panel).
         unsafe { rows(c.add(r * ldc), ldc, a, b, panel, steps) }

@@ -535,13 +535,16 @@ unsafe fn blocks(
                 // This task's thread runs nothing else while `tiles` lives (no rayon call
                 // below), so no other `Tiles` shares it.
                 let mut tiles = amx::Tiles::configure();
-                each_block(out, layout, rows, cols, a, w, |c, ldc, a, b| {
+                // The tiles cover all 32 rows of a block whatever `live` is.
+                each_block(out, layout, rows, cols, a, w, |c, ldc, a, b, _live| {
                     tiles.block(c, ldc, a, b, panel, steps)
                 });
             }
-            Kernel::Avx512Bf16 => each_block(out, layout, rows, cols, a, w, |c, ldc, a, b| {
-                avx512::block(c, ldc, a, b, panel, steps)
-            }),
+            Kernel::Avx512Bf16 => {
+                each_block(out, layout, rows, cols, a, w, |c, ldc, a, b, live| {
+                    avx512::block(c, ldc, a, b, panel, steps, live)
+                })
+            }
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -551,9 +554,10 @@ unsafe fn blocks(
     }
 }
 
-/// Calls `block(c, ldc, a, b)` for each 32 × 32 output block of `rows` × `cols`, where `c`
-/// addresses 32 rows of 32 writable floats at stride `ldc` and `a` and `b` two panels each of
-/// the block's rows and columns (`panel` u16 apart). A partial block at the matrix's edge, or
+/// Calls `block(c, ldc, a, b, live)` for each 32 × 32 output block of `rows` × `cols`, where
+/// `c` addresses 32 rows of 32 writable floats at stride `ldc` and `a` and `b` two panels each
+/// of the block's rows and columns (`panel` u16 apart), and `live` is how many of its rows
+/// lie inside `rows` (a kernel may skip the others). A partial block at the matrix's edge, or
 /// one across two column groups, goes through a scratch block, copied in and out.
 ///
 /// # Safety
@@ -567,7 +571,7 @@ unsafe fn each_block(
     cols: std::ops::Range<usize>,
     a: &Activations,
     w: &PackedWeight,
-    mut block: impl FnMut(*mut f32, usize, *const u16, *const u16),
+    mut block: impl FnMut(*mut f32, usize, *const u16, *const u16, usize),
 ) {
     let panel = w.panel_len();
     let mut scratch = [0f32; BLOCK * BLOCK];
@@ -582,7 +586,7 @@ unsafe fn each_block(
             // two from column `j` (both padded to 32 rows).
             unsafe {
                 if h == BLOCK && wd == BLOCK && layout.in_one_group(j, BLOCK) {
-                    block(out.add(layout.at(i, j)), layout.ldc, a_block, b);
+                    block(out.add(layout.at(i, j)), layout.ldc, a_block, b, BLOCK);
                 } else {
                     let s = scratch.as_mut_ptr();
                     // Row by row inside one group; element by element across groups.
@@ -594,7 +598,7 @@ unsafe fn each_block(
                             std::ptr::copy_nonoverlapping(at, s.add(r * BLOCK + c), run);
                         }
                     }
-                    block(s, BLOCK, a_block, b);
+                    block(s, BLOCK, a_block, b, h);
                     for r in 0..h {
                         for c in (0..wd).step_by(run) {
                             let at = out.add(layout.at(i + r, j + c));
@@ -804,6 +808,7 @@ mod tests {
             (32, 32, 32),
             (33, 65, 31),
             (130, 300, 97),
+            (45, 40, 64),
             (257, 48, 1024),
             (40, 16, 0),
         ];
