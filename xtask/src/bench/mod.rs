@@ -46,9 +46,14 @@ pub const TORCH_SCRIPT: &str = "fixtures/clip/bench_torch.py";
 /// The environment variable the `vit` bench reads its batch sizes from.
 pub const BATCHES_ENV: &str = "AESTHETE_BENCH_BATCHES";
 
-/// The ViT-L/14 batch sizes both aesthete-clip and PyTorch measure.
-pub fn vit_batches(quick: bool) -> &'static str {
-    if quick { "1,4" } else { "1,4,16" }
+/// The ViT-L/14 batch sizes both aesthete-clip and PyTorch measure: `$AESTHETE_BENCH_BATCHES`
+/// when set (`AESTHETE_BENCH_BATCHES=1,4,16 cargo xtask bench --quick clip`), else 1 and 4 in
+/// a quick run and 1, 4 and 16 in a full one.
+pub fn vit_batches(quick: bool) -> String {
+    match std::env::var(BATCHES_ENV) {
+        Ok(batches) if !batches.trim().is_empty() => batches,
+        _ => if quick { "1,4" } else { "1,4,16" }.to_string(),
+    }
 }
 
 /// What to run.
@@ -115,8 +120,9 @@ pub fn run(root: &Path, opts: &BenchOptions) -> anyhow::Result<()> {
             );
         }
         // Both sides of the PyTorch comparison measure the same batches.
+        let batches = vit_batches(opts.quick);
         let env =
-            if name == "clip" { vec![(BATCHES_ENV, vit_batches(opts.quick))] } else { vec![] };
+            if name == "clip" { vec![(BATCHES_ENV, batches.as_str())] } else { vec![] };
         commands.push(run_cargo_with(&cargo, root, &env, &args)?);
         if name == "preprocess" {
             // The optional SIMD build of libjpeg-turbo, where nasm can build it.
@@ -244,11 +250,12 @@ fn torch_comparison(root: &Path, quick: bool) -> anyhow::Result<Vec<Value>> {
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).to_string();
     let seconds = if quick { "5" } else { "20" };
+    let batches = vit_batches(quick);
     let args = [
         "--threads",
         &threads,
         "--batches",
-        vit_batches(quick),
+        &batches,
         "--compile",
         "--sgemm",
         "--bf16",
