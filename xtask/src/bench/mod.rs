@@ -121,8 +121,7 @@ pub fn run(root: &Path, opts: &BenchOptions) -> anyhow::Result<()> {
         }
         // Both sides of the PyTorch comparison measure the same batches.
         let batches = vit_batches(opts.quick);
-        let env =
-            if name == "clip" { vec![(BATCHES_ENV, batches.as_str())] } else { vec![] };
+        let env = if name == "clip" { vec![(BATCHES_ENV, batches.as_str())] } else { vec![] };
         commands.push(run_cargo_with(&cargo, root, &env, &args)?);
         if name == "preprocess" {
             // The optional SIMD build of libjpeg-turbo, where nasm can build it.
