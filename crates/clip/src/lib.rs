@@ -64,7 +64,10 @@ impl ClipVision {
         check_dtype(device, dtype)?;
         let cuda = match *device {
             Device::Cpu => None,
-            Device::Cuda(ordinal) => Some(cuda_ordinal(device, ordinal)?),
+            Device::Cuda(ordinal) => {
+                cuda_libraries_load(device)?;
+                Some(ordinal)
+            }
         };
         let config = ClipVisionConfig::from_json_file(&dir.join("config.json"))?;
         let _span = tracing::info_span!("clip_load", dir = %dir.display()).entered();
@@ -144,19 +147,19 @@ pub fn check_dtype(device: &Device, dtype: DType) -> Result<(), Error> {
     Err(Error::UnsupportedDtype { dtype, device: device.to_string(), hint })
 }
 
-/// The ordinal of a CUDA device whose libraries all load, or which are missing.
+/// Whether the CUDA libraries load, or which are missing (or that the crate has no CUDA).
 #[cfg(feature = "cuda")]
-fn cuda_ordinal(device: &Device, ordinal: usize) -> Result<usize, Error> {
+fn cuda_libraries_load(device: &Device) -> Result<(), Error> {
     let missing = cuda::missing_libraries();
     if missing.is_empty() {
-        Ok(ordinal)
+        Ok(())
     } else {
         Err(Error::CudaUnavailable { device: device.to_string(), missing: missing.join(", ") })
     }
 }
 
 #[cfg(not(feature = "cuda"))]
-fn cuda_ordinal(device: &Device, _ordinal: usize) -> Result<usize, Error> {
+fn cuda_libraries_load(device: &Device) -> Result<(), Error> {
     Err(Error::CudaNotCompiled(device.to_string()))
 }
 

@@ -274,7 +274,7 @@ impl ClipVision {
         let Some(precision) = crate::DType::from_candle(dtype) else {
             candle_core::bail!("ClipVision computes in f32, f16 or bf16, not {dtype:?}");
         };
-        let kernel = if vb.device().is_cpu() && dtype == DType::BF16 {
+        let kernel = if dtype == DType::BF16 {
             Some(cpu::bf16::Kernel::detect().map_err(candle_core::Error::msg)?)
         } else {
             None
@@ -345,18 +345,19 @@ impl ClipVision {
         if self.packed.is_some() { DType::F32 } else { self.dtype.to_candle() }
     }
 
-    /// Embeds `(n, channels, image_size, image_size)` pixels (any float dtype, on the model's
-    /// device) into `(n, projection_dim)` f32 rows of unit L2 norm.
+    /// Embeds `(n, channels, image_size, image_size)` CPU pixels (any float dtype) into
+    /// `(n, projection_dim)` f32 rows of unit L2 norm; a CUDA model embeds through
+    /// [`ClipVision::embed`] only.
     ///
-    /// On CPU the encoder layers run as direct matrix products over reused buffers (f32, or
-    /// bf16 operands with f32 sums); elsewhere as candle operations.
+    /// The encoder layers run as direct matrix products over reused buffers (f32, or bf16
+    /// operands with f32 sums).
     pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let fast = self.tensor_dtype() == DType::F32;
         self.forward_with(pixel_values, fast)
     }
 
-    /// [`ClipVision::forward`] through candle operations only, as on CUDA; for tests. A CPU
-    /// bf16 model has no such path.
+    /// [`ClipVision::forward`] through candle operations only; for tests. A CPU bf16 model
+    /// has no such path.
     #[doc(hidden)]
     pub fn forward_portable(&self, pixel_values: &Tensor) -> Result<Tensor> {
         if self.packed.is_some() {

@@ -63,7 +63,8 @@ impl Drop for Blas {
 pub(crate) struct Driver {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    kernels: Vec<(Kernel, CudaFunction)>,
+    /// The kernels in [`Kernel::ALL`] order, indexed by `Kernel as usize`.
+    kernels: Vec<CudaFunction>,
     blas: Blas,
     operand: Operand,
 }
@@ -92,8 +93,7 @@ impl Driver {
             .iter()
             .map(|&k| {
                 let name = k.name(operand);
-                let f = module.load_function(&name).map_err(|e| format!("kernel {name}: {e}"))?;
-                Ok((k, f))
+                module.load_function(&name).map_err(|e| format!("kernel {name}: {e}"))
             })
             .collect::<CudaResult<Vec<_>>>()?;
         let blas =
@@ -157,8 +157,7 @@ impl Exec for Driver {
     }
 
     fn launch(&self, kernel: Kernel, grid: Launch, args: &[Arg]) -> CudaResult<()> {
-        let f = &self.kernels.iter().find(|(k, _)| *k == kernel).expect("every kernel is loaded").1;
-        let mut builder = self.stream.launch_builder(f);
+        let mut builder = self.stream.launch_builder(&self.kernels[kernel as usize]);
         for arg in args {
             match arg {
                 Arg::Ptr(v) => builder.arg(v),
@@ -225,6 +224,14 @@ impl Exec for Driver {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `Driver::launch` indexes its kernels by `Kernel as usize`, in `Kernel::ALL` order.
+    #[test]
+    fn kernel_list_is_in_declaration_order() {
+        for (i, kernel) in Kernel::ALL.into_iter().enumerate() {
+            assert_eq!(kernel as usize, i, "{kernel:?}");
+        }
+    }
 
     /// NVRTC compiles without a GPU: every kernel the encoder loads must come out of it, for
     /// the oldest architecture bf16 needs (8.0) and for Hopper (9.0).

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use half::{bf16, f16};
 
 use super::{Arg, Buffer, CudaResult, Exec, Kernel, Launch, Operand, Product};
+use crate::ops::kernels::erf;
 
 /// Host memory standing in for a device: regions at distinct fake addresses.
 pub(crate) struct Emulator {
@@ -226,7 +227,7 @@ impl Exec for Emulator {
                     let x = m.f32_at(h, e) + m.f32_at(bias, e % cols);
                     let y = match act {
                         0 => x / (1.0 + (-1.702 * x).exp()),
-                        1 => 0.5 * x * (1.0 + erf(x / std::f32::consts::SQRT_2)),
+                        1 => 0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2)),
                         _ => {
                             let inner = 0.797_884_6 * (x + 0.044715 * x * x * x);
                             0.5 * x * (1.0 + inner.tanh())
@@ -262,24 +263,6 @@ impl Exec for Emulator {
         }
         Ok(())
     }
-}
-
-/// The error function, to f32 precision (Abramowitz and Stegun 7.1.26 is too coarse for
-/// parity; this sums the Taylor series, or the continued fraction far out).
-fn erf(x: f32) -> f32 {
-    let x = x as f64;
-    let r = if x.abs() < 3.0 {
-        let mut term = x;
-        let mut sum = x;
-        for n in 1..60 {
-            term *= -x * x / n as f64;
-            sum += term / (2 * n + 1) as f64;
-        }
-        sum * 2.0 / std::f64::consts::PI.sqrt()
-    } else {
-        x.signum()
-    };
-    r as f32
 }
 
 #[cfg(test)]
