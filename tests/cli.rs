@@ -107,7 +107,7 @@ fn members(path: &Path) -> Vec<(String, Vec<u8>)> {
     let reader = ShardReader::open(path, ReadOptions::default()).unwrap();
     let mut out = Vec::new();
     for sample in reader {
-        for member in sample.unwrap().members {
+        for member in sample.unwrap().into_parts().1 {
             out.push((member.name, member.data));
         }
     }
@@ -119,8 +119,8 @@ fn input_samples(path: &Path) -> BTreeMap<String, Vec<(String, Vec<u8>)>> {
     let mut out = BTreeMap::new();
     for sample in ShardReader::open(path, ReadOptions::default()).unwrap().flatten() {
         out.insert(
-            sample.key.clone(),
-            sample.members.into_iter().map(|m| (m.name, m.data)).collect(),
+            sample.key().to_string(),
+            sample.members().iter().cloned().map(|m| (m.name, m.data)).collect(),
         );
     }
     out

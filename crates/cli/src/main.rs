@@ -79,12 +79,12 @@ fn print_summary(summary: &RunSummary) -> std::io::Result<()> {
         summary.images_per_second(),
     )?;
     for failed in &summary.failed_shards {
-        writeln!(
-            err,
-            "aesthete: failed shard {}: {}",
-            failed.input.display(),
-            failed.error.as_deref().unwrap_or("unknown error")
-        )?;
+        match &failed.error {
+            Some(error) => {
+                writeln!(err, "aesthete: failed shard {}: {error}", failed.input.display())?
+            }
+            None => writeln!(err, "aesthete: failed shard {}", failed.input.display())?,
+        }
     }
     Ok(())
 }

@@ -75,6 +75,19 @@ pub enum Error {
         /// What differs.
         difference: String,
     },
+    /// A completion record was written by a newer aesthete, in a record version this one does
+    /// not know; it is not guessed at.
+    #[error(
+        "{path} is a completion record of version {version}, newer than this aesthete reads (up to {supported}); use a newer aesthete, or pass --overwrite to redo the shard"
+    )]
+    RecordVersion {
+        /// The completion record.
+        path: PathBuf,
+        /// Its `record_version`.
+        version: u64,
+        /// The newest version this build reads.
+        supported: u32,
+    },
     /// The output directory cannot be created or written.
     #[error("output directory {path}")]
     Output {

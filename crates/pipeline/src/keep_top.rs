@@ -1,22 +1,18 @@
 //! `--keep-top FRACTION`: score everything first, then keep the best fraction of the run.
 //!
 //! Pass one streams every shard through the model into score tables under
-//! `OUTPUT/.aesthete-keep-top/` (resumable like any run). Pass two finds the score at the cut
-//! over all of this worker's tables, then re-reads each input shard and writes its final tar
-//! and table with that cut as the threshold. Only pass one runs the model.
-use std::fs::File;
-use std::path::{Path, PathBuf};
-
+//! `OUTPUT/.aesthete-keep-top/` (resumable like any run, and reused by a rerun with another
+//! fraction). Pass two finds the score at the cut over all of this worker's tables, then
+//! re-reads each input shard and writes its final tar and table from its scores, keeping
+//! what reaches the cut. Only pass one runs the model.
 use aesthete_shards::ShardReader;
-use arrow_array::cast::AsArray;
-use arrow_array::types::{Float32Type, UInt32Type};
-use arrow_array::{Array, RecordBatch};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use crate::plan::{self, OutputSettings, Plan, ShardJob};
-use crate::run::{self, Entry, Outcome};
-use crate::table::columns;
-use crate::{Error, Models, Outputs, Progress, RunConfig, RunSummary, Selection};
+use crate::done::Settings;
+use crate::outputs::{Keep, ShardOutput, Target, Totals};
+use crate::plan::{self, Plan, ShardJob};
+use crate::record::{SampleRecord, error_chain};
+use crate::table::{self, StoredRow};
+use crate::{Error, Models, Progress, RunConfig, RunSummary, ShardError, stages};
 
 /// Directory of pass one's score tables inside the output directory.
 pub(crate) const SCRATCH_DIR: &str = ".aesthete-keep-top";
@@ -32,14 +28,16 @@ pub(crate) fn run(
     if plan.todo.is_empty() {
         return Ok(());
     }
-    let mut scoring = config.clone();
-    scoring.output_dir = config.output_dir.join(SCRATCH_DIR);
-    scoring.outputs = Outputs::ScoresOnly;
-    scoring.selection = Selection::Threshold(f32::INFINITY);
-    let scoring_plan = plan::plan(&scoring)?;
-    let mut scoring_summary = RunSummary::default();
-    run::stream(&scoring, models, progress, &scoring_plan.todo, &|_| false, &mut scoring_summary)?;
-    summary.images += scoring_summary.images;
+    let scoring = Target {
+        dir: config.output_dir.join(SCRATCH_DIR),
+        tar: false,
+        keep: Keep::Nothing,
+        settings: Settings::scores_for_cut(config),
+        embedding_dim: config.save_embeddings.then(|| models.clip.embedding_dim()),
+    };
+    let scoring_plan = plan::plan(config, &scoring.dir, &scoring.settings)?;
+    let scored = stages::stream(config, models, progress, &scoring_plan.todo, &scoring)?;
+    summary.images += scored.scored();
 
     // Every shard of this worker must have its scores before the cut means anything.
     let all_jobs: Vec<&ShardJob> =
@@ -47,35 +45,31 @@ pub(crate) fn run(
     let mut scores = Vec::new();
     let mut unscored = Vec::new();
     for job in &all_jobs {
-        let record = scoring.output_dir.join(format!("{}.done.json", job.name));
-        if !record.is_file() {
+        if !job.record_path(&scoring.dir).is_file() {
             unscored.push(job.input.clone());
             continue;
         }
-        let table = read_table(&job.table_path(&scoring.output_dir))?;
-        scores.extend(table.iter().filter_map(|row| row.score));
+        let rows = table::read(&job.table_path(&scoring.dir))?;
+        scores.extend(rows.iter().filter_map(|row| row.result.score()));
     }
     if !unscored.is_empty() {
-        summary.failed_shards.extend(scoring_summary.failed_shards);
+        summary.failed_shards.extend(scored.failed_shards().iter().cloned());
         tracing::warn!(shards = unscored.len(), "some shards could not be scored; not cutting");
         return Ok(());
     }
     let cut = cut_for(&mut scores, fraction);
     tracing::info!(fraction, cut, scored = scores.len(), "keep-top cut");
 
-    let settings = OutputSettings::of(config);
-    let embedding_dim = config.save_embeddings.then(|| models.clip.embedding_dim());
-    let keep = move |score: f32| score >= cut;
+    let target = crate::run::final_target(config, models, Keep::AtLeast(cut));
+    let mut totals = Totals::default();
     for job in &plan.todo {
-        let table = read_table(&job.table_path(&scoring.output_dir))?;
-        let (out, read_error) = rewrite(config, job, table, embedding_dim, &keep, summary);
-        let report = run::finish_output(config, job, &settings, out, read_error);
-        summary.processed += 1;
-        if report.error.is_some() {
-            summary.failed_shards.push(report.clone());
-        }
+        let rows = table::read(&job.table_path(&scoring.dir))?;
+        let (out, read_error) = rewrite(config, &target, job, rows);
+        let (report, scored) = out.finish(&target, job, read_error);
+        totals.add(&report, scored);
         progress.shard_finished(&report);
     }
+    totals.add_rewritten_to(summary);
     Ok(())
 }
 
@@ -90,112 +84,42 @@ fn cut_for(scores: &mut [f32], fraction: f32) -> f32 {
     scores[keep.min(scores.len()) - 1]
 }
 
-/// Writes `job`'s final outputs from its input shard and its pass-one table.
+/// Fills `job`'s final outputs from its input shard's members and its `rows` of scores.
 fn rewrite(
     config: &RunConfig,
+    target: &Target,
     job: &ShardJob,
-    table: Vec<TableRow>,
-    embedding_dim: Option<usize>,
-    keep: &(dyn Fn(f32) -> bool + Sync),
-    summary: &mut RunSummary,
-) -> (run::ShardOutput, Option<String>) {
-    let mut out = run::open_output(config, job, embedding_dim);
-    let mut rows = table.into_iter();
+    rows: Vec<StoredRow>,
+) -> (ShardOutput, Option<ShardError>) {
+    let mut out = ShardOutput::open(target, job);
+    let mut rows = rows.into_iter();
     let mut read_error = None;
-    let mut written = run::Written::default();
     match ShardReader::open(&job.input, config.read) {
-        Err(e) => read_error = Some(run::error_chain(&e)),
+        Err(e) => read_error = Some(ShardError::Input(error_chain(&e))),
         Ok(reader) => {
             for item in reader {
                 let (key, members) = match item {
-                    Ok(sample) => (sample.key, sample.members),
+                    Ok(sample) => sample.into_parts(),
                     Err(e) => match e.skipped_sample_key() {
                         Some(key) => (key.to_string(), Vec::new()),
                         None => {
-                            read_error = Some(run::error_chain(&e));
+                            read_error = Some(ShardError::Input(error_chain(&e)));
                             break;
                         }
                     },
                 };
                 let Some(row) = rows.next().filter(|row| row.key == key) else {
-                    read_error = Some(format!(
+                    read_error = Some(ShardError::Input(format!(
                         "{} changed since it was scored (sample {key} is not in its score table); rerun with --overwrite",
                         job.input.display()
-                    ));
+                    )));
                     break;
                 };
-                let outcome = match (row.score, row.error) {
-                    (Some(score), _) => Outcome::Scored {
-                        size: row.size.unwrap_or((0, 0)),
-                        score,
-                        embedding: row.embedding,
-                    },
-                    (None, error) => Outcome::Failed {
-                        size: row.size,
-                        error: error.unwrap_or_else(|| "not scored".into()),
-                    },
-                };
-                let entry = Entry { shard: 0, key, members, image: None, outcome };
-                run::write_entry(&mut out, entry, keep, &mut written);
+                out.push(target, job, SampleRecord { key, members, result: row.result });
             }
         }
     }
-    summary.samples += written.samples;
-    summary.kept += written.kept;
-    summary.failed_samples += written.failed_samples;
     (out, read_error)
-}
-
-struct TableRow {
-    key: String,
-    score: Option<f32>,
-    error: Option<String>,
-    size: Option<(u32, u32)>,
-    embedding: Option<Vec<f32>>,
-}
-
-fn read_table(path: &Path) -> Result<Vec<TableRow>, Error> {
-    let err = |e: parquet::errors::ParquetError| Error::Output {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e),
-    };
-    let file = File::open(path).map_err(|source| Error::Output { path: path.into(), source })?;
-    let reader =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(err)?.build().map_err(err)?;
-    let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| err(e.into()))?;
-        read_batch(&batch, &mut rows, path)?;
-    }
-    Ok(rows)
-}
-
-fn read_batch(batch: &RecordBatch, rows: &mut Vec<TableRow>, path: &Path) -> Result<(), Error> {
-    let column = |name: &str| {
-        batch.column_by_name(name).ok_or_else(|| Error::Output {
-            path: PathBuf::from(path),
-            source: std::io::Error::other(format!("score table has no column {name}")),
-        })
-    };
-    let keys = column(columns::KEY)?.as_string::<i32>();
-    let scores = column(columns::SCORE)?.as_primitive::<Float32Type>();
-    let errors = column(columns::ERROR)?.as_string::<i32>();
-    let widths = column(columns::WIDTH)?.as_primitive::<UInt32Type>();
-    let heights = column(columns::HEIGHT)?.as_primitive::<UInt32Type>();
-    let embeddings = batch.column_by_name(columns::EMBEDDING).map(|c| c.as_fixed_size_list());
-    for i in 0..batch.num_rows() {
-        rows.push(TableRow {
-            key: keys.value(i).to_string(),
-            score: scores.is_valid(i).then(|| scores.value(i)),
-            error: errors.is_valid(i).then(|| errors.value(i).to_string()),
-            size: (widths.is_valid(i) && heights.is_valid(i))
-                .then(|| (widths.value(i), heights.value(i))),
-            embedding: embeddings
-                .filter(|list| list.is_valid(i))
-                .map(|list| list.value(i).as_primitive::<Float32Type>().values().to_vec()),
-        });
-    }
-    Ok(())
 }
 
 #[cfg(test)]

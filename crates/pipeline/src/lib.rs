@@ -32,12 +32,16 @@
 #![deny(missing_docs)]
 
 mod config;
+mod done;
 mod error;
 mod keep_top;
 mod models;
+mod outputs;
 mod plan;
 mod progress;
+mod record;
 mod run;
+mod stages;
 mod table;
 
 // What a caller needs to configure a run and load its models, from the crates that define
@@ -48,5 +52,5 @@ pub use aesthete_shards::ReadOptions;
 pub use config::{Outputs, Partition, RunConfig, Selection};
 pub use error::Error;
 pub use models::{CLIP_DIR_NAME, HEAD_FILE_NAME, ModelPaths, Models, default_model_dirs};
-pub use progress::{NoProgress, Progress, RunSummary, ShardReport};
+pub use progress::{NoProgress, Progress, RunSummary, ShardError, ShardReport};
 pub use run::run;

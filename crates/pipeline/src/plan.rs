@@ -4,11 +4,8 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
-
-use aesthete_preprocess::{Limits, Mode, PreprocessOptions};
-
-use crate::{Error, Outputs, RunConfig, Selection};
+use crate::done::{self, DoneRecord, Settings, Status};
+use crate::{Error, RunConfig};
 
 /// One input shard and the outputs it maps to.
 #[derive(Debug, Clone)]
@@ -35,99 +32,14 @@ impl ShardJob {
 #[derive(Debug)]
 pub(crate) struct Plan {
     pub todo: Vec<ShardJob>,
-    pub done: Vec<(ShardJob, CompletionRecord)>,
+    pub done: Vec<(ShardJob, DoneRecord)>,
     /// Shards of the whole run (all workers).
     pub total_in_run: usize,
 }
 
-/// The settings that shape a shard's outputs; a rerun with other settings must not mix them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct OutputSettings {
-    pub outputs: String,
-    pub selection: String,
-    pub save_embeddings: bool,
-    pub preprocess: String,
-}
-
-impl OutputSettings {
-    pub fn of(config: &RunConfig) -> Self {
-        OutputSettings {
-            outputs: match config.outputs {
-                Outputs::FilterAndScore => "filter".into(),
-                Outputs::ScoresOnly => "score".into(),
-            },
-            selection: selection_setting(config.selection),
-            save_embeddings: config.save_embeddings,
-            preprocess: preprocess_setting(&config.preprocess),
-        }
-    }
-
-    fn difference(&self, other: &OutputSettings) -> Option<String> {
-        let mut parts = Vec::new();
-        if self.outputs != other.outputs {
-            parts.push(format!("outputs {} vs {}", other.outputs, self.outputs));
-        }
-        if self.selection != other.selection {
-            parts.push(format!("selection {} vs {}", other.selection, self.selection));
-        }
-        if self.save_embeddings != other.save_embeddings {
-            parts.push(format!(
-                "save embeddings {} vs {}",
-                other.save_embeddings, self.save_embeddings
-            ));
-        }
-        if self.preprocess != other.preprocess {
-            parts.push(format!("preprocess {} vs {}", other.preprocess, self.preprocess));
-        }
-        (!parts.is_empty()).then(|| parts.join(", "))
-    }
-}
-
-/// The selection as completion records store it. Spelled out here, not taken from `Debug`, so
-/// that no formatting change can invalidate existing output directories; the spelling is the
-/// one records have always had (`Threshold(5.0)`, `KeepTop(0.1)`).
-fn selection_setting(selection: Selection) -> String {
-    match selection {
-        Selection::Threshold(t) => format!("Threshold({t:?})"),
-        Selection::KeepTop(f) => format!("KeepTop({f:?})"),
-    }
-}
-
-/// The preprocessing options as completion records store them, spelled out for the same
-/// reason and in the same spelling as ever.
-fn preprocess_setting(options: &PreprocessOptions) -> String {
-    let mode = match options.get_mode() {
-        Mode::Exact => "Exact",
-        Mode::Fast => "Fast",
-    };
-    let Limits { max_pixels, max_alloc } = options.get_limits();
-    format!(
-        "PreprocessOptions {{ mode: {mode}, limits: Limits {{ max_pixels: {max_pixels}, max_alloc: {max_alloc} }} }}"
-    )
-}
-
-/// Written last, after a shard's outputs are in place: its presence means they are whole.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub(crate) struct CompletionRecord {
-    pub aesthete_version: String,
-    pub input: PathBuf,
-    pub settings: OutputSettings,
-    /// `complete`, or `incomplete` when the input was cut off or unreadable part way (its
-    /// salvaged outputs are kept, and a rerun tries it again).
-    pub status: String,
-    pub samples: u64,
-    pub kept: u64,
-    pub failed: u64,
-    pub error: Option<String>,
-}
-
-impl CompletionRecord {
-    pub const COMPLETE: &'static str = "complete";
-    pub const INCOMPLETE: &'static str = "incomplete";
-}
-
-/// Lists, partitions and checks the outputs of the run's shards.
-pub(crate) fn plan(config: &RunConfig) -> Result<Plan, Error> {
+/// Lists and partitions the run's shards and checks their outputs in `dir` against
+/// `settings`: a shard with a complete record of the same settings is done.
+pub(crate) fn plan(config: &RunConfig, dir: &Path, settings: &Settings) -> Result<Plan, Error> {
     let mut inputs = aesthete_shards::expand_inputs(&config.inputs).map_err(Error::Inputs)?;
     inputs.sort();
     inputs.dedup();
@@ -146,22 +58,21 @@ pub(crate) fn plan(config: &RunConfig) -> Result<Plan, Error> {
         }
     }
 
-    prepare_output_dir(&config.output_dir)?;
-    let settings = OutputSettings::of(config);
-    let temporaries = temporaries(&config.output_dir)?;
+    prepare_output_dir(dir)?;
+    let temporaries = temporaries(dir)?;
     let mut plan = Plan { todo: Vec::new(), done: Vec::new(), total_in_run };
     for job in jobs {
-        let record_path = job.record_path(&config.output_dir);
-        let record = if config.overwrite { None } else { read_record(&record_path)? };
+        let record_path = job.record_path(dir);
+        let record = if config.overwrite { None } else { done::read(&record_path)? };
         match record {
-            Some(record) if record.status == CompletionRecord::COMPLETE => {
+            Some(record) if record.status == Status::Complete => {
                 if let Some(difference) = settings.difference(&record.settings) {
                     return Err(Error::SettingsChanged { path: record_path, difference });
                 }
                 plan.done.push((job, record));
             }
             _ => {
-                remove_stale_temporaries(&config.output_dir, &temporaries, &job)?;
+                remove_stale_temporaries(dir, &temporaries, &job)?;
                 plan.todo.push(job);
             }
         }
@@ -227,45 +138,9 @@ fn prepare_output_dir(dir: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-fn read_record(path: &Path) -> Result<Option<CompletionRecord>, Error> {
-    match fs::read(path) {
-        Ok(bytes) => match serde_json::from_slice(&bytes) {
-            Ok(record) => Ok(Some(record)),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "unreadable completion record; redoing the shard");
-                Ok(None)
-            }
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(source) => Err(Error::Output { path: path.to_path_buf(), source }),
-    }
-}
-
-/// Writes `record` to `path` atomically.
-pub(crate) fn write_record(path: &Path, record: &CompletionRecord) -> std::io::Result<()> {
-    let mut bytes = serde_json::to_vec_pretty(record).map_err(std::io::Error::other)?;
-    bytes.push(b'\n');
-    aesthete_atomic::write(path, &bytes)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// The settings strings that completion records of earlier versions hold: a rerun over
-    /// their output directories must find its settings unchanged.
-    #[test]
-    fn settings_are_spelled_as_records_have_always_had_them() {
-        assert_eq!(selection_setting(Selection::Threshold(5.0)), "Threshold(5.0)");
-        assert_eq!(selection_setting(Selection::Threshold(0.5)), "Threshold(0.5)");
-        assert_eq!(selection_setting(Selection::KeepTop(0.1)), "KeepTop(0.1)");
-        assert_eq!(
-            preprocess_setting(&PreprocessOptions::default()),
-            "PreprocessOptions { mode: Exact, limits: Limits { max_pixels: 178956970, max_alloc: 1073741824 } }"
-        );
-        let fast = PreprocessOptions::default().mode(Mode::Fast);
-        assert!(preprocess_setting(&fast).starts_with("PreprocessOptions { mode: Fast, "));
-    }
 
     #[test]
     fn output_names_drop_tar_suffixes() {

@@ -35,8 +35,36 @@ pub struct ShardReport {
     pub kept: u64,
     /// Samples recorded with an error.
     pub failed: u64,
-    /// Why the shard could not be read whole; its salvaged samples are in the outputs.
-    pub error: Option<String>,
+    /// Why the shard's outputs are not whole; what was salvaged is in them.
+    pub error: Option<ShardError>,
+}
+
+/// Why a shard's outputs are not whole. The run goes on with the other shards; a rerun tries
+/// this one again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ShardError {
+    /// The input could not be read whole (missing, cut off, a corrupt header, or changed since
+    /// it was scored); the samples before the fault are in the outputs.
+    Input(String),
+    /// An output could not be written.
+    Output {
+        /// The output.
+        path: PathBuf,
+        /// Why, with its causes.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for ShardError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ShardError::Input(reason) => f.write_str(reason),
+            ShardError::Output { path, reason } => {
+                write!(f, "writing {}: {reason}", path.display())
+            }
+        }
+    }
 }
 
 /// The outcome of a run.

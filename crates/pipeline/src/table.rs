@@ -1,15 +1,23 @@
-//! The per-shard Parquet table: one row per input sample.
+//! The per-shard Parquet table: one row per input sample, written as samples arrive and read
+//! back as [`SampleResult`]s.
+use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
 
 use arrow_array::builder::{
     BooleanBuilder, FixedSizeListBuilder, Float32Builder, StringBuilder, UInt32Builder,
 };
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float32Type, UInt32Type};
+use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema};
 use parquet::arrow::ArrowWriter;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
+
+use crate::Error;
+use crate::record::{SampleError, SampleResult};
 
 /// Column names, as documented in the README.
 pub(crate) mod columns {
@@ -121,4 +129,60 @@ impl TableBuilder {
         pending.commit(writer.into_inner()?)?;
         Ok(())
     }
+}
+
+/// A row read back: the sample's key and its result as recorded.
+pub(crate) struct StoredRow {
+    pub key: String,
+    pub result: SampleResult,
+}
+
+/// Every row of the table at `path`, in order.
+pub(crate) fn read(path: &Path) -> Result<Vec<StoredRow>, Error> {
+    let err = |e: parquet::errors::ParquetError| Error::Output {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
+    };
+    let file = File::open(path).map_err(|source| Error::Output { path: path.into(), source })?;
+    let reader =
+        ParquetRecordBatchReaderBuilder::try_new(file).map_err(err)?.build().map_err(err)?;
+    let mut rows = Vec::new();
+    for batch in reader {
+        let batch = batch.map_err(|e| err(e.into()))?;
+        read_batch(&batch, &mut rows, path)?;
+    }
+    Ok(rows)
+}
+
+fn read_batch(batch: &RecordBatch, rows: &mut Vec<StoredRow>, path: &Path) -> Result<(), Error> {
+    let column = |name: &str| {
+        batch.column_by_name(name).ok_or_else(|| Error::Output {
+            path: path.to_path_buf(),
+            source: std::io::Error::other(format!("score table has no column {name}")),
+        })
+    };
+    let keys = column(columns::KEY)?.as_string::<i32>();
+    let scores = column(columns::SCORE)?.as_primitive::<Float32Type>();
+    let errors = column(columns::ERROR)?.as_string::<i32>();
+    let widths = column(columns::WIDTH)?.as_primitive::<UInt32Type>();
+    let heights = column(columns::HEIGHT)?.as_primitive::<UInt32Type>();
+    let embeddings = batch.column_by_name(columns::EMBEDDING).map(|c| c.as_fixed_size_list());
+    for i in 0..batch.num_rows() {
+        let size = (widths.is_valid(i) && heights.is_valid(i))
+            .then(|| (widths.value(i), heights.value(i)));
+        let result = if scores.is_valid(i) {
+            SampleResult::Scored {
+                size: size.unwrap_or((0, 0)),
+                score: scores.value(i),
+                embedding: embeddings
+                    .filter(|list| list.is_valid(i))
+                    .map(|list| list.value(i).as_primitive::<Float32Type>().values().to_vec()),
+            }
+        } else {
+            let error = if errors.is_valid(i) { errors.value(i) } else { "not scored" };
+            SampleResult::Failed { size, error: SampleError::Recorded(error.to_string()) }
+        };
+        rows.push(StoredRow { key: keys.value(i).to_string(), result });
+    }
+    Ok(())
 }

@@ -49,7 +49,7 @@ fn drain<R: std::io::Read>(reader: ShardReader<R>) -> (usize, usize) {
     for sample in reader {
         let sample = sample.unwrap();
         samples += 1;
-        bytes += sample.members.iter().map(|m| m.data.len()).sum::<usize>();
+        bytes += sample.members().iter().map(|m| m.data.len()).sum::<usize>();
         black_box(&sample);
     }
     (samples, bytes)

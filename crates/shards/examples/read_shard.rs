@@ -9,8 +9,8 @@ fn main() -> Result<(), aesthete_shards::Error> {
     });
     for sample in ShardReader::open(&path, ReadOptions::default())? {
         let sample = sample?;
-        let members: Vec<&str> = sample.members.iter().map(|m| m.extension()).collect();
-        println!("{} ({} bytes): {}", sample.key, sample.data_len(), members.join(", "));
+        let members: Vec<&str> = sample.members().iter().map(|m| m.extension()).collect();
+        println!("{} ({} bytes): {}", sample.key(), sample.data_len(), members.join(", "));
     }
     Ok(())
 }

@@ -25,7 +25,7 @@
 //! for sample in ShardReader::open(&path, ReadOptions::default())? {
 //!     let sample = sample?;
 //!     let caption = sample.member("TXT").map(|m| m.data.as_slice());
-//!     assert_eq!((sample.key.as_str(), caption), ("img001", Some(&b"a cat"[..])));
+//!     assert_eq!((sample.key(), caption), ("img001", Some(&b"a cat"[..])));
 //! }
 //! # Ok(())
 //! # }

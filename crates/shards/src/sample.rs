@@ -12,16 +12,41 @@
 /// same extension (Python's `webdataset` rejects that); both are kept, in tar order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Sample {
-    /// The key shared by all members.
-    pub key: String,
-    /// The members in tar order.
-    pub members: Vec<Member>,
+    pub(crate) key: String,
+    pub(crate) members: Vec<Member>,
 }
 
 impl Sample {
     /// Creates a sample with no members.
     pub fn new(key: impl Into<String>) -> Sample {
         Sample { key: key.into(), members: Vec::new() }
+    }
+
+    /// A sample of `members` under `key`, as given: [`crate::ShardWriter::write_sample`]
+    /// refuses members whose key differs.
+    pub fn from_parts(key: impl Into<String>, members: Vec<Member>) -> Sample {
+        Sample { key: key.into(), members }
+    }
+
+    /// The key shared by all members.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The members in tar order.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// The key and the members, taken apart without copying.
+    pub fn into_parts(self) -> (String, Vec<Member>) {
+        (self.key, self.members)
+    }
+
+    /// Adds `member` at the end and returns the sample, for chaining.
+    pub fn with_member(mut self, member: Member) -> Sample {
+        self.members.push(member);
+        self
     }
 
     /// Adds a member named `{key}.{extension}` and returns the sample, for chaining.

@@ -25,8 +25,8 @@ fn hex(data: &[u8]) -> String {
 /// Our samples as webdataset presents them: key, lower-cased extension -> hex bytes.
 fn as_webdataset(sample: &Sample) -> (String, BTreeMap<String, String>) {
     let members =
-        sample.members.iter().map(|m| (m.extension().to_lowercase(), hex(&m.data))).collect();
-    (sample.key.clone(), members)
+        sample.members().iter().map(|m| (m.extension().to_lowercase(), hex(&m.data))).collect();
+    (sample.key().to_string(), members)
 }
 
 fn check_good(name: &str) {
@@ -34,7 +34,7 @@ fn check_good(name: &str) {
     let samples: Vec<Sample> = read("good", name).into_iter().map(Result::unwrap).collect();
 
     let names: Vec<&str> =
-        samples.iter().flat_map(|s| s.members.iter().map(|m| m.name.as_str())).collect();
+        samples.iter().flat_map(|s| s.members().iter().map(|m| m.name.as_str())).collect();
     let want_names: Vec<&str> =
         expected["names"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
     assert_eq!(names, want_names, "member names of {name}");
@@ -136,10 +136,10 @@ fn every_fixture_has_a_case() {
 fn upper_case_extension_found_case_insensitively() {
     let samples: Vec<Sample> =
         read("good", "webdataset.tar").into_iter().map(Result::unwrap).collect();
-    let s1 = samples.iter().find(|s| s.key == "sample001").unwrap();
+    let s1 = samples.iter().find(|s| s.key() == "sample001").unwrap();
     let jpg = s1.member("jpg").unwrap();
     assert_eq!(jpg.name, "sample001.JPG");
     assert_eq!(jpg.extension(), "JPG");
-    let s2 = samples.iter().find(|s| s.key == "dir/sample002").unwrap();
+    let s2 = samples.iter().find(|s| s.key() == "dir/sample002").unwrap();
     assert_eq!(s2.member("photo.jpg").unwrap().name, "dir/sample002.photo.jpg");
 }

@@ -49,10 +49,10 @@ fn samples() -> impl Strategy<Value = Vec<Sample>> {
                     Member::new(format!("{key}.{ext}"), crate::util::bytes(n, n as u64))
                 })
                 .collect();
-            Sample { key, members }
+            Sample::from_parts(key, members)
         });
     prop::collection::vec(sample, 0..8).prop_map(|mut samples| {
-        samples.dedup_by(|a, b| a.key == b.key);
+        samples.dedup_by(|a, b| a.key() == b.key());
         samples
     })
 }
@@ -71,19 +71,19 @@ proptest! {
         // nothing lost, nothing reordered, names and bytes as written
         let flat: Vec<(String, Vec<u8>)> = samples
             .iter()
-            .flat_map(|s| s.members.iter().map(|m| (m.name.clone(), m.data.clone())))
+            .flat_map(|s| s.members().iter().map(|m| (m.name.clone(), m.data.clone())))
             .collect();
         prop_assert_eq!(&flat, &members);
 
         for sample in &samples {
-            prop_assert!(!sample.members.is_empty());
-            for m in &sample.members {
-                prop_assert_eq!(model_key(&m.name), sample.key.as_str());
+            prop_assert!(!sample.members().is_empty());
+            for m in sample.members() {
+                prop_assert_eq!(model_key(&m.name), sample.key());
                 prop_assert_eq!(format!("{}{}{}", m.key(), if m.name.len() > m.key().len() { "." } else { "" }, m.extension()), m.name.clone());
             }
         }
         for pair in samples.windows(2) {
-            prop_assert_ne!(&pair[0].key, &pair[1].key);
+            prop_assert_ne!(pair[0].key(), pair[1].key());
         }
         let mut runs: Vec<&str> = members.iter().map(|(n, _)| model_key(n)).collect();
         runs.dedup();

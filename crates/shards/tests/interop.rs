@@ -71,7 +71,7 @@ fn python_webdataset_reads_our_shards() {
         let ours = samples();
         assert_eq!(theirs.len(), ours.len(), "{name}");
         for (t, o) in theirs.iter().zip(&ours) {
-            assert_eq!(t["key"].as_str().unwrap(), o.key);
+            assert_eq!(t["key"].as_str().unwrap(), o.key());
             let members: BTreeMap<String, String> = t["members"]
                 .as_object()
                 .unwrap()
@@ -79,14 +79,14 @@ fn python_webdataset_reads_our_shards() {
                 .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_owned()))
                 .collect();
             let want: BTreeMap<String, String> = o
-                .members
+                .members()
                 .iter()
                 .map(|m| {
                     let hex = m.data.iter().map(|b| format!("{b:02x}")).collect();
                     (m.extension().to_lowercase(), hex)
                 })
                 .collect();
-            assert_eq!(members, want, "{name}: {}", o.key);
+            assert_eq!(members, want, "{name}: {}", o.key());
         }
     }
 }
@@ -114,10 +114,10 @@ fn gnu_tar_reads_our_shards() {
     };
     let listed = String::from_utf8(tar(&["-tf"])).unwrap();
     let want: Vec<String> =
-        samples().iter().flat_map(|s| s.members.iter().map(|m| m.name.clone())).collect();
+        samples().iter().flat_map(|s| s.members().iter().map(|m| m.name.clone())).collect();
     assert_eq!(listed.lines().collect::<Vec<_>>(), want);
 
-    for member in samples().iter().flat_map(|s| s.members.clone()) {
+    for member in samples().iter().flat_map(|s| s.members().to_vec()) {
         let output = Command::new("tar").arg("-xOf").arg(&path).arg(&member.name).output().unwrap();
         assert!(output.status.success(), "{}", member.name);
         assert_eq!(output.stdout, member.data, "{}", member.name);

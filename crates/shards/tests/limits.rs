@@ -76,7 +76,7 @@ fn non_utf8_name_fails_its_sample_only() {
     ]);
     let items = read_with(&tar, ReadOptions::default());
     assert_eq!(items.len(), 3, "{items:?}");
-    assert_eq!(items[0].as_ref().unwrap().key, "a");
+    assert_eq!(items[0].as_ref().unwrap().key(), "a");
     match &items[1] {
         Err(Error::NonUtf8Name { name, offset, .. }) => {
             assert_eq!(name, "b\u{fffd}.txt");
@@ -84,7 +84,7 @@ fn non_utf8_name_fails_its_sample_only() {
         }
         other => panic!("{other:?}"),
     }
-    assert_eq!(items[2].as_ref().unwrap().key, "c");
+    assert_eq!(items[2].as_ref().unwrap().key(), "c");
 }
 
 #[test]

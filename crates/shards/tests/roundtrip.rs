@@ -17,7 +17,7 @@ fn varied_samples() -> Vec<Sample> {
         Sample::new(format!("{long_dir}deep")).with("json", "{}").with("JPEG", bytes(700, 6)),
         Sample::new("déjà vu/ünïcode").with("txt", "été"),
         Sample::new("empty").with("txt", ""),
-        Sample { key: "noext".into(), members: vec![Member::new("noext", "bare")] },
+        Sample::from_parts("noext", vec![Member::new("noext", "bare")]),
         Sample::new("dir.with.dots/k").with("cls", "7"),
     ]
 }

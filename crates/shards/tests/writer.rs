@@ -24,7 +24,7 @@ fn output_is_deterministic() {
 #[test]
 fn headers_are_normalized() {
     let long = format!("{}.jpg", "n".repeat(120));
-    let sample = Sample { key: "n".repeat(120), members: vec![Member::new(&long, "x")] };
+    let sample = Sample::from_parts("n".repeat(120), vec![Member::new(&long, "x")]);
     let tar = write(&[small_samples().remove(0), sample]);
     let mut archive = tar::Archive::new(&tar[..]);
     let mut names = Vec::new();
@@ -97,17 +97,15 @@ fn unsafe_names_are_refused_without_writing() {
         ("a/../b", "a/../b.jpg"),
         ("", ""),
     ] {
-        let sample = Sample { key: key.into(), members: vec![Member::new(name, "x")] };
+        let sample = Sample::from_parts(key, vec![Member::new(name, "x")]);
         match writer.write_sample(&sample) {
             Err(Error::UnsafeName { name: refused, .. }) => assert_eq!(refused, name),
             other => panic!("{name}: {other:?}"),
         }
     }
     // a refused sample writes nothing, even when its first members were fine
-    let mixed = Sample {
-        key: "m".into(),
-        members: vec![Member::new("m.jpg", "ok"), Member::new("m/../m.txt", "bad")],
-    };
+    let mixed =
+        Sample::from_parts("m", vec![Member::new("m.jpg", "ok"), Member::new("m/../m.txt", "bad")]);
     assert!(matches!(writer.write_sample(&mixed), Err(Error::UnsafeName { .. })));
     writer.write_sample(&small_samples()[0]).unwrap();
     writer.commit().unwrap();
@@ -118,7 +116,7 @@ fn unsafe_names_are_refused_without_writing() {
 fn members_must_regroup_into_their_sample() {
     let dir = tempfile::tempdir().unwrap();
     let mut writer = ShardWriter::create(dir.path().join("s.tar")).unwrap();
-    let wrong = Sample { key: "a".into(), members: vec![Member::new("b.jpg", "x")] };
+    let wrong = Sample::from_parts("a", vec![Member::new("b.jpg", "x")]);
     assert!(matches!(
         writer.write_sample(&wrong),
         Err(Error::KeyMismatch { key, member }) if key == "a" && member == "b.jpg"

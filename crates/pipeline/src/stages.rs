@@ -1,0 +1,418 @@
+//! The streaming engine: read → decode + preprocess → embed + score → write, one thread per
+//! stage joined by bounded channels, so memory stays flat however many shards there are and
+//! decoding overlaps model compute.
+use std::sync::Mutex;
+use std::thread;
+
+use aesthete_preprocess::{Preprocessor, is_image_extension};
+use aesthete_shards::{Member, ShardReader};
+use aesthete_tensor::ImageBatch;
+use crossbeam_channel::{Receiver, Sender, bounded};
+use rayon::prelude::*;
+
+use crate::outputs::{ShardOutput, Target, Totals};
+use crate::plan::ShardJob;
+use crate::record::{SampleError, SampleRecord, SampleResult, error_chain};
+use crate::{Error, Models, Progress, RunConfig, ShardError};
+
+/// What the reader sends on, in shard order.
+enum ReadEvent {
+    Sample { shard: usize, key: String, members: Vec<Member> },
+    SampleError { shard: usize, key: String, error: SampleError },
+    ShardEnd { shard: usize, error: Option<ShardError> },
+}
+
+/// One sample on its way through decode, model and writer.
+struct Entry {
+    shard: usize,
+    key: String,
+    members: Vec<Member>,
+    /// Index of the image member.
+    image: Option<usize>,
+    state: State,
+}
+
+enum State {
+    /// Has an image member, not yet preprocessed.
+    Pending,
+    /// Preprocessed into batch slot `slot`; the score arrives with the model stage.
+    Decoded { slot: usize, size: (u32, u32) },
+    /// Scored, or failed.
+    Done(SampleResult),
+}
+
+enum Item {
+    Entry(Entry),
+    ShardEnd { shard: usize, error: Option<ShardError> },
+}
+
+struct PreparedBatch {
+    images: ImageBatch,
+    items: Vec<Item>,
+}
+
+/// Most samples one batch carries, so that samples without images cannot pile up unbounded.
+const ITEMS_PER_IMAGE_SLOT: usize = 4;
+
+/// Streams `jobs` through the model and writes their outputs to `target`; returns what was
+/// written.
+pub(crate) fn stream(
+    config: &RunConfig,
+    models: &Models,
+    progress: &dyn Progress,
+    jobs: &[ShardJob],
+    target: &Target,
+) -> Result<Totals, Error> {
+    if jobs.is_empty() {
+        return Ok(Totals::default());
+    }
+    let batch_size = config.batch_size;
+    let image_size = models.preprocess.image_size();
+    let decode_pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(config.decode_threads)
+        .thread_name(|i| format!("aesthete-decode-{i}"))
+        .build()
+        .map_err(|source| Error::ThreadPool { threads: config.decode_threads, source })?;
+
+    let (read_tx, read_rx) = bounded::<ReadEvent>(batch_size * 2);
+    let (prep_tx, prep_rx) = bounded::<PreparedBatch>(1);
+    let (free_tx, free_rx) = bounded::<ImageBatch>(3);
+    let (scored_tx, scored_rx) = bounded::<Vec<Item>>(2);
+    for _ in 0..3 {
+        free_tx.send(ImageBatch::with_capacity(batch_size, image_size)).expect("fresh channel");
+    }
+
+    thread::scope(|scope| {
+        let reader = thread::Builder::new()
+            .name("aesthete-read".into())
+            .spawn_scoped(scope, || read_stage(config, jobs, read_tx))
+            .expect("spawning the reader thread");
+        let preparer = thread::Builder::new()
+            .name("aesthete-prepare".into())
+            .spawn_scoped(scope, || {
+                prepare_stage(config, target, models, &decode_pool, read_rx, free_rx, prep_tx)
+            })
+            .expect("spawning the decode thread");
+        let writer = thread::Builder::new()
+            .name("aesthete-write".into())
+            .spawn_scoped(scope, || write_stage(jobs, target, progress, scored_rx))
+            .expect("spawning the writer thread");
+
+        let model_result = model_stage(config, models, jobs, progress, prep_rx, free_tx, scored_tx);
+
+        reader.join().map_err(|_| Error::StageDied("read"))?;
+        preparer.join().map_err(|_| Error::StageDied("decode"))?;
+        let written = writer.join().map_err(|_| Error::StageDied("write"))?;
+        model_result?;
+        written
+    })
+}
+
+fn read_stage(config: &RunConfig, jobs: &[ShardJob], tx: Sender<ReadEvent>) {
+    for (shard, job) in jobs.iter().enumerate() {
+        let _span = tracing::debug_span!("read", shard = %job.input.display()).entered();
+        let mut error = None;
+        match ShardReader::open(&job.input, config.read) {
+            Err(e) => error = Some(ShardError::Input(error_chain(&e))),
+            Ok(reader) => {
+                for item in reader {
+                    let event = match item {
+                        Ok(sample) => {
+                            let (key, members) = sample.into_parts();
+                            ReadEvent::Sample { shard, key, members }
+                        }
+                        Err(e) => match e.skipped_sample_key() {
+                            Some(key) => ReadEvent::SampleError {
+                                shard,
+                                key: key.to_string(),
+                                error: SampleError::Unreadable(error_chain(&e)),
+                            },
+                            None => {
+                                error = Some(ShardError::Input(error_chain(&e)));
+                                break;
+                            }
+                        },
+                    };
+                    if tx.send(event).is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+        if let Some(e) = &error {
+            tracing::warn!(shard = %job.input.display(), error = %e, "shard not read whole");
+        }
+        if tx.send(ReadEvent::ShardEnd { shard, error }).is_err() {
+            return;
+        }
+    }
+}
+
+fn prepare_stage(
+    config: &RunConfig,
+    target: &Target,
+    models: &Models,
+    pool: &rayon::ThreadPool,
+    rx: Receiver<ReadEvent>,
+    free: Receiver<ImageBatch>,
+    tx: Sender<PreparedBatch>,
+) {
+    let preprocessors: Mutex<Vec<Preprocessor>> = Mutex::new(Vec::new());
+    let max_items = config.batch_size * ITEMS_PER_IMAGE_SLOT;
+    let keep_members = target.tar;
+    loop {
+        let mut items = Vec::new();
+        let mut images = 0;
+        let mut closed = false;
+        while images < config.batch_size && items.len() < max_items {
+            let Ok(event) = rx.recv() else {
+                closed = true;
+                break;
+            };
+            items.push(match event {
+                ReadEvent::Sample { shard, key, members } => {
+                    let image = members.iter().position(|m| is_image_extension(m.extension()));
+                    let state = match image {
+                        Some(_) => {
+                            images += 1;
+                            State::Pending
+                        }
+                        None => State::Done(SampleResult::Failed {
+                            size: None,
+                            error: SampleError::no_image(&members),
+                        }),
+                    };
+                    Item::Entry(Entry { shard, key, members, image, state })
+                }
+                ReadEvent::SampleError { shard, key, error } => Item::Entry(Entry {
+                    shard,
+                    key,
+                    members: Vec::new(),
+                    image: None,
+                    state: State::Done(SampleResult::Failed { size: None, error }),
+                }),
+                ReadEvent::ShardEnd { shard, error } => Item::ShardEnd { shard, error },
+            });
+        }
+        if items.is_empty() {
+            return;
+        }
+        let Ok(mut batch) = free.recv() else { return };
+        batch.clear();
+        decode_batch(models, config, pool, &preprocessors, &mut items, &mut batch);
+        if !keep_members {
+            for item in &mut items {
+                if let Item::Entry(entry) = item {
+                    entry.members = Vec::new();
+                }
+            }
+        }
+        if tx.send(PreparedBatch { images: batch, items }).is_err() || closed {
+            return;
+        }
+    }
+}
+
+/// Decodes the batch's images in parallel into consecutive slots of `batch`; failed images
+/// give their slot up.
+fn decode_batch(
+    models: &Models,
+    config: &RunConfig,
+    pool: &rayon::ThreadPool,
+    preprocessors: &Mutex<Vec<Preprocessor>>,
+    items: &mut [Item],
+    batch: &mut ImageBatch,
+) {
+    let mut pending: Vec<&mut Entry> = items
+        .iter_mut()
+        .filter_map(|item| match item {
+            Item::Entry(e) if matches!(e.state, State::Pending) => Some(e),
+            _ => None,
+        })
+        .collect();
+    batch.set_len(pending.len());
+    let image_len = batch.image_len();
+    let results: Vec<Result<(u32, u32), SampleError>> = pool.install(|| {
+        batch
+            .as_mut_slice()
+            .par_chunks_mut(image_len)
+            .zip(pending.par_iter())
+            .map_init(
+                || PooledPreprocessor::take(preprocessors, models, config),
+                |pre, (slot, entry)| {
+                    let member = &entry.members[entry.image.expect("entries with images")];
+                    pre.get()
+                        .preprocess(&member.data, slot)
+                        .map(|info| (info.width, info.height))
+                        .map_err(|e| SampleError::Image {
+                            member: member.name.clone(),
+                            reason: error_chain(&e),
+                        })
+                },
+            )
+            .collect()
+    });
+    // Compact: successful images move down into consecutive slots.
+    let mut next_slot = 0;
+    for (index, (entry, result)) in pending.iter_mut().zip(results).enumerate() {
+        entry.state = match result {
+            Ok(size) => {
+                if index != next_slot {
+                    let data = batch.as_mut_slice();
+                    data.copy_within(
+                        index * image_len..(index + 1) * image_len,
+                        next_slot * image_len,
+                    );
+                }
+                next_slot += 1;
+                State::Decoded { slot: next_slot - 1, size }
+            }
+            Err(error) => {
+                tracing::debug!(key = %entry.key, %error, "image failed");
+                State::Done(SampleResult::Failed { size: None, error })
+            }
+        };
+    }
+    batch.set_len(next_slot);
+}
+
+/// A preprocessor borrowed from a shared pool for one rayon job, returned on drop, so that
+/// scratch buffers are reused across images and batches.
+struct PooledPreprocessor<'a> {
+    pool: &'a Mutex<Vec<Preprocessor>>,
+    inner: Option<Preprocessor>,
+}
+
+impl<'a> PooledPreprocessor<'a> {
+    fn take(pool: &'a Mutex<Vec<Preprocessor>>, models: &Models, config: &RunConfig) -> Self {
+        let reused = pool.lock().expect("preprocessor pool").pop();
+        let inner = reused.unwrap_or_else(|| {
+            Preprocessor::new(models.preprocess.clone(), config.preprocess)
+                .expect("the preprocessing config was validated when the models were loaded")
+        });
+        PooledPreprocessor { pool, inner: Some(inner) }
+    }
+
+    fn get(&mut self) -> &mut Preprocessor {
+        self.inner.as_mut().expect("present until drop")
+    }
+}
+
+impl Drop for PooledPreprocessor<'_> {
+    fn drop(&mut self) {
+        if let (Some(inner), Ok(mut pool)) = (self.inner.take(), self.pool.lock()) {
+            pool.push(inner);
+        }
+    }
+}
+
+fn model_stage(
+    config: &RunConfig,
+    models: &Models,
+    jobs: &[ShardJob],
+    progress: &dyn Progress,
+    rx: Receiver<PreparedBatch>,
+    free: Sender<ImageBatch>,
+    tx: Sender<Vec<Item>>,
+) -> Result<(), Error> {
+    for PreparedBatch { images, mut items } in rx {
+        let mut failed = 0;
+        let scored = if images.is_empty() {
+            None
+        } else {
+            let _span = tracing::debug_span!("score", images = images.len()).entered();
+            let result = models.clip.embed(&images).map_err(box_error).and_then(|embeddings| {
+                let scores = models.head.score(&embeddings).map_err(box_error)?;
+                Ok((embeddings, scores))
+            });
+            match result {
+                Ok(scored) => Some(scored),
+                Err(source) => {
+                    let shard = first_shard(&items)
+                        .map_or_else(Default::default, |s| jobs[s].input.clone());
+                    return Err(Error::Inference { images: images.len(), shard, source });
+                }
+            }
+        };
+        let image_count = images.len();
+        let _ = free.send(images);
+        for item in &mut items {
+            let Item::Entry(entry) = item else { continue };
+            match entry.state {
+                State::Decoded { slot, size } => {
+                    let (embeddings, scores) = scored.as_ref().expect("a batch with images");
+                    entry.state = State::Done(SampleResult::Scored {
+                        size,
+                        score: scores[slot],
+                        embedding: config.save_embeddings.then(|| embeddings.row(slot).to_vec()),
+                    });
+                }
+                State::Done(SampleResult::Failed { .. }) => failed += 1,
+                State::Done(SampleResult::Scored { .. }) => {}
+                State::Pending => unreachable!("the decode stage settles every entry"),
+            }
+        }
+        progress.batch_scored(image_count, failed);
+        if tx.send(items).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn write_stage(
+    jobs: &[ShardJob],
+    target: &Target,
+    progress: &dyn Progress,
+    rx: Receiver<Vec<Item>>,
+) -> Result<Totals, Error> {
+    let mut totals = Totals::default();
+    let mut current: Option<(usize, ShardOutput)> = None;
+    for items in rx {
+        for item in items {
+            match item {
+                Item::Entry(entry) => {
+                    let shard = entry.shard;
+                    if current.as_ref().is_none_or(|(s, _)| *s != shard) {
+                        current = Some((shard, ShardOutput::open(target, &jobs[shard])));
+                    }
+                    let (_, out) = current.as_mut().expect("just opened");
+                    let State::Done(result) = entry.state else {
+                        unreachable!("the model stage settles every decoded entry")
+                    };
+                    let record = SampleRecord { key: entry.key, members: entry.members, result };
+                    out.push(target, &jobs[shard], record);
+                }
+                Item::ShardEnd { shard, error } => {
+                    let out = match current.take() {
+                        Some((s, out)) if s == shard => out,
+                        other => {
+                            current = other;
+                            ShardOutput::open(target, &jobs[shard])
+                        }
+                    };
+                    let (report, scored) = out.finish(target, &jobs[shard], error);
+                    totals.add(&report, scored);
+                    progress.shard_finished(&report);
+                }
+            }
+        }
+    }
+    Ok(totals)
+}
+
+fn first_shard(items: &[Item]) -> Option<usize> {
+    items
+        .iter()
+        .map(|item| match item {
+            Item::Entry(e) => e.shard,
+            Item::ShardEnd { shard, .. } => *shard,
+        })
+        .next()
+}
+
+fn box_error<E: std::error::Error + Send + Sync + 'static>(
+    e: E,
+) -> Box<dyn std::error::Error + Send + Sync> {
+    Box::new(e)
+}
