@@ -1,21 +1,11 @@
 use fast_image_resize as fir;
 
-use crate::config::Filter;
 use crate::config::ResizeTarget;
-use crate::decode::{Decoder, Hint, Pixels, RgbImage};
-use crate::resample::{Resampler, Window, input_span};
-use crate::{Error, ImageFormat, Mode, PreprocessConfig, PreprocessOptions};
-
-/// What was decoded: the source image's size and format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ImageInfo {
-    /// Source width in pixels.
-    pub width: u32,
-    /// Source height in pixels.
-    pub height: u32,
-    /// Format sniffed from the magic bytes.
-    pub format: ImageFormat,
-}
+use crate::decode::{Decoder, Hint, RgbImage};
+use crate::geometry::Plan;
+use crate::pixels::Pixels;
+use crate::resample::{Resampler, layout_rule};
+use crate::{Error, ImageInfo, Mode, PreprocessConfig, PreprocessOptions};
 
 /// The reusable engine: decodes, resizes, crops and normalizes into caller-owned slots.
 ///
@@ -80,7 +70,7 @@ impl Preprocessor {
     pub fn preprocess(&mut self, bytes: &[u8], out: &mut [f32]) -> Result<ImageInfo, Error> {
         self.check_out(out)?;
         let hint = match self.options.mode {
-            Mode::Exact => Hint::Region(self.plan()),
+            Mode::Exact => Hint::Region(self.plan(), layout_rule()),
             Mode::Fast => Hint::Scale(self.min_decode_short_side(), Some(self.plan())),
         };
         let mut image = std::mem::take(&mut self.image);
@@ -240,48 +230,6 @@ fn lookup_table(config: &PreprocessConfig) -> Box<[[f32; 256]; 3]> {
         }
     }
     lut
-}
-
-/// Where the crop window of a source of a given size lies: the geometry of resize + crop.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Plan {
-    pub(crate) resize: ResizeTarget,
-    pub(crate) crop: u32,
-    pub(crate) filter: Filter,
-}
-
-impl Plan {
-    /// Resize target for a `width` x `height` source, as transformers'
-    /// `get_resize_output_image_size(default_to_square=False)` computes it, and the
-    /// floor-offset center crop in it.
-    pub(crate) fn window(&self, width: u32, height: u32) -> Window {
-        let (out_width, out_height) = match self.resize {
-            ResizeTarget::ShortestEdge(edge) => {
-                let (short, long) = if width <= height { (width, height) } else { (height, width) };
-                // Python: int(edge * long / short), true division in f64, truncated.
-                let new_long = ((edge as u64 * long as u64) as f64 / short as f64) as usize;
-                if width <= height { (edge as usize, new_long) } else { (new_long, edge as usize) }
-            }
-            ResizeTarget::Exact { height, width } => (width as usize, height as usize),
-        };
-        let s = self.crop as usize;
-        Window {
-            out_width,
-            out_height,
-            left: (out_width - s) / 2,
-            top: (out_height - s) / 2,
-            width: s,
-            height: s,
-        }
-    }
-
-    /// Source columns `x0..x1` and rows `y0..y1` the window reads.
-    pub(crate) fn source_region(&self, width: u32, height: u32) -> [usize; 4] {
-        let w = self.window(width, height);
-        let (x0, x1) = input_span(width as usize, w.out_width, self.filter, w.left, w.width);
-        let (y0, y1) = input_span(height as usize, w.out_height, self.filter, w.top, w.height);
-        [x0, x1, y0, y1]
-    }
 }
 
 #[cfg(test)]

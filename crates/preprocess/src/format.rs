@@ -18,6 +18,17 @@ pub enum ImageFormat {
     Tiff,
 }
 
+/// What was decoded: the source image's size and format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// Source width in pixels.
+    pub width: u32,
+    /// Source height in pixels.
+    pub height: u32,
+    /// Format sniffed from the magic bytes.
+    pub format: ImageFormat,
+}
+
 impl ImageFormat {
     /// Sniffs the format from the first bytes of a file; `None` when no signature matches.
     pub fn sniff(bytes: &[u8]) -> Option<ImageFormat> {

@@ -34,7 +34,9 @@ mod decode;
 mod engine;
 mod error;
 mod format;
+mod geometry;
 mod options;
+mod pixels;
 mod resample;
 
 /// A xorshift64 step: deterministic noise for the crate's unit tests.
@@ -66,9 +68,9 @@ fn fixture_jpegs() -> Vec<(std::path::PathBuf, Vec<u8>)> {
 
 pub use config::{CLIP_MEAN, CLIP_STD, Filter, PreprocessConfig, ResizeTarget};
 pub use decode::{Decoder, RgbImage};
-pub use engine::{ImageInfo, Preprocessor};
+pub use engine::Preprocessor;
 pub use error::Error;
-pub use format::{ImageFormat, is_image_extension};
+pub use format::{ImageFormat, ImageInfo, is_image_extension};
 pub use options::{Limits, Mode, PreprocessOptions};
 
 /// The crate README's examples, compiled and run as doctests so they cannot rot.

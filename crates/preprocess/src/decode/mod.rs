@@ -6,7 +6,8 @@ mod other;
 mod png;
 mod webp;
 
-use crate::engine::Plan;
+use crate::geometry::Plan;
+use crate::pixels::{LayoutRule, Pixels};
 use crate::{Error, ImageFormat, ImageInfo, Limits};
 
 /// What the engine will do with the pixels, so a decoder may skip work.
@@ -20,9 +21,9 @@ pub(crate) enum Hint {
     Scale(u32, Option<Plan>),
     /// Exact mode: only the source pixels under this plan's crop window will be read, so a
     /// JPEG may leave the rest of the buffer stale (all data is still entropy-decoded, so
-    /// errors are the same) and write channel planes (see `resample::channel_route`); the
-    /// only hint that allows them.
-    Region(Plan),
+    /// errors are the same) and write channel planes where the rule, chosen by the engine for
+    /// its resampler, says so; the only hint that allows them.
+    Region(Plan, LayoutRule),
 }
 
 /// An 8-bit RGB image in a buffer that is reused from one decode to the next.
@@ -34,32 +35,6 @@ pub struct RgbImage {
     /// Whether `data` holds three channel planes instead of interleaved pixels: only for
     /// images the engine decodes for its own use ([`RgbImage::reset_stale_channels`]).
     channels: bool,
-}
-
-/// Pixels (an image, or a row of one) in the layout their producer wrote.
-#[derive(Debug, Clone, Copy)]
-pub(crate) enum Pixels<'a> {
-    /// Interleaved RGB8, row by row.
-    Rgb(&'a [u8]),
-    /// Red, green and blue planes, row by row.
-    Channels([&'a [u8]; 3]),
-}
-
-impl<'a> Pixels<'a> {
-    /// The pixels interleaved: as they are, or interleaved into `scratch`.
-    pub(crate) fn interleaved<'b>(self, scratch: &'b mut Vec<u8>) -> &'b [u8]
-    where
-        'a: 'b,
-    {
-        match self {
-            Pixels::Rgb(rgb) => rgb,
-            Pixels::Channels([r, g, b]) => {
-                scratch.clear();
-                scratch.extend(r.iter().zip(g).zip(b).flat_map(|((&r, &g), &b)| [r, g, b]));
-                scratch
-            }
-        }
-    }
 }
 
 impl RgbImage {

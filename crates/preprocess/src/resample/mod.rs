@@ -10,7 +10,8 @@
 use std::ops::Range;
 
 use crate::config::Filter;
-use crate::decode::Pixels;
+use crate::geometry::Window;
+use crate::pixels::{Layout, LayoutRule, Pixels};
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -177,27 +178,6 @@ impl Coeffs {
     }
 }
 
-/// Input indices `first..last` that Pillow's weights for outputs `start..start + count` of an
-/// `in_size` → `out_size` resize read (everything a window needs from the source).
-pub(crate) fn input_span(
-    in_size: usize,
-    out_size: usize,
-    filter: Filter,
-    start: usize,
-    count: usize,
-) -> (usize, usize) {
-    if in_size == out_size {
-        return (start, start + count);
-    }
-    let scale = in_size as f64 / out_size as f64;
-    let support = filter.support() * scale.max(1.0);
-    let first_center = (start as f64 + 0.5) * scale;
-    let last_center = ((start + count - 1) as f64 + 0.5) * scale;
-    let first = ((first_center - support + 0.5) as i64).max(0) as usize;
-    let last = ((last_center + support + 0.5) as i64).min(in_size as i64) as usize;
-    (first, last.max(first))
-}
-
 #[inline]
 fn clip8(v: i32) -> u8 {
     (v >> PRECISION_BITS).clamp(0, 255) as u8
@@ -213,7 +193,7 @@ pub(crate) struct Resampler {
     row: Vec<u8>,
     channels: ChannelScratch,
     /// The source interleaved, where it came in channel planes and the interleaved route
-    /// runs (a decoder and [`channel_route`] disagreeing; not expected).
+    /// runs (a decoder and [`layout_rule`] disagreeing; not expected).
     interleaved: Vec<u8>,
 }
 
@@ -235,25 +215,15 @@ struct ChannelScratch {
 #[cfg(target_arch = "x86_64")]
 const BAND: usize = 128;
 
-/// Whether [`Resampler::resize_window`] takes the channel-plane route for a `width` x `height`
-/// source and `win`: with AVX2, when both passes run. A decoder that writes channel planes for
-/// exactly these images saves the resampler splitting interleaved pixels.
-pub(crate) fn channel_route(win: &Window, width: usize, height: usize) -> bool {
+/// The layout rule of this resampler's channel-plane route: with AVX2, both passes run on
+/// channel planes. A decoder that writes channel planes for exactly these images saves the
+/// resampler splitting interleaved pixels.
+pub(crate) fn layout_rule() -> LayoutRule {
     #[cfg(target_arch = "x86_64")]
-    return avx2::available() && win.out_width != width && win.out_height != height;
-    #[cfg(not(target_arch = "x86_64"))]
-    return false;
-}
-
-/// Where the window sits in the resized image.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Window {
-    pub out_width: usize,
-    pub out_height: usize,
-    pub left: usize,
-    pub top: usize,
-    pub width: usize,
-    pub height: usize,
+    if avx2::available() {
+        return LayoutRule::ChannelsWhenBothAxesResize;
+    }
+    LayoutRule::Rgb
 }
 
 impl Resampler {
@@ -279,7 +249,7 @@ impl Resampler {
             self.vertical.compute(height, win.out_height, filter, win.top, win.height);
         }
         #[cfg(target_arch = "x86_64")]
-        if channel_route(&win, width, height) {
+        if layout_rule().layout(&win, width, height) == Layout::Channels {
             // SAFETY: the CPU has AVX2.
             unsafe { self.resize_channels(src, width, win.width, &mut emit) };
             return;

@@ -11,7 +11,8 @@ use super::libjpeg::Decompressor;
 use super::ycc::{ChromaRows, RowConverter, RowOut, Upsample};
 use super::{FORMAT, Failure};
 use crate::decode::RgbImage;
-use crate::engine::Plan;
+use crate::geometry::Plan;
+use crate::pixels::Layout;
 use crate::{Error, Limits};
 
 /// Buffers reused from one JPEG to the next.
@@ -28,15 +29,6 @@ pub(crate) struct Planes {
 pub(super) struct Wanted {
     pub plan: Option<Plan>,
     pub layout: Layout,
-}
-
-/// How [`decode`] lays out the pixels it writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Layout {
-    /// Interleaved RGB ([`RgbImage::reset_stale`]).
-    Rgb,
-    /// Three channel planes ([`RgbImage::reset_stale_channels`]).
-    Channels,
 }
 
 /// One component's geometry.

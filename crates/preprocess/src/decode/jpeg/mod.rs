@@ -16,10 +16,10 @@ use mozjpeg_sys::{
 };
 
 pub(crate) use self::coefficients::Planes;
-use self::coefficients::{Layout, Wanted};
+use self::coefficients::Wanted;
 use self::libjpeg::{Abort, Decompressor};
 use super::{Hint, RgbImage, cmyk_to_rgb, gray_to_rgb};
-use crate::resample::channel_route;
+use crate::pixels::Layout;
 use crate::{Error, ImageFormat, Limits};
 
 const FORMAT: ImageFormat = ImageFormat::Jpeg;
@@ -131,7 +131,7 @@ fn decode_pixels(
     // (a full decode stays on libjpeg's scanline route, the reference the tests hold the
     // coefficient route to).
     let route = match hint {
-        Hint::Region(plan) => Some((Some(plan), 8)),
+        Hint::Region(plan, _) => Some((Some(plan), 8)),
         // At 1/8 libjpeg's scanline route is faster: its entropy decoder skips storing the
         // AC coefficients that a DC-only IDCT does not read.
         Hint::Scale(target, plan) => {
@@ -144,10 +144,8 @@ fn decode_pixels(
     {
         // Channel planes where the resampler's channel route will read them.
         let layout = match hint {
-            Hint::Region(plan)
-                if channel_route(&plan.window(width, height), width as usize, height as usize) =>
-            {
-                Layout::Channels
+            Hint::Region(plan, rule) => {
+                rule.layout(&plan.window(width, height), width as usize, height as usize)
             }
             _ => Layout::Rgb,
         };
@@ -168,7 +166,7 @@ fn decode_pixels(
     let (w, h) = jpeg.start()?;
     // Full decode unless a region leaves enough out to be worth it.
     let [mut x0, mut x1, mut y0, mut y1] = [0, w as usize, 0, h as usize];
-    let rows = if let Hint::Region(plan) | Hint::Scale(_, Some(plan)) = hint {
+    let rows = if let Hint::Region(plan, _) | Hint::Scale(_, Some(plan)) = hint {
         // Fancy upsampling treats the edges of a cropped region as image edges; a margin of
         // one iMCU (at most 16 pixels) keeps the pixels we read identical to a full decode.
         const MARGIN: usize = 16;
@@ -231,8 +229,8 @@ fn skip(jpeg: &mut Decompressor<'_>, n: usize) -> Result<(), Failure> {
 mod tests {
     use super::*;
     use crate::config::{Filter, ResizeTarget};
-    use crate::decode::Pixels;
-    use crate::engine::Plan;
+    use crate::geometry::Plan;
+    use crate::pixels::{LayoutRule, Pixels};
 
     /// JPEGs made here: every chroma layout (4:4:4, 4:2:2, 4:2:0, and 4:4:0, which takes
     /// the scanline route), baseline and progressive, odd sizes, noise and smooth gradients.
@@ -301,29 +299,31 @@ mod tests {
                 (ResizeTarget::Exact { height: 100, width: 48 }, 40),
                 (ResizeTarget::Exact { height: 3, width: 2 }, 1),
             ] {
-                let plan = Plan { resize, crop, filter: Filter::Bicubic };
-                let mut region = RgbImage::new();
-                let hint = Hint::Region(plan);
-                decode(&bytes, &limits, hint, &mut region, &mut scratch, &mut planes).unwrap();
-                let (w, h) = (full.width(), full.height());
-                assert_eq!((region.width(), region.height()), (w, h));
-                in_channels += matches!(region.pixels(), Pixels::Channels(_)) as usize;
-                let [x0, x1, y0, y1] = plan.source_region(w, h);
-                // Interleaved whether the region came in channel planes or not.
-                let region = region.pixels().interleaved(&mut interleaved);
-                for y in y0..y1 {
-                    let span = (y * w as usize + x0) * 3..(y * w as usize + x1) * 3;
-                    assert!(
-                        full.as_raw()[span.clone()] == region[span],
-                        "{name}: row {y} differs ({resize:?}, crop {crop})"
-                    );
+                for rule in [LayoutRule::Rgb, LayoutRule::ChannelsWhenBothAxesResize] {
+                    let plan = Plan { resize, crop, filter: Filter::Bicubic };
+                    let mut region = RgbImage::new();
+                    let hint = Hint::Region(plan, rule);
+                    decode(&bytes, &limits, hint, &mut region, &mut scratch, &mut planes).unwrap();
+                    let (w, h) = (full.width(), full.height());
+                    assert_eq!((region.width(), region.height()), (w, h));
+                    in_channels += matches!(region.pixels(), Pixels::Channels(_)) as usize;
+                    let [x0, x1, y0, y1] = plan.source_region(w, h);
+                    // Interleaved whether the region came in channel planes or not.
+                    let region = region.pixels().interleaved(&mut interleaved);
+                    for y in y0..y1 {
+                        let span = (y * w as usize + x0) * 3..(y * w as usize + x1) * 3;
+                        assert!(
+                            full.as_raw()[span.clone()] == region[span],
+                            "{name}: row {y} differs ({resize:?}, crop {crop}, {rule:?})"
+                        );
+                    }
+                    tested += 1;
                 }
-                tested += 1;
             }
         }
-        assert!(tested >= 290, "only {tested} decodes compared");
-        // Both layouts are compared (channel planes only where the CPU has AVX2).
-        assert!(in_channels > 100 || !avx2_available(), "{in_channels} in channel planes");
+        assert!(tested >= 580, "only {tested} decodes compared");
+        // Both layouts are compared, whatever the CPU.
+        assert!(in_channels > 100, "{in_channels} in channel planes");
         assert!(tested - in_channels >= 40, "{} interleaved", tested - in_channels);
     }
 }
