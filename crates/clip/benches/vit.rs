@@ -42,12 +42,12 @@ fn forward_in(c: &mut Criterion, dtype: DType) {
         let pixels = Tensor::randn(0f32, 1.0, (n, 3, 224, 224), &candle_core::Device::Cpu).unwrap();
         group.throughput(Throughput::Elements(n as u64));
         group.bench_with_input(BenchmarkId::new("forward", n), &pixels, |b, pixels| {
-            b.iter(|| model.forward(pixels).unwrap())
+            b.iter(|| model.forward_tensor(pixels).unwrap())
         });
         if dtype == DType::F32 && std::env::var_os("AESTHETE_BENCH_PORTABLE").is_some() {
             // The candle-ops path (what CUDA runs), for comparison.
             group.bench_with_input(BenchmarkId::new("forward_portable", n), &pixels, |b, p| {
-                b.iter(|| model.forward_portable(p).unwrap())
+                b.iter(|| model.forward_tensor_candle_ops(p).unwrap())
             });
         }
     }

@@ -103,9 +103,11 @@ impl Checkpoint {
         // SAFETY: the files are mapped read-only for the duration of the load; every tensor
         // read is copied out of the mapping. Like every mmap-based loader this relies on
         // nobody truncating the checkpoint while it loads.
-        let tensors = unsafe { MmapedSafetensors::multi(&files) }.map_err(|source| {
-            Error::Safetensors { path: files.first().cloned().unwrap_or_default(), source }
-        })?;
+        let tensors =
+            unsafe { MmapedSafetensors::multi(&files) }.map_err(|source| Error::Safetensors {
+                path: files.first().cloned().unwrap_or_default(),
+                source: source.into(),
+            })?;
         let location = if files.len() == 1 { files[0].clone() } else { index };
         for spec in &specs {
             let view = tensors.get(&spec.name).map_err(|_| Error::MissingTensor {

@@ -45,9 +45,10 @@ pub enum Error {
     Safetensors {
         /// The file.
         path: PathBuf,
-        /// The underlying error.
+        /// What the tensor library said (candle's error today; not part of this crate's
+        /// door, so a candle upgrade changes no signature).
         #[source]
-        source: candle_core::Error,
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
     /// A tensor the vision tower needs is absent from the checkpoint.
     #[error("missing tensor `{name}` in {path}")]
@@ -120,7 +121,13 @@ pub enum Error {
     /// The model produced embeddings that cannot be normalized (NaN, infinite or zero).
     #[error("model produced invalid embeddings")]
     Embeddings(#[source] aesthete_tensor::ShapeError),
-    /// A tensor operation failed.
+    /// A tensor operation failed (the source is the tensor library's error).
     #[error("tensor operation failed")]
-    Candle(#[from] candle_core::Error),
+    Compute(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+}
+
+impl From<candle_core::Error> for Error {
+    fn from(source: candle_core::Error) -> Error {
+        Error::Compute(Box::new(source))
+    }
 }

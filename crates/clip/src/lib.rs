@@ -9,6 +9,8 @@
 //!   [`write_random_model`]: a model of a real shape with random weights, for benchmarks.
 //! - [`parse_device`]: `cpu`, `cuda`, `cuda:N` (CUDA with the `cuda` feature);
 //!   [`check_dtype`]: which precisions a device runs.
+//! - [`candle`]: the door for callers who already hold candle values (a `VarBuilder`, pixel
+//!   `Tensor`s). Nothing else in the crate's signatures names a candle type.
 //!
 //! Every tensor is checked against the config before anything is computed: a missing or
 //! mis-shaped tensor is an [`Error`] naming it, never filled in at random. The forward pass
@@ -41,11 +43,27 @@ mod model;
 mod ops;
 mod random;
 
+pub mod candle {
+    //! The candle door, for callers who already work in [candle](https://github.com/huggingface/candle):
+    //! build a model from a [`VarBuilder`] with
+    //! [`ClipVision::from_var_builder`](crate::ClipVision::from_var_builder), run it on a pixel
+    //! [`Tensor`] with [`ClipVision::forward_tensor`](crate::ClipVision::forward_tensor) (or
+    //! [`ClipVision::forward_tensor_candle_ops`](crate::ClipVision::forward_tensor_candle_ops),
+    //! the same pass in candle's own operations). The crates are re-exported at the versions
+    //! this crate was built with, so a caller needs no version of its own to match.
+    //!
+    //! Everything else in `aesthete-clip` takes and returns the crate's own types
+    //! ([`ImageBatch`](aesthete_tensor::ImageBatch) in,
+    //! [`NormalizedEmbeddings`](aesthete_tensor::NormalizedEmbeddings) out), so a candle
+    //! upgrade changes only this door.
+    pub use candle_core::{self, Tensor};
+    pub use candle_nn::{self, VarBuilder};
+}
+
 use std::path::Path;
 
 use aesthete_tensor::{ImageBatch, NormalizedEmbeddings};
 
-pub use candle_nn::VarBuilder;
 pub use checkpoint::extract_vision_tower;
 pub use config::{Activation, ClipVisionConfig};
 pub use device::{DType, Device, parse_device};
@@ -74,12 +92,12 @@ impl ClipVision {
         let checkpoint = checkpoint::Checkpoint::open(dir, &config)?;
         // A CUDA model is read and checked on the CPU in f32, then moved.
         let read_as = if cuda.is_some() { DType::F32 } else { dtype };
-        let vb = VarBuilder::from_backend(
+        let vb = candle_nn::VarBuilder::from_backend(
             Box::new(checkpoint.tensors),
             read_as.to_candle(),
             candle_core::Device::Cpu,
         );
-        let model = ClipVision::new(vb, &config)?;
+        let model = ClipVision::from_var_builder(vb, &config)?;
         #[cfg(feature = "cuda")]
         let model = match cuda {
             Some(ordinal) => model.into_cuda(ordinal, dtype)?,
@@ -121,7 +139,7 @@ impl ClipVision {
             &batch.shape()[..],
             &candle_core::Device::Cpu,
         )?;
-        let rows = self.forward(&pixels)?.flatten_all()?.to_vec1::<f32>()?;
+        let rows = self.forward_tensor(&pixels)?.flatten_all()?.to_vec1::<f32>()?;
         NormalizedEmbeddings::from_normalized(rows, dim).map_err(Error::Embeddings)
     }
 }

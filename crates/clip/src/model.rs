@@ -263,11 +263,13 @@ impl ClipVision {
     ///
     /// bf16 on CPU needs AMX-BF16 or AVX512-BF16: the encoder layers' weights are rounded
     /// and packed once here, everything else is kept in f32.
-    pub fn new(vb: VarBuilder, config: &ClipVisionConfig) -> Result<Self> {
+    ///
+    /// Part of the [candle door](crate::candle); [`ClipVision::load`] is the plain way in.
+    pub fn from_var_builder(vb: VarBuilder, config: &ClipVisionConfig) -> Result<Self> {
         config.validate().map_err(candle_core::Error::wrap)?;
         if !vb.device().is_cpu() {
             candle_core::bail!(
-                "ClipVision::new builds CPU models; ClipVision::load puts one on CUDA"
+                "ClipVision::from_var_builder builds CPU models; ClipVision::load puts one on CUDA"
             );
         }
         let dtype = vb.dtype();
@@ -350,16 +352,18 @@ impl ClipVision {
     /// [`ClipVision::embed`] only.
     ///
     /// The encoder layers run as direct matrix products over reused buffers (f32, or bf16
-    /// operands with f32 sums).
-    pub fn forward(&self, pixel_values: &Tensor) -> Result<Tensor> {
+    /// operands with f32 sums). Part of the [candle door](crate::candle);
+    /// [`ClipVision::embed`] is the plain way to embed.
+    pub fn forward_tensor(&self, pixel_values: &Tensor) -> Result<Tensor> {
         let fast = self.tensor_dtype() == DType::F32;
         self.forward_with(pixel_values, fast)
     }
 
-    /// [`ClipVision::forward`] through candle operations only; for tests. A CPU bf16 model
-    /// has no such path.
-    #[doc(hidden)]
-    pub fn forward_portable(&self, pixel_values: &Tensor) -> Result<Tensor> {
+    /// [`ClipVision::forward_tensor`] written a second way, with candle's own tensor
+    /// operations layer by layer as transformers' `CLIPEncoderLayer` reads: slower, easy to
+    /// check against the reference, and held to transformers by the same parity tests as the
+    /// fast path. A CPU bf16 model has no such path (its weights are packed).
+    pub fn forward_tensor_candle_ops(&self, pixel_values: &Tensor) -> Result<Tensor> {
         if self.packed.is_some() {
             candle_core::bail!("the cpu bf16 encoder runs packed products only");
         }

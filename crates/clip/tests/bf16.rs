@@ -59,7 +59,8 @@ fn bf16_batches_equal_single_images() {
     for (i, image) in pixels.chunks_exact(3 * s * s).enumerate() {
         let one = candle_core::Tensor::from_slice(image, (1, 3, s, s), &candle_core::Device::Cpu)
             .unwrap();
-        let single = model.forward(&one).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let single =
+            model.forward_tensor(&one).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
         let (cos, diff) = compare(&single, &all[i * dim..(i + 1) * dim], dim);
         assert!(cos >= 0.999_999 && diff <= 1e-6, "image {i}: cos {cos}, |Δ| {diff}");
     }
@@ -93,7 +94,7 @@ fn bf16_has_no_portable_path() {
         &candle_core::Device::Cpu,
     )
     .unwrap();
-    let err = model.forward_portable(&pixels).unwrap_err();
+    let err = model.forward_tensor_candle_ops(&pixels).unwrap_err();
     assert!(err.to_string().contains("packed"), "{err}");
 }
 

@@ -127,7 +127,7 @@ fn wrong_image_size_is_refused() {
     assert!(matches!(err, Error::ImageSize { expected: 32, actual: 28 }), "{err:?}");
     let pixels =
         Tensor::zeros((1, 3, 28, 28), candle_core::DType::F32, &candle_core::Device::Cpu).unwrap();
-    let err = model.forward(&pixels).unwrap_err();
+    let err = model.forward_tensor(&pixels).unwrap_err();
     assert!(err.to_string().contains("expected (n, 3, 32, 32)"), "{err}");
 }
 
@@ -143,7 +143,8 @@ fn non_finite_output_is_an_error_not_an_embedding() {
 fn model_reads_exactly_the_checkpoint_tensors() {
     use std::collections::HashMap;
 
-    use aesthete_clip::{ClipVisionConfig, VarBuilder};
+    use aesthete_clip::ClipVisionConfig;
+    use aesthete_clip::candle::VarBuilder;
 
     let config =
         ClipVisionConfig::from_json_file(&fixture("tiny-vision-32").join("config.json")).unwrap();
@@ -155,7 +156,7 @@ fn model_reads_exactly_the_checkpoint_tensors() {
         })
         .collect();
     let build = |tensors: HashMap<String, Tensor>| {
-        ClipVision::new(
+        ClipVision::from_var_builder(
             VarBuilder::from_tensors(tensors, candle_core::DType::F32, &candle_core::Device::Cpu),
             &config,
         )

@@ -80,7 +80,7 @@ fn empty_batch_gives_no_embeddings() {
 
 #[test]
 fn portable_path_matches_transformers() {
-    // The candle-ops path that CUDA runs, checked on CPU.
+    // The second implementation, in candle operations, held to the same bar.
     for name in FIXTURES {
         let dir = fixture(name);
         let model = load(&dir);
@@ -94,7 +94,7 @@ fn portable_path_matches_transformers() {
         )
         .unwrap();
         let got = model
-            .forward_portable(&pixels)
+            .forward_tensor_candle_ops(&pixels)
             .unwrap()
             .flatten_all()
             .unwrap()

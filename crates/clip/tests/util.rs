@@ -84,7 +84,7 @@ pub fn embed_reference_inputs(model: &ClipVision, num_images: usize) -> Vec<f32>
         &candle_core::Device::Cpu,
     )
     .unwrap();
-    model.forward(&pixels).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
+    model.forward_tensor(&pixels).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap()
 }
 
 /// Rewrites `file` as a safetensors file with `edit` applied to its tensor map.

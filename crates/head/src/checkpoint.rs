@@ -54,7 +54,8 @@ pub(crate) fn sniff(path: &Path) -> Result<Format, Error> {
 /// All tensors of a PyTorch zip checkpoint holding a state dict, or a dict with a
 /// `state_dict` entry (as PyTorch Lightning checkpoints do).
 pub(crate) fn read_pth(path: &Path) -> Result<Vec<(String, Tensor)>, Error> {
-    let decode = |source| Error::Decode { path: path.to_owned(), source };
+    let decode =
+        |source: candle_core::Error| Error::Decode { path: path.to_owned(), source: source.into() };
     let tensors = candle_core::pickle::read_all(path).map_err(decode)?;
     if !tensors.is_empty() {
         return Ok(tensors);
@@ -72,8 +73,9 @@ pub(crate) fn read(path: &Path) -> Result<Vec<(String, Tensor)>, Error> {
         Format::Pth => read_pth(path),
         Format::Safetensors => {
             let tensors: HashMap<String, Tensor> =
-                candle_core::safetensors::load(path, &Device::Cpu)
-                    .map_err(|source| Error::Decode { path: path.to_owned(), source })?;
+                candle_core::safetensors::load(path, &Device::Cpu).map_err(|source| {
+                    Error::Decode { path: path.to_owned(), source: source.into() }
+                })?;
             Ok(tensors.into_iter().collect())
         }
     }

@@ -31,7 +31,7 @@ pub fn convert_pth_to_safetensors(src: &Path, dst: &Path) -> Result<(), Error> {
         .into_state_dict()
         .map(|(name, t)| t.contiguous().map(|t| (name, t)))
         .collect::<candle_core::Result<_>>()
-        .map_err(Error::Compute)?;
+        .map_err(Error::compute)?;
 
     let write_error = |source: Box<dyn std::error::Error + Send + Sync>| Error::Write {
         path: dst.to_owned(),

@@ -26,9 +26,10 @@ pub enum Error {
     Decode {
         /// The file.
         path: PathBuf,
-        /// What candle said.
+        /// What the tensor library said (candle's error today; not part of this crate's
+        /// door, so a candle upgrade changes no signature).
         #[source]
-        source: candle_core::Error,
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
     /// A tensor that is not part of the head's `layers.{i}.{weight,bias}` state dict.
     #[error(
@@ -98,5 +99,12 @@ pub enum Error {
     },
     /// The tensor library failed while building or running the head.
     #[error("head computation failed")]
-    Compute(#[source] candle_core::Error),
+    Compute(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
+}
+
+impl Error {
+    /// A failure of the tensor library.
+    pub(crate) fn compute(source: candle_core::Error) -> Error {
+        Error::Compute(Box::new(source))
+    }
 }

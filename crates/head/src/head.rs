@@ -45,7 +45,7 @@ impl AestheticHead {
         let _span = tracing::debug_span!("load_head", path = %path.display()).entered();
         let tensors = checkpoint::read(path)?;
         let layers = Layers::parse(path, tensors)?;
-        let head = Self::from_layers(layers).map_err(Error::Compute)?;
+        let head = Self::from_layers(layers).map_err(Error::compute)?;
         tracing::debug!(kind = %head.kind, input_dim = head.input_dim, "loaded aesthetic head");
         Ok(head)
     }
@@ -95,12 +95,12 @@ impl AestheticHead {
             (embeddings.len(), self.input_dim),
             &Device::Cpu,
         )
-        .map_err(Error::Compute)?;
+        .map_err(Error::compute)?;
         let y = match &self.model {
             Model::Folded(m) => m.forward(&x),
             Model::Relu(m) => m.forward(&x),
         };
-        y.and_then(|y| y.flatten_all()?.to_vec1::<f32>()).map_err(Error::Compute)
+        y.and_then(|y| y.flatten_all()?.to_vec1::<f32>()).map_err(Error::compute)
     }
 }
 

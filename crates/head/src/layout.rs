@@ -142,7 +142,7 @@ impl Layers {
                 return Err(shape_error("bias", format!("[{out_dim}]"), bias.dims()));
             }
             for (param, tensor) in [("weight", &weight), ("bias", &bias)] {
-                if !all_finite(tensor).map_err(Error::Compute)? {
+                if !all_finite(tensor).map_err(Error::compute)? {
                     return Err(Error::NonFinite { path: path.to_owned(), name: name(param) });
                 }
             }

@@ -138,7 +138,8 @@ impl Settings {
 
 impl PreprocessSetting {
     fn of(options: &PreprocessOptions) -> Self {
-        let Limits { max_pixels, max_alloc } = options.get_limits();
+        // A limit added to `Limits` belongs in the record too (and in `record_version`).
+        let Limits { max_pixels, max_alloc, .. } = options.get_limits();
         PreprocessSetting {
             mode: match options.get_mode() {
                 Mode::Exact => ModeSetting::Exact,

@@ -26,6 +26,7 @@ impl Progress for NoProgress {}
 
 /// What happened to one input shard.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct ShardReport {
     /// The input shard.
     pub input: PathBuf,
@@ -69,6 +70,7 @@ impl std::fmt::Display for ShardError {
 
 /// The outcome of a run.
 #[derive(Debug, Clone, Default, PartialEq)]
+#[non_exhaustive]
 pub struct RunSummary {
     /// Shards of this worker.
     pub shards: usize,

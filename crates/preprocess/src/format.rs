@@ -20,6 +20,7 @@ pub enum ImageFormat {
 
 /// What was decoded: the source image's size and format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ImageInfo {
     /// Source width in pixels.
     pub width: u32,

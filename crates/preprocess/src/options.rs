@@ -26,6 +26,7 @@ pub enum Mode {
 
 /// Limits on untrusted images, checked on the header before pixels are allocated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// Most pixels (width × height) an image may claim. Default 178,956,970, the size at which
     /// PIL raises `DecompressionBombError`.
