@@ -231,8 +231,8 @@ impl EncoderLayer {
 
 /// A CLIP ViT image tower with its projection: pixels in, L2-normalized embeddings out.
 ///
-/// Built from a Hugging Face checkpoint with [`ClipVision::load`] or from any [`VarBuilder`]
-/// with [`ClipVision::new`]. One instance can serve many threads.
+/// Built from a Hugging Face checkpoint with [`ClipVision::load`] or from any candle `VarBuilder`
+/// with [`ClipVision::from_var_builder`]. One instance can serve many threads.
 #[derive(Debug)]
 pub struct ClipVision {
     config: ClipVisionConfig,
