@@ -62,6 +62,9 @@ pub(crate) struct Workspace {
     scores: AlignedF32,
     /// The bf16 operand of the current product (bf16 layers only).
     rounded: bf16::Activations,
+    /// The MLP's activations, packed straight from the first MLP product for the second
+    /// (bf16 layers only: their f32 `mlp` is never written).
+    hidden: bf16::Activations,
     /// One attention head's bf16 operands per rayon thread (bf16 layers only), kept from
     /// head to head and call to call rather than allocated per rayon job.
     heads: Vec<Mutex<HeadOperands>>,
@@ -149,36 +152,6 @@ impl Weight<'_> {
             Weight::Bf16(kernel, w) => {
                 check_packed(w, n, k);
                 fill_normed(ws, x, ln, eps, m, k);
-                bf16::matmul_acc(kernel, dst, ws, w);
-            }
-        }
-    }
-
-    /// `dst (m × n) += f(a) · wᵀ` for an element-wise `f` (the MLP's activation), which may
-    /// overwrite `a`: f32 runs `f` over `a` in place first; bf16 runs it on each row as the row
-    /// is rounded, in the same pass (`a` is left as it was).
-    #[allow(clippy::too_many_arguments)]
-    fn product_of(
-        self,
-        dst: &mut [f32],
-        a: &mut [f32],
-        f: fn(&mut [f32]),
-        m: usize,
-        n: usize,
-        k: usize,
-        ws: &mut bf16::Activations,
-    ) {
-        match self {
-            Weight::F32(_) => {
-                a.par_chunks_mut(16 * 1024).for_each(f);
-                self.product(dst, a, m, n, k, ws);
-            }
-            Weight::Bf16(kernel, w) => {
-                check_packed(w, n, k);
-                ws.fill_activations_of(a, m, k, k, bf16::Threads::All, |row, out| {
-                    out.copy_from_slice(row);
-                    f(out)
-                });
                 bf16::matmul_acc(kernel, dst, ws, w);
             }
         }
@@ -409,15 +382,26 @@ fn run_layer(x: &mut [f32], w: &LayerWeights<'_>, d: &Dims, ws: &mut Workspace) 
     add_rows(x, w.out.1);
     w.out.0.product(x, attn, m, h, h, rounded);
 
-    fill_rows(mlp, w.fc1.1);
-    w.fc1.0.product_of_norm(mlp, x, w.ln2, d.eps, normed, (m, i, h), rounded);
     let act = match d.act {
         Activation::QuickGelu => kernels::quick_gelu,
         Activation::Gelu => kernels::gelu_erf,
         Activation::GeluTanh => kernels::gelu_tanh,
     };
+    if let (Weight::Bf16(kernel, fc1), Weight::Bf16(_, fc2)) = (w.fc1.0, w.fc2.0) {
+        // fc1's output goes through the activation into fc2's packed operand block by block.
+        check_packed(fc1, i, h);
+        check_packed(fc2, h, i);
+        fill_normed(rounded, x, w.ln2, d.eps, m, h);
+        bf16::matmul_bias_into_activations(kernel, rounded, fc1, w.fc1.1, act, &mut ws.hidden);
+        add_rows(x, w.fc2.1);
+        bf16::matmul_acc(kernel, x, &ws.hidden, fc2);
+        return Ok(());
+    }
+    fill_rows(mlp, w.fc1.1);
+    w.fc1.0.product_of_norm(mlp, x, w.ln2, d.eps, normed, (m, i, h), rounded);
+    mlp.par_chunks_mut(16 * 1024).for_each(act);
     add_rows(x, w.fc2.1);
-    w.fc2.0.product_of(x, mlp, act, m, h, i, rounded);
+    w.fc2.0.product(x, mlp, m, h, i, rounded);
     Ok(())
 }
 

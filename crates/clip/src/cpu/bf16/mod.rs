@@ -348,6 +348,14 @@ impl Packed {
         });
     }
 
+    /// Makes room for `m` rows of `k` activations (a product writes them, every value of
+    /// every panel, padding included).
+    fn size_activations(&mut self, m: usize, k: usize) {
+        (self.rows, self.k) = (m, k);
+        let len = round_up(m.max(1), BLOCK) / PANEL * self.panel_len();
+        self.data.grow(len);
+    }
+
     /// The value packed as a weight for row `j`, column `kk`, as f32.
     #[cfg(test)]
     fn weight_at(&self, j: usize, kk: usize) -> f32 {
@@ -467,6 +475,92 @@ pub(crate) fn matmul_acc_to(
     });
 }
 
+/// A pointer to packed bf16 values that rayon tasks writing disjoint tiles may share.
+#[derive(Clone, Copy)]
+struct SharedMutU16(*mut u16);
+// SAFETY: every task writes its own tiles of the packed matrix, which outlives the loop.
+unsafe impl Send for SharedMutU16 {}
+unsafe impl Sync for SharedMutU16 {}
+
+impl SharedMutU16 {
+    /// The pointer (a method, so closures capture the whole `Sync` value, not its field).
+    fn get(self) -> *mut u16 {
+        self.0
+    }
+}
+
+/// `out = f(bias + a · wᵀ)` packed as the activations of the next product (`m` rows of
+/// `n` K values), on every thread: the MLP's first layer and its activation, whose f32 output
+/// is never stored. Each 32 × 32 output block is one K step of two row panels of `out`, so it
+/// goes straight from the kernel (into a block that starts as the bias, the sums in the
+/// order [`matmul_acc`] adds them) through `f` (applied to each row's live values) to its two
+/// tiles, bit for bit what `matmul_acc` into a matrix holding the bias, `f` over it and
+/// [`Packed::fill_activations`] give, without the f32 matrix written and read three times.
+pub(crate) fn matmul_bias_into_activations(
+    kernel: Kernel,
+    a: &Activations,
+    w: &PackedWeight,
+    bias: &[f32],
+    f: impl Fn(&mut [f32]) + Sync + Send,
+    out: &mut Activations,
+) {
+    let (m, n) = (a.rows, w.rows);
+    assert_eq!(bias.len(), n, "bias of {} values for {n} columns", bias.len());
+    check_operands(a, w);
+    out.size_activations(m, n);
+    let (out_panel, out_ptr) =
+        (out.panel_len(), SharedMutU16(out.data.as_mut_slice().as_mut_ptr()));
+    let round_row = row_rounder();
+    let (row_tasks, col_tasks) = (m.max(1).div_ceil(TASK_ROWS), n.div_ceil(TASK_COLS));
+    (0..row_tasks * col_tasks).into_par_iter().for_each(|task| {
+        let (row_task, col_task) = (task % row_tasks, task / row_tasks);
+        let rows =
+            row_task * TASK_ROWS..((row_task + 1) * TASK_ROWS).min(round_up(m.max(1), BLOCK));
+        let cols = col_task * TASK_COLS..((col_task + 1) * TASK_COLS).min(n);
+        // SAFETY: this task's thread runs nothing else while `block_kernel` lives; `kernel`
+        // came from `Kernel::available`.
+        let mut block_kernel = unsafe { BlockKernel::start(kernel) };
+        let mut sums = Block([0.0; BLOCK * BLOCK]);
+        for j in cols.clone().step_by(BLOCK) {
+            let b = w.data.as_slice()[(j / PANEL) * w.panel_len()..].as_ptr();
+            let width = (n - j).min(BLOCK);
+            for i in rows.clone().step_by(BLOCK) {
+                let live = m.saturating_sub(i).min(BLOCK);
+                for row in sums.0.chunks_exact_mut(BLOCK) {
+                    row[..width].copy_from_slice(&bias[j..j + width]);
+                }
+                if live > 0 && w.steps() > 0 {
+                    let a_block = a.data.as_slice()[(i / PANEL) * a.panel_len()..].as_ptr();
+                    // SAFETY: `sums` is 32 rows of 32 floats; `a` has two panels from row `i`
+                    // and `w` two from column `j` (both padded to 32 rows).
+                    unsafe { block_kernel.block(sums.0.as_mut_ptr(), BLOCK, a_block, b, w, live) };
+                }
+                for (r, row) in sums.0.chunks_exact_mut(BLOCK).enumerate() {
+                    let at = ((i + r) / PANEL) * out_panel
+                        + (j / STEP) * PANEL_STEP
+                        + ((i + r) % PANEL) * STEP;
+                    // SAFETY: tile row `at` (32 values) lies in `out`, sized for round_up(m, 32)
+                    // rows and n columns above; this task alone writes rows `rows` × steps of
+                    // `cols`.
+                    let tile_row =
+                        unsafe { std::slice::from_raw_parts_mut(out_ptr.get().add(at), STEP) };
+                    if r < live {
+                        f(&mut row[..width]);
+                        round_row(&row[..width], &mut tile_row[..width]);
+                        tile_row[width..].fill(0);
+                    } else {
+                        tile_row.fill(0);
+                    }
+                }
+            }
+        }
+    });
+}
+
+/// One 32 × 32 block of f32 on a cache line.
+#[repr(C, align(64))]
+struct Block([f32; BLOCK * BLOCK]);
+
 /// `dst[i · ldc + j] += (a · wᵀ)[i][j]` on this thread, for a product too small to split.
 #[cfg(test)]
 fn matmul_acc_strided(
@@ -521,36 +615,77 @@ unsafe fn blocks(
     a: &Activations,
     w: &PackedWeight,
 ) {
-    let (steps, panel) = (w.steps(), w.panel_len());
-    if steps == 0 {
+    if w.steps() == 0 {
         return;
     }
-    #[cfg(target_arch = "x86_64")]
-    // SAFETY: forwarded from the caller. Each closure gets from `each_block` a 32 × 32 block
-    // of writable floats at the stride it is given and two panels of each operand from its block's
-    // rows / columns, `steps` steps long: what the block kernels require.
+    // SAFETY: this task's thread runs nothing else while `block_kernel` lives (no rayon call
+    // below); `kernel` came from `Kernel::available`.
+    let mut block_kernel = unsafe { BlockKernel::start(kernel) };
+    // SAFETY: forwarded from the caller. Each call gets from `each_block` a 32 × 32 block of
+    // writable floats at the stride it is given and two panels of each operand from its
+    // block's rows / columns, `steps` steps long: what the block kernels require.
     unsafe {
+        each_block(out, layout, rows, cols, a, w, |c, ldc, a_block, b, live| {
+            block_kernel.block(c, ldc, a_block, b, w, live)
+        })
+    }
+}
+
+/// A block kernel ready to run on this thread: AMX with its tiles configured, or AVX512-BF16.
+enum BlockKernel {
+    #[cfg(target_arch = "x86_64")]
+    Amx(amx::Tiles),
+    #[cfg(target_arch = "x86_64")]
+    Avx512Bf16,
+}
+
+impl BlockKernel {
+    /// # Safety
+    /// The CPU supports `kernel` (it came from [`Kernel::available`]), and no other
+    /// `BlockKernel` lives on this thread while this one does (AMX tile state is per thread).
+    unsafe fn start(kernel: Kernel) -> BlockKernel {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: forwarded.
         match kernel {
-            Kernel::Amx => {
-                // This task's thread runs nothing else while `tiles` lives (no rayon call
-                // below), so no other `Tiles` shares it.
-                let mut tiles = amx::Tiles::configure();
-                // The tiles cover all 32 rows of a block whatever `live` is.
-                each_block(out, layout, rows, cols, a, w, |c, ldc, a, b, _live| {
-                    tiles.block(c, ldc, a, b, panel, steps)
-                });
-            }
-            Kernel::Avx512Bf16 => {
-                each_block(out, layout, rows, cols, a, w, |c, ldc, a, b, live| {
-                    avx512::block(c, ldc, a, b, panel, steps, live)
-                })
-            }
+            Kernel::Amx => BlockKernel::Amx(unsafe { amx::Tiles::configure() }),
+            Kernel::Avx512Bf16 => BlockKernel::Avx512Bf16,
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = kernel;
+            unreachable!("no bf16 kernel exists off x86-64")
         }
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (kernel, out, layout, rows, cols, a, w, panel);
-        unreachable!("no bf16 kernel exists off x86-64")
+
+    /// `c (32 × 32, stride ldc) += a · bᵀ` over all of `w`'s K, for a block whose first
+    /// `live` rows matter (the AVX512-BF16 kernel skips 8-row groups past them; AMX computes
+    /// whole tiles).
+    ///
+    /// # Safety
+    /// As the block kernels: `c` addresses 32 rows of 32 writable floats at stride `ldc`, `a`
+    /// and `b` two panels each of packed operands with `w`'s panel length and steps.
+    #[inline]
+    unsafe fn block(
+        &mut self,
+        c: *mut f32,
+        ldc: usize,
+        a: *const u16,
+        b: *const u16,
+        w: &PackedWeight,
+        live: usize,
+    ) {
+        let (steps, panel) = (w.steps(), w.panel_len());
+        // SAFETY: forwarded.
+        unsafe {
+            match self {
+                #[cfg(target_arch = "x86_64")]
+                BlockKernel::Amx(tiles) => tiles.block(c, ldc, a, b, panel, steps),
+                #[cfg(target_arch = "x86_64")]
+                BlockKernel::Avx512Bf16 => avx512::block(c, ldc, a, b, panel, steps, live),
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (c, ldc, a, b, steps, panel, live);
     }
 }
 
@@ -563,7 +698,6 @@ unsafe fn blocks(
 /// # Safety
 /// As [`blocks`]; `block` may write only the block it is given. Blocks of `c` are 32 rows of
 /// 32 floats; panels hold `panel + steps · 512` u16 from the pointer given.
-#[cfg(target_arch = "x86_64")]
 unsafe fn each_block(
     out: *mut f32,
     layout: Output,
@@ -788,6 +922,51 @@ mod tests {
 
     /// Every kernel this CPU runs against the plain loop on the same bf16 operands, on shapes
     /// whose rows, columns and K are not multiples of the 32 × 32 block or the 32-step.
+    #[test]
+    fn fused_bias_and_activation_packs_what_the_separate_passes_pack() {
+        // Against the unfused passes on the same kernel: the product into a matrix holding
+        // the bias, the activation over it, then packing. Bit for bit, for every kernel this
+        // CPU has, at shapes with partial row and column blocks (and K not a multiple of 32).
+        let gelu = |row: &mut [f32]| {
+            for v in row.iter_mut() {
+                *v = *v / (1.0 + (-1.702 * *v).exp());
+            }
+        };
+        let available = Kernel::available();
+        if available.is_empty() {
+            eprintln!("skipped fused_bias_and_activation: {NO_KERNEL}");
+        }
+        for kernel in available {
+            for (case, &(m, n, k)) in
+                [(1, 32, 32), (33, 65, 31), (257, 96, 64), (130, 300, 97), (4, 40, 0)]
+                    .iter()
+                    .enumerate()
+            {
+                let seed = 100 + case as u64 * 5;
+                let mut a = Activations::default();
+                a.fill_activations(&random(m * k, seed), m, k, k, Threads::All);
+                let w = PackedWeight::pack(&random(n * k, seed + 1), n, k);
+                let bias = random(n, seed + 2);
+                let mut fused = Activations::default();
+                // A stale buffer from a bigger product first: every value must be rewritten.
+                fused.fill_activations(&random(300 * 400, seed + 3), 300, 400, 400, Threads::All);
+                matmul_bias_into_activations(kernel, &a, &w, &bias, gelu, &mut fused);
+                let mut h: Vec<f32> = (0..m).flat_map(|_| bias.iter().copied()).collect();
+                matmul_acc(kernel, &mut h, &a, &w);
+                h.chunks_exact_mut(n.max(1)).for_each(gelu);
+                let mut separate = Activations::default();
+                separate.fill_activations(&h, m, n, n, Threads::All);
+                let len = round_up(m.max(1), BLOCK) / PANEL * separate.panel_len();
+                assert_eq!((fused.n(), fused.k()), (m, n));
+                assert!(
+                    fused.data.as_slice()[..len] == separate.data.as_slice()[..len],
+                    "{} {m}x{n}x{k}: fused and separate packings differ",
+                    kernel.name()
+                );
+            }
+        }
+    }
+
     #[test]
     fn kernels_match_the_reference_on_edge_shapes() {
         let available = Kernel::available();
