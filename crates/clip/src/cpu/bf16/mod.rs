@@ -328,21 +328,26 @@ impl Packed {
         let steps = round_up(k, STEP) / STEP;
         let round_row = row_rounder();
         let mapped = f.is_some();
-        let one_row = || if mapped { vec![0f32; k] } else { Vec::new() };
-        self.fill_panels(m, k, threads, one_row, |mapped_row, panel, out| {
+        // Per thread: the mapped row (when `f` is given) and the row rounded whole, padded
+        // with zeros to whole steps, then copied out a tile row (64 bytes) at a time: one
+        // rounding call a row rather than one per step.
+        let buffers =
+            || (if mapped { vec![0f32; k] } else { Vec::new() }, vec![0u16; steps * STEP]);
+        self.fill_panels(m, k, threads, buffers, |(mapped_row, rounded), panel, out| {
             for r in 0..PANEL {
                 let i = panel * PANEL + r;
-                let mut row = if i < m { &x[i * stride..i * stride + k] } else { &[][..] };
-                if let (Some(f), false) = (&f, row.is_empty()) {
-                    f(row, mapped_row);
-                    row = mapped_row;
+                if i < m {
+                    let mut row = &x[i * stride..i * stride + k];
+                    if let Some(f) = &f {
+                        f(row, mapped_row);
+                        row = mapped_row;
+                    }
+                    round_row(row, &mut rounded[..k]);
+                } else {
+                    rounded[..k].fill(0);
                 }
-                for step in 0..steps {
-                    let tile_row = &mut out[step * PANEL_STEP + r * STEP..][..STEP];
-                    let from = row.get(step * STEP..).unwrap_or(&[]);
-                    let used = from.len().min(STEP);
-                    round_row(&from[..used], &mut tile_row[..used]);
-                    tile_row[used..].fill(0);
+                for (step, from) in rounded.chunks_exact(STEP).enumerate() {
+                    out[step * PANEL_STEP + r * STEP..][..STEP].copy_from_slice(from);
                 }
             }
         });
