@@ -219,3 +219,8 @@ mod tests {
         assert!(!is_temporary_name(".a.tar.tmp", "a.tar"));
     }
 }
+
+/// The crate README's examples, compiled and run as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -54,3 +54,8 @@ pub use error::Error;
 pub use models::{CLIP_DIR_NAME, HEAD_FILE_NAME, ModelPaths, Models, default_model_dirs};
 pub use progress::{NoProgress, Progress, RunSummary, ShardError, ShardReport};
 pub use run::run;
+
+/// The crate README's examples, compiled and run as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

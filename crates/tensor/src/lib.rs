@@ -56,3 +56,8 @@ pub enum ShapeError {
         norm: f32,
     },
 }
+
+/// The crate README's examples, compiled and run as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
