@@ -585,7 +585,6 @@ fn attention_bf16(
     assert!(qkv.len() == d.rows() * 3 * h && out.len() == d.rows() * h);
     assert!(!heads_operands.is_empty(), "no attention operands");
     let layout = qkv_by_head(d);
-    out.fill(0.0);
     let out = SharedMut(out.as_mut_ptr());
     let this = bf16::Threads::This;
     (0..d.n * heads).into_par_iter().for_each(move |task| {
@@ -600,11 +599,13 @@ fn attention_bf16(
         // p = q · kᵀ (q pre-scaled)
         ops.q.fill_activations(&qkv[q..], s, hd, hd, this);
         ops.k.fill_weight_rows(&qkv[k..], s, hd, hd, this);
-        ops.scores.clear();
-        ops.scores.resize(s * s, 0.0);
-        let p = &mut ops.scores[..];
+        // Stored over, never read first: only grown, not cleared.
+        if ops.scores.len() < s * s {
+            ops.scores.resize(s * s, 0.0);
+        }
+        let p = &mut ops.scores[..s * s];
         // SAFETY: `p` is this task's own s × s buffer.
-        unsafe { bf16::matmul_acc_raw(kernel, p.as_mut_ptr(), s, &ops.q, &ops.k) };
+        unsafe { bf16::matmul_raw(kernel, p.as_mut_ptr(), s, &ops.q, &ops.k, bf16::Write::Store) };
         // out = softmax(p) · v, as softmax(p) times the weight vᵀ; the softmax runs on each
         // row as it is rounded.
         ops.p.fill_activations_of(p, s, s, s, this, |row, out| {
@@ -615,7 +616,7 @@ fn attention_bf16(
         let dst = out.0.wrapping_add(image * s * h + head * hd);
         // SAFETY: rows `image · s ..` and columns `head · hd ..` of `out` (n · s × h, inside
         // it by the assert above) belong to this task alone.
-        unsafe { bf16::matmul_acc_raw(kernel, dst, h, &ops.p, &ops.v) };
+        unsafe { bf16::matmul_raw(kernel, dst, h, &ops.p, &ops.v, bf16::Write::Store) };
     });
 }
 

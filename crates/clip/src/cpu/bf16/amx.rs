@@ -105,13 +105,14 @@ impl Tiles {
         Tiles { sums: Box::new(Sums([0.0; 32 * 32])), thread_bound: std::marker::PhantomData }
     }
 
-    /// `c (32 × 32, stride ldc floats) += a · bᵀ`, each two packed panels: the four tiles of
-    /// sums start at zero, run over all of K, and are added to `c` at the end (loading `c`
-    /// into tiles instead reads 16 rows at a stride of a multiple of 4 KiB, which share one L1
-    /// set, and measured slower).
+    /// `c (32 × 32, stride ldc floats) += a · bᵀ` (or `=`, as `write` says), each two packed
+    /// panels: the four tiles of sums start at zero, run over all of K, and are added to (or
+    /// stored into) `c` at the end (loading `c` into tiles instead reads 16 rows at a stride
+    /// of a multiple of 4 KiB, which share one L1 set, and measured slower).
     ///
     /// # Safety
     /// The pointers address what [`super::each_block`] passes to its `block`.
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn block(
         &mut self,
         c: *mut f32,
@@ -120,8 +121,15 @@ impl Tiles {
         b: *const u16,
         panel: usize,
         steps: usize,
+        write: super::Write,
     ) {
         if steps == 0 {
+            if write == super::Write::Store {
+                for r in 0..32 {
+                    // SAFETY: the caller guarantees 32 rows of 32 writable floats at `ldc`.
+                    unsafe { std::ptr::write_bytes(c.add(r * ldc), 0, 32) };
+                }
+            }
             return;
         }
         let s = self.sums.0.as_mut_ptr();
@@ -166,17 +174,18 @@ impl Tiles {
         }
         // SAFETY: the caller guarantees 32 rows of 32 writable floats at stride `ldc`; the
         // CPU has AVX-512F (`check` requires it with AMX).
-        unsafe { add_sums(c, ldc, &self.sums) }
+        unsafe { write_sums(c, ldc, &self.sums, write) }
     }
 }
 
-/// `c (32 × 32, stride ldc) += sums`, two zmm registers a row. Written out because the plain
-/// loop compiled to scalar adds, a third of the kernel's time at K = 1024 (perf annotate).
+/// `c (32 × 32, stride ldc) += sums` (or `= sums`), two zmm registers a row. Written out
+/// because the plain loop compiled to scalar adds, a third of the kernel's time at K = 1024
+/// (perf annotate).
 ///
 /// # Safety
 /// `c` addresses 32 rows of 32 writable floats at stride `ldc`; the CPU has AVX-512F.
 #[target_feature(enable = "avx512f")]
-unsafe fn add_sums(c: *mut f32, ldc: usize, sums: &Sums) {
+unsafe fn write_sums(c: *mut f32, ldc: usize, sums: &Sums, write: super::Write) {
     use std::arch::x86_64::{_mm512_add_ps, _mm512_load_ps, _mm512_loadu_ps, _mm512_storeu_ps};
     let s = sums.0.as_ptr();
     for r in 0..32 {
@@ -186,7 +195,11 @@ unsafe fn add_sums(c: *mut f32, ldc: usize, sums: &Sums) {
             unsafe {
                 let d = c.add(r * ldc + half);
                 let sum = _mm512_load_ps(s.add(r * 32 + half));
-                _mm512_storeu_ps(d, _mm512_add_ps(_mm512_loadu_ps(d), sum));
+                let value = match write {
+                    super::Write::Add => _mm512_add_ps(_mm512_loadu_ps(d), sum),
+                    super::Write::Store => sum,
+                };
+                _mm512_storeu_ps(d, value);
             }
         }
     }

@@ -4,7 +4,8 @@
 //! broadcast to all 16 lanes, so one instruction adds two products to 16 outputs.
 
 use std::arch::x86_64::{
-    __m512, __m512bh, _mm512_dpbf16_ps, _mm512_loadu_ps, _mm512_set1_epi32, _mm512_storeu_ps,
+    __m512, __m512bh, _mm512_dpbf16_ps, _mm512_loadu_ps, _mm512_set1_epi32, _mm512_setzero_ps,
+    _mm512_storeu_ps,
 };
 
 /// Whether this CPU has AVX512-BF16 (and the AVX-512F it extends).
@@ -16,12 +17,14 @@ pub(super) fn available() -> bool {
 /// Rows of one register block.
 const ROWS: usize = 8;
 
-/// `c (32 × 32, stride ldc floats) += a · bᵀ`, each two packed panels, for the 8-row groups
+/// `c (32 × 32, stride ldc floats) += a · bᵀ` (or `=`, as `write` says), each two packed
+/// panels, for the 8-row groups
 /// that hold the first `live` rows (the rest of `c` is left as it is: an edge block's rows
 /// past the matrix are never read back).
 ///
 /// # Safety
 /// [`available`] returned true; the pointers address what [`super::each_block`] passes to its `block`.
+#[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn block(
     c: *mut f32,
     ldc: usize,
@@ -30,20 +33,32 @@ pub(super) unsafe fn block(
     panel: usize,
     steps: usize,
     live: usize,
+    write: super::Write,
 ) {
     for r in (0..live.min(super::BLOCK)).step_by(ROWS) {
         let a = a.wrapping_add((r / super::PANEL) * panel + (r % super::PANEL) * super::STEP);
         // SAFETY: forwarded, for rows r .. r + 8 of the block (within one 16-row panel).
-        unsafe { rows(c.add(r * ldc), ldc, a, b, panel, steps) }
+        unsafe { rows(c.add(r * ldc), ldc, a, b, panel, steps, write) }
     }
 }
 
 #[target_feature(enable = "avx512f,avx512bf16")]
-unsafe fn rows(c: *mut f32, ldc: usize, a: *const u16, b: *const u16, panel: usize, steps: usize) {
+unsafe fn rows(
+    c: *mut f32,
+    ldc: usize,
+    a: *const u16,
+    b: *const u16,
+    panel: usize,
+    steps: usize,
+    write: super::Write,
+) {
     // SAFETY: every address is inside the caller's block, rows or panels.
     unsafe {
-        let mut acc: [[__m512; 2]; ROWS] = std::array::from_fn(|r| {
-            [_mm512_loadu_ps(c.add(r * ldc)), _mm512_loadu_ps(c.add(r * ldc + 16))]
+        let mut acc: [[__m512; 2]; ROWS] = std::array::from_fn(|r| match write {
+            super::Write::Add => {
+                [_mm512_loadu_ps(c.add(r * ldc)), _mm512_loadu_ps(c.add(r * ldc + 16))]
+            }
+            super::Write::Store => [_mm512_setzero_ps(); 2],
         });
         for step in 0..steps {
             for pair in 0..super::STEP / 2 {

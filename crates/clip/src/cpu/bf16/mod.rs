@@ -130,6 +130,14 @@ pub(crate) enum Threads {
     This,
 }
 
+/// What a product does to its output: adds the product to what is there, or stores it
+/// over it (what is there is never read: no zeroing pass first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Write {
+    Add,
+    Store,
+}
+
 /// A matrix rounded to bf16 and packed for the kernels, in one of two roles:
 /// - [`PackedWeight`]: the right operand, a Linear weight `W` (`n × k`, `y = x Wᵀ`): panels of
 ///   16 output columns; within a panel, steps of 32 K values; within a step, 16 rows of
@@ -476,7 +484,7 @@ pub(crate) fn matmul_acc_to(
         // SAFETY: `dst` holds m × n values laid out as `layout` (checked above); this task
         // alone writes `rows` × `cols`; the kernel came from `Kernel::detect` or
         // `Kernel::available` (nothing in the crate names a variant otherwise).
-        unsafe { blocks(kernel, out.0, layout, rows, cols, a, w) }
+        unsafe { blocks(kernel, out.0, layout, rows, cols, a, w, Write::Add) }
     });
 }
 
@@ -538,7 +546,17 @@ pub(crate) fn matmul_bias_into_activations(
                     let a_block = a.data.as_slice()[(i / PANEL) * a.panel_len()..].as_ptr();
                     // SAFETY: `sums` is 32 rows of 32 floats; `a` has two panels from row `i`
                     // and `w` two from column `j` (both padded to 32 rows).
-                    unsafe { block_kernel.block(sums.0.as_mut_ptr(), BLOCK, a_block, b, w, live) };
+                    unsafe {
+                        block_kernel.block(
+                            sums.0.as_mut_ptr(),
+                            BLOCK,
+                            a_block,
+                            b,
+                            w,
+                            live,
+                            Write::Add,
+                        )
+                    };
                 }
                 for (r, row) in sums.0.chunks_exact_mut(BLOCK).enumerate() {
                     let at = ((i + r) / PANEL) * out_panel
@@ -578,25 +596,27 @@ fn matmul_acc_strided(
     let (m, n) = (a.rows, w.rows);
     assert!(n <= ldc && (m == 0 || dst.len() >= (m - 1) * ldc + n), "output too short");
     // SAFETY: `dst` holds m rows of n values at stride ldc, checked above.
-    unsafe { matmul_acc_raw(kernel, dst.as_mut_ptr(), ldc, a, w) }
+    unsafe { matmul_raw(kernel, dst.as_mut_ptr(), ldc, a, w, Write::Add) }
 }
 
-/// `dst[i · ldc + j] += (a · wᵀ)[i][j]` on this thread, into part of a matrix that other
-/// threads write other columns of.
+/// `dst[i · ldc + j] += (a · wᵀ)[i][j]` (or `=`, as `write` says) on this thread, into part
+/// of a matrix that other threads write other columns of.
 ///
 /// # Safety
 /// `dst` addresses `a.n()` rows of `w.n()` values at stride `ldc`, which no one else reads
 /// or writes meanwhile.
-pub(crate) unsafe fn matmul_acc_raw(
+pub(crate) unsafe fn matmul_raw(
     kernel: Kernel,
     dst: *mut f32,
     ldc: usize,
     a: &Activations,
     w: &PackedWeight,
+    write: Write,
 ) {
     check_operands(a, w);
+    let layout = Output::strided(w.rows, ldc);
     // SAFETY: forwarded.
-    unsafe { blocks(kernel, dst, Output::strided(w.rows, ldc), 0..a.rows, 0..w.rows, a, w) }
+    unsafe { blocks(kernel, dst, layout, 0..a.rows, 0..w.rows, a, w, write) }
 }
 
 fn check_operands(a: &Activations, w: &PackedWeight) {
@@ -611,6 +631,7 @@ fn check_operands(a: &Activations, w: &PackedWeight) {
 /// `out` addresses the elements `rows` × `cols` of a matrix laid out as `layout`, written by
 /// no one else meanwhile; `a` and `w` passed [`check_operands`], `rows.end <= a.rows`,
 /// `cols.end <= w.rows`; the CPU supports `kernel` (it came from [`Kernel::available`]).
+#[allow(clippy::too_many_arguments)]
 unsafe fn blocks(
     kernel: Kernel,
     out: *mut f32,
@@ -619,8 +640,9 @@ unsafe fn blocks(
     cols: std::ops::Range<usize>,
     a: &Activations,
     w: &PackedWeight,
+    write: Write,
 ) {
-    if w.steps() == 0 {
+    if w.steps() == 0 && write == Write::Add {
         return;
     }
     // SAFETY: this task's thread runs nothing else while `block_kernel` lives (no rayon call
@@ -630,8 +652,8 @@ unsafe fn blocks(
     // writable floats at the stride it is given and two panels of each operand from its
     // block's rows / columns, `steps` steps long: what the block kernels require.
     unsafe {
-        each_block(out, layout, rows, cols, a, w, |c, ldc, a_block, b, live| {
-            block_kernel.block(c, ldc, a_block, b, w, live)
+        each_block(out, layout, rows, cols, a, w, write, |c, ldc, a_block, b, live| {
+            block_kernel.block(c, ldc, a_block, b, w, live, write)
         })
     }
 }
@@ -670,6 +692,7 @@ impl BlockKernel {
     /// As the block kernels: `c` addresses 32 rows of 32 writable floats at stride `ldc`, `a`
     /// and `b` two panels each of packed operands with `w`'s panel length and steps.
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn block(
         &mut self,
         c: *mut f32,
@@ -678,19 +701,20 @@ impl BlockKernel {
         b: *const u16,
         w: &PackedWeight,
         live: usize,
+        write: Write,
     ) {
         let (steps, panel) = (w.steps(), w.panel_len());
         // SAFETY: forwarded.
         unsafe {
             match self {
                 #[cfg(target_arch = "x86_64")]
-                BlockKernel::Amx(tiles) => tiles.block(c, ldc, a, b, panel, steps),
+                BlockKernel::Amx(tiles) => tiles.block(c, ldc, a, b, panel, steps, write),
                 #[cfg(target_arch = "x86_64")]
-                BlockKernel::Avx512Bf16 => avx512::block(c, ldc, a, b, panel, steps, live),
+                BlockKernel::Avx512Bf16 => avx512::block(c, ldc, a, b, panel, steps, live, write),
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (c, ldc, a, b, steps, panel, live);
+        let _ = (c, ldc, a, b, steps, panel, live, write);
     }
 }
 
@@ -703,6 +727,7 @@ impl BlockKernel {
 /// # Safety
 /// As [`blocks`]; `block` may write only the block it is given. Blocks of `c` are 32 rows of
 /// 32 floats; panels hold `panel + steps · 512` u16 from the pointer given.
+#[allow(clippy::too_many_arguments)]
 unsafe fn each_block(
     out: *mut f32,
     layout: Output,
@@ -710,6 +735,7 @@ unsafe fn each_block(
     cols: std::ops::Range<usize>,
     a: &Activations,
     w: &PackedWeight,
+    write: Write,
     mut block: impl FnMut(*mut f32, usize, *const u16, *const u16, usize),
 ) {
     let panel = w.panel_len();
@@ -731,7 +757,8 @@ unsafe fn each_block(
                     // Row by row inside one group; element by element across groups.
                     let runs = if layout.in_one_group(j, wd) { 1 } else { wd };
                     let run = wd / runs;
-                    for r in 0..h {
+                    // A stored product never reads what was there.
+                    for r in (0..h).filter(|_| write == Write::Add) {
                         for c in (0..wd).step_by(run) {
                             let at = out.add(layout.at(i + r, j + c));
                             std::ptr::copy_nonoverlapping(at, s.add(r * BLOCK + c), run);
@@ -1018,6 +1045,23 @@ mod tests {
                 for i in 0..m {
                     assert_eq!(&wide[i * ldc..i * ldc + n], &got[i * n..(i + 1) * n], "row {i}");
                     assert!(wide[i * ldc + n..(i + 1) * ldc].iter().all(|&v| v == 7.0));
+                }
+                // Stored over NaN (never read): the product alone, as added to zeros.
+                let mut zeros = vec![0.0f32; m * n];
+                matmul_acc(kernel, &mut zeros, &a, &w);
+                let mut stored = vec![f32::NAN; m * ldc];
+                for i in 0..m {
+                    stored[i * ldc + n..(i + 1) * ldc].fill(7.0);
+                }
+                // SAFETY: `stored` holds m rows of n values at stride ldc.
+                unsafe { matmul_raw(kernel, stored.as_mut_ptr(), ldc, &a, &w, Write::Store) };
+                for i in 0..m {
+                    assert_eq!(
+                        &stored[i * ldc..i * ldc + n],
+                        &zeros[i * n..(i + 1) * n],
+                        "row {i}"
+                    );
+                    assert!(stored[i * ldc + n..(i + 1) * ldc].iter().all(|&v| v == 7.0));
                 }
                 for i in 0..m {
                     for j in 0..n {
