@@ -110,22 +110,28 @@ enum Weight<'a> {
 }
 
 impl Weight<'_> {
-    /// `dst (m × n) += a (m × k) · wᵀ`.
+    /// `dst (m × n) += bias + a (m × k) · wᵀ` (`dst + bias` first, then the product: f32
+    /// as two passes, bf16 in the product's own pass over `dst`).
+    #[allow(clippy::too_many_arguments)]
     fn product(
         self,
         dst: &mut [f32],
         a: &[f32],
+        bias: &[f32],
         m: usize,
         n: usize,
         k: usize,
         ws: &mut bf16::Activations,
     ) {
         match self {
-            Weight::F32(w) => matmul_acc(dst, a, w, m, n, k),
+            Weight::F32(w) => {
+                add_rows(dst, bias);
+                matmul_acc(dst, a, w, m, n, k)
+            }
             Weight::Bf16(kernel, w) => {
                 check_packed(w, n, k);
                 ws.fill_activations(a, m, k, k, bf16::Threads::All);
-                bf16::matmul_acc(kernel, dst, ws, w);
+                bf16::matmul_acc(kernel, dst, ws, w, Some(bias));
             }
         }
     }
@@ -145,14 +151,14 @@ impl Weight<'_> {
         ws: &mut bf16::Activations,
     ) {
         match self {
-            Weight::F32(_) => {
+            Weight::F32(w) => {
                 layer_norm(x, normed, ln[0], ln[1], k, eps);
-                self.product(dst, normed, m, n, k, ws);
+                matmul_acc(dst, normed, w, m, n, k);
             }
             Weight::Bf16(kernel, w) => {
                 check_packed(w, n, k);
                 fill_normed(ws, x, ln, eps, m, k);
-                bf16::matmul_acc(kernel, dst, ws, w);
+                bf16::matmul_acc(kernel, dst, ws, w, None);
             }
         }
     }
@@ -371,16 +377,16 @@ fn run_layer(x: &mut [f32], w: &LayerWeights<'_>, d: &Dims, ws: &mut Workspace) 
         Weight::Bf16(kernel, packed) => {
             // q, k and v head by head (3 · heads groups of head_dim columns, each its own
             // m × head_dim matrix), so that each head's operands are read contiguously.
+            // The bias goes in with the sums (stored over `qkv`, never read).
             let layout = qkv_by_head(d);
-            fill_column_groups(qkv, w.qkv.1, m, d.head_dim());
             check_packed(packed, 3 * h, h);
             fill_normed(rounded, x, w.ln1, d.eps, m, h);
-            bf16::matmul_acc_to(kernel, qkv, layout, rounded, packed);
+            let (store, bias) = (bf16::Write::Store, Some(w.qkv.1));
+            bf16::matmul_to(kernel, qkv, layout, rounded, packed, store, bias);
             attention_bf16(kernel, qkv, attn, &ws.heads, d)
         }
     }
-    add_rows(x, w.out.1);
-    w.out.0.product(x, attn, m, h, h, rounded);
+    w.out.0.product(x, attn, w.out.1, m, h, h, rounded);
 
     let act = match d.act {
         Activation::QuickGelu => kernels::quick_gelu,
@@ -393,15 +399,13 @@ fn run_layer(x: &mut [f32], w: &LayerWeights<'_>, d: &Dims, ws: &mut Workspace) 
         check_packed(fc2, h, i);
         fill_normed(rounded, x, w.ln2, d.eps, m, h);
         bf16::matmul_bias_into_activations(kernel, rounded, fc1, w.fc1.1, act, &mut ws.hidden);
-        add_rows(x, w.fc2.1);
-        bf16::matmul_acc(kernel, x, &ws.hidden, fc2);
+        bf16::matmul_acc(kernel, x, &ws.hidden, fc2, Some(w.fc2.1));
         return Ok(());
     }
     fill_rows(mlp, w.fc1.1);
     w.fc1.0.product_of_norm(mlp, x, w.ln2, d.eps, normed, (m, i, h), rounded);
     mlp.par_chunks_mut(16 * 1024).for_each(act);
-    add_rows(x, w.fc2.1);
-    w.fc2.0.product(x, mlp, m, h, i, rounded);
+    w.fc2.0.product(x, mlp, w.fc2.1, m, h, i, rounded);
     Ok(())
 }
 
@@ -444,20 +448,6 @@ fn matmul_acc(dst: &mut [f32], a: &[f32], w: &[f32], m: usize, n: usize, k: usiz
 
 fn fill_rows(dst: &mut [f32], row: &[f32]) {
     dst.par_chunks_mut(row.len()).with_min_len(16).for_each(|d| d.copy_from_slice(row));
-}
-
-/// Fills `dst`, `m` rows laid out in column groups of `group` (each its own `m × group`
-/// matrix, [`bf16::Output::column_groups`]), with `row` in every row: group `g`'s rows all
-/// hold `row[g · group ..][..group]`.
-fn fill_column_groups(dst: &mut [f32], row: &[f32], m: usize, group: usize) {
-    assert!(
-        dst.len() == m * row.len() && row.len().is_multiple_of(group),
-        "column groups do not fit"
-    );
-    dst.par_chunks_mut(group).with_min_len(64).enumerate().for_each(|(at, d)| {
-        let g = at / m;
-        d.copy_from_slice(&row[g * group..(g + 1) * group]);
-    });
 }
 
 fn add_rows(dst: &mut [f32], row: &[f32]) {

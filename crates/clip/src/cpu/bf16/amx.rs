@@ -122,17 +122,15 @@ impl Tiles {
         panel: usize,
         steps: usize,
         write: super::Write,
+        bias: Option<&[f32; 32]>,
     ) {
+        let s = self.sums.0.as_mut_ptr();
         if steps == 0 {
-            if write == super::Write::Store {
-                for r in 0..32 {
-                    // SAFETY: the caller guarantees 32 rows of 32 writable floats at `ldc`.
-                    unsafe { std::ptr::write_bytes(c.add(r * ldc), 0, 32) };
-                }
-            }
+            self.sums.0.fill(0.0);
+            // SAFETY: as below.
+            unsafe { write_sums(c, ldc, &self.sums, write, bias) };
             return;
         }
-        let s = self.sums.0.as_mut_ptr();
         // SAFETY: the tiles are configured (`self`); the caller guarantees the panels are in
         // bounds for `steps` steps; `sums` is 32 rows of 32 floats, stored at 128 bytes.
         unsafe {
@@ -174,20 +172,30 @@ impl Tiles {
         }
         // SAFETY: the caller guarantees 32 rows of 32 writable floats at stride `ldc`; the
         // CPU has AVX-512F (`check` requires it with AMX).
-        unsafe { write_sums(c, ldc, &self.sums, write) }
+        unsafe { write_sums(c, ldc, &self.sums, write, bias) }
     }
 }
 
-/// `c (32 × 32, stride ldc) += sums` (or `= sums`), two zmm registers a row. Written out
+/// `c (32 × 32, stride ldc) = (c + bias) + sums` (or `= bias + sums`; no bias is zero), two
+/// zmm registers a row: the order in which separate passes would add them. Written out
 /// because the plain loop compiled to scalar adds, a third of the kernel's time at K = 1024
 /// (perf annotate).
 ///
 /// # Safety
 /// `c` addresses 32 rows of 32 writable floats at stride `ldc`; the CPU has AVX-512F.
 #[target_feature(enable = "avx512f")]
-unsafe fn write_sums(c: *mut f32, ldc: usize, sums: &Sums, write: super::Write) {
+unsafe fn write_sums(
+    c: *mut f32,
+    ldc: usize,
+    sums: &Sums,
+    write: super::Write,
+    bias: Option<&[f32; 32]>,
+) {
     use std::arch::x86_64::{_mm512_add_ps, _mm512_load_ps, _mm512_loadu_ps, _mm512_storeu_ps};
     let s = sums.0.as_ptr();
+    // SAFETY: 32 floats each.
+    let bias =
+        bias.map(|b| unsafe { [_mm512_loadu_ps(b.as_ptr()), _mm512_loadu_ps(b.as_ptr().add(16))] });
     for r in 0..32 {
         for half in [0, 16] {
             // SAFETY: row `r` of `c` and of `sums` (64-byte aligned, 32 floats a row) hold 32
@@ -195,9 +203,13 @@ unsafe fn write_sums(c: *mut f32, ldc: usize, sums: &Sums, write: super::Write) 
             unsafe {
                 let d = c.add(r * ldc + half);
                 let sum = _mm512_load_ps(s.add(r * 32 + half));
-                let value = match write {
-                    super::Write::Add => _mm512_add_ps(_mm512_loadu_ps(d), sum),
-                    super::Write::Store => sum,
+                let value = match (write, bias) {
+                    (super::Write::Add, None) => _mm512_add_ps(_mm512_loadu_ps(d), sum),
+                    (super::Write::Add, Some(bias)) => {
+                        _mm512_add_ps(_mm512_add_ps(_mm512_loadu_ps(d), bias[half / 16]), sum)
+                    }
+                    (super::Write::Store, None) => sum,
+                    (super::Write::Store, Some(bias)) => _mm512_add_ps(bias[half / 16], sum),
                 };
                 _mm512_storeu_ps(d, value);
             }

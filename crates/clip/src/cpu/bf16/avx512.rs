@@ -4,8 +4,8 @@
 //! broadcast to all 16 lanes, so one instruction adds two products to 16 outputs.
 
 use std::arch::x86_64::{
-    __m512, __m512bh, _mm512_dpbf16_ps, _mm512_loadu_ps, _mm512_set1_epi32, _mm512_setzero_ps,
-    _mm512_storeu_ps,
+    __m512, __m512bh, _mm512_add_ps, _mm512_dpbf16_ps, _mm512_loadu_ps, _mm512_set1_epi32,
+    _mm512_setzero_ps, _mm512_storeu_ps,
 };
 
 /// Whether this CPU has AVX512-BF16 (and the AVX-512F it extends).
@@ -34,15 +34,17 @@ pub(super) unsafe fn block(
     steps: usize,
     live: usize,
     write: super::Write,
+    bias: Option<&[f32; 32]>,
 ) {
     for r in (0..live.min(super::BLOCK)).step_by(ROWS) {
         let a = a.wrapping_add((r / super::PANEL) * panel + (r % super::PANEL) * super::STEP);
         // SAFETY: forwarded, for rows r .. r + 8 of the block (within one 16-row panel).
-        unsafe { rows(c.add(r * ldc), ldc, a, b, panel, steps, write) }
+        unsafe { rows(c.add(r * ldc), ldc, a, b, panel, steps, write, bias) }
     }
 }
 
 #[target_feature(enable = "avx512f,avx512bf16")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn rows(
     c: *mut f32,
     ldc: usize,
@@ -51,14 +53,21 @@ unsafe fn rows(
     panel: usize,
     steps: usize,
     write: super::Write,
+    bias: Option<&[f32; 32]>,
 ) {
     // SAFETY: every address is inside the caller's block, rows or panels.
     unsafe {
+        // Sums start from the output plus the bias (or the bias alone): the order in which
+        // separate passes would add them.
+        let bias = bias.map_or([_mm512_setzero_ps(); 2], |b| {
+            [_mm512_loadu_ps(b.as_ptr()), _mm512_loadu_ps(b.as_ptr().add(16))]
+        });
         let mut acc: [[__m512; 2]; ROWS] = std::array::from_fn(|r| match write {
-            super::Write::Add => {
-                [_mm512_loadu_ps(c.add(r * ldc)), _mm512_loadu_ps(c.add(r * ldc + 16))]
-            }
-            super::Write::Store => [_mm512_setzero_ps(); 2],
+            super::Write::Add => [
+                _mm512_add_ps(_mm512_loadu_ps(c.add(r * ldc)), bias[0]),
+                _mm512_add_ps(_mm512_loadu_ps(c.add(r * ldc + 16)), bias[1]),
+            ],
+            super::Write::Store => bias,
         });
         for step in 0..steps {
             for pair in 0..super::STEP / 2 {

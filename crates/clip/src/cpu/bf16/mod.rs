@@ -411,8 +411,17 @@ const TASK_COLS: usize = 8 * BLOCK;
 /// faster end to end than numbering across the columns first, which streams every weight
 /// from memory once per row task. K is not split: splitting it so that a block of each operand
 /// fits in L1 (8 or 16 steps) measured slower, each pass adding its sums to the output.
-pub(crate) fn matmul_acc(kernel: Kernel, dst: &mut [f32], a: &Activations, w: &PackedWeight) {
-    matmul_acc_to(kernel, dst, Output::rows(w.rows), a, w);
+///
+/// With a `bias` (one value a column), `dst + bias` is formed first and the sums added to it:
+/// bit for bit the separate pass over `dst` that this saves.
+pub(crate) fn matmul_acc(
+    kernel: Kernel,
+    dst: &mut [f32],
+    a: &Activations,
+    w: &PackedWeight,
+    bias: Option<&[f32]>,
+) {
+    matmul_to(kernel, dst, Output::rows(w.rows), a, w, Write::Add, bias);
 }
 
 /// Where element `(i, j)` of a product's output lives: its columns in groups of `group`,
@@ -455,15 +464,20 @@ impl Output {
     }
 }
 
-/// [`matmul_acc`] into the layout `out` (`dst` holds exactly `m × n` values in it).
-pub(crate) fn matmul_acc_to(
+/// The product into the layout `out` (`dst` holds exactly `m × n` values in it), added to
+/// `dst` or stored over it as `write` says, with the `bias` of [`matmul_acc`] (a stored product
+/// is `bias + sums`).
+pub(crate) fn matmul_to(
     kernel: Kernel,
     dst: &mut [f32],
     layout: Output,
     a: &Activations,
     w: &PackedWeight,
+    write: Write,
+    bias: Option<&[f32]>,
 ) {
     let (m, n) = (a.rows, w.rows);
+    assert!(bias.is_none_or(|b| b.len() == n), "bias is not {n} values");
     assert_eq!(dst.len(), m * n, "output of {} values is not {m} × {n}", dst.len());
     let fits = if layout.group_stride == 0 {
         layout.ldc == n
@@ -484,7 +498,7 @@ pub(crate) fn matmul_acc_to(
         // SAFETY: `dst` holds m × n values laid out as `layout` (checked above); this task
         // alone writes `rows` × `cols`; the kernel came from `Kernel::detect` or
         // `Kernel::available` (nothing in the crate names a variant otherwise).
-        unsafe { blocks(kernel, out.0, layout, rows, cols, a, w, Write::Add) }
+        unsafe { blocks(kernel, out.0, layout, rows, cols, a, w, write, bias) }
     });
 }
 
@@ -555,6 +569,7 @@ pub(crate) fn matmul_bias_into_activations(
                             w,
                             live,
                             Write::Add,
+                            None,
                         )
                     };
                 }
@@ -616,7 +631,7 @@ pub(crate) unsafe fn matmul_raw(
     check_operands(a, w);
     let layout = Output::strided(w.rows, ldc);
     // SAFETY: forwarded.
-    unsafe { blocks(kernel, dst, layout, 0..a.rows, 0..w.rows, a, w, write) }
+    unsafe { blocks(kernel, dst, layout, 0..a.rows, 0..w.rows, a, w, write, None) }
 }
 
 fn check_operands(a: &Activations, w: &PackedWeight) {
@@ -641,10 +656,8 @@ unsafe fn blocks(
     a: &Activations,
     w: &PackedWeight,
     write: Write,
+    bias: Option<&[f32]>,
 ) {
-    if w.steps() == 0 && write == Write::Add {
-        return;
-    }
     // SAFETY: this task's thread runs nothing else while `block_kernel` lives (no rayon call
     // below); `kernel` came from `Kernel::available`.
     let mut block_kernel = unsafe { BlockKernel::start(kernel) };
@@ -652,8 +665,8 @@ unsafe fn blocks(
     // writable floats at the stride it is given and two panels of each operand from its
     // block's rows / columns, `steps` steps long: what the block kernels require.
     unsafe {
-        each_block(out, layout, rows, cols, a, w, write, |c, ldc, a_block, b, live| {
-            block_kernel.block(c, ldc, a_block, b, w, live, write)
+        each_block(out, layout, rows, cols, a, w, write, bias, |c, ldc, a_block, b, live, bias| {
+            block_kernel.block(c, ldc, a_block, b, w, live, write, bias)
         })
     }
 }
@@ -702,19 +715,22 @@ impl BlockKernel {
         w: &PackedWeight,
         live: usize,
         write: Write,
+        bias: Option<&[f32; BLOCK]>,
     ) {
         let (steps, panel) = (w.steps(), w.panel_len());
         // SAFETY: forwarded.
         unsafe {
             match self {
                 #[cfg(target_arch = "x86_64")]
-                BlockKernel::Amx(tiles) => tiles.block(c, ldc, a, b, panel, steps, write),
+                BlockKernel::Amx(tiles) => tiles.block(c, ldc, a, b, panel, steps, write, bias),
                 #[cfg(target_arch = "x86_64")]
-                BlockKernel::Avx512Bf16 => avx512::block(c, ldc, a, b, panel, steps, live, write),
+                BlockKernel::Avx512Bf16 => {
+                    avx512::block(c, ldc, a, b, panel, steps, live, write, bias)
+                }
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (c, ldc, a, b, steps, panel, live, write);
+        let _ = (c, ldc, a, b, steps, panel, live, write, bias);
     }
 }
 
@@ -736,12 +752,20 @@ unsafe fn each_block(
     a: &Activations,
     w: &PackedWeight,
     write: Write,
-    mut block: impl FnMut(*mut f32, usize, *const u16, *const u16, usize),
+    bias: Option<&[f32]>,
+    mut block: impl FnMut(*mut f32, usize, *const u16, *const u16, usize, Option<&[f32; BLOCK]>),
 ) {
     let panel = w.panel_len();
     let mut scratch = [0f32; BLOCK * BLOCK];
     for j in cols.clone().step_by(BLOCK) {
         let b = w.data.as_slice()[(j / PANEL) * panel..].as_ptr();
+        // The block's columns of the bias, zeros past the matrix's edge.
+        let bias = bias.map(|bias| {
+            let mut chunk = [0f32; BLOCK];
+            let width = (cols.end - j).min(BLOCK);
+            chunk[..width].copy_from_slice(&bias[j..j + width]);
+            chunk
+        });
         for i in rows.clone().step_by(BLOCK) {
             let a_block = a.data.as_slice()[(i / PANEL) * panel..].as_ptr();
             let (h, wd) = ((rows.end - i).min(BLOCK), (cols.end - j).min(BLOCK));
@@ -751,7 +775,7 @@ unsafe fn each_block(
             // two from column `j` (both padded to 32 rows).
             unsafe {
                 if h == BLOCK && wd == BLOCK && layout.in_one_group(j, BLOCK) {
-                    block(out.add(layout.at(i, j)), layout.ldc, a_block, b, BLOCK);
+                    block(out.add(layout.at(i, j)), layout.ldc, a_block, b, BLOCK, bias.as_ref());
                 } else {
                     let s = scratch.as_mut_ptr();
                     // Row by row inside one group; element by element across groups.
@@ -764,7 +788,7 @@ unsafe fn each_block(
                             std::ptr::copy_nonoverlapping(at, s.add(r * BLOCK + c), run);
                         }
                     }
-                    block(s, BLOCK, a_block, b, h);
+                    block(s, BLOCK, a_block, b, h, bias.as_ref());
                     for r in 0..h {
                         for c in (0..wd).step_by(run) {
                             let at = out.add(layout.at(i + r, j + c));
@@ -928,8 +952,11 @@ mod tests {
             a.fill_activations(&random(m * k, 21), m, k, k, Threads::All);
             let w = PackedWeight::pack(&random(n * k, 22), n, k);
             let init = random(m * n, 23);
+            let bias = random(n, 77);
             let mut want = init.clone();
-            matmul_acc(kernel, &mut want, &a, &w);
+            matmul_acc(kernel, &mut want, &a, &w, Some(&bias));
+            let mut want_stored = vec![0f32; m * n];
+            matmul_acc(kernel, &mut want_stored, &a, &w, Some(&bias));
             for group in [64, 8, 48] {
                 let layout = Output::column_groups(m, group);
                 let mut grouped = vec![0f32; m * n];
@@ -938,13 +965,20 @@ mod tests {
                         grouped[layout.at(i, j)] = init[i * n + j];
                     }
                 }
-                matmul_acc_to(kernel, &mut grouped, layout, &a, &w);
+                matmul_to(kernel, &mut grouped, layout, &a, &w, Write::Add, Some(&bias));
+                let mut stored = vec![f32::NAN; m * n];
+                matmul_to(kernel, &mut stored, layout, &a, &w, Write::Store, Some(&bias));
                 for i in 0..m {
                     for j in 0..n {
                         assert_eq!(
                             grouped[layout.at(i, j)],
                             want[i * n + j],
                             "group {group} ({i}, {j})"
+                        );
+                        assert_eq!(
+                            stored[layout.at(i, j)],
+                            want_stored[i * n + j],
+                            "stored, group {group} ({i}, {j})"
                         );
                     }
                 }
@@ -984,7 +1018,7 @@ mod tests {
                 fused.fill_activations(&random(300 * 400, seed + 3), 300, 400, 400, Threads::All);
                 matmul_bias_into_activations(kernel, &a, &w, &bias, gelu, &mut fused);
                 let mut h: Vec<f32> = (0..m).flat_map(|_| bias.iter().copied()).collect();
-                matmul_acc(kernel, &mut h, &a, &w);
+                matmul_acc(kernel, &mut h, &a, &w, None);
                 h.chunks_exact_mut(n.max(1)).for_each(gelu);
                 let mut separate = Activations::default();
                 separate.fill_activations(&h, m, n, n, Threads::All);
@@ -1032,7 +1066,7 @@ mod tests {
                 let mut a = Activations::default();
                 a.fill_activations(&x, m, k, k, Threads::All);
                 let (mut got, mut want) = (init.clone(), init.clone());
-                matmul_acc(kernel, &mut got, &a, &w);
+                matmul_acc(kernel, &mut got, &a, &w, None);
                 matmul_acc_reference(&mut want, &a, &w);
                 // The one-thread product into every other row of a wider matrix: the same
                 // sums in the same order, and nothing outside its columns touched.
@@ -1046,9 +1080,23 @@ mod tests {
                     assert_eq!(&wide[i * ldc..i * ldc + n], &got[i * n..(i + 1) * n], "row {i}");
                     assert!(wide[i * ldc + n..(i + 1) * ldc].iter().all(|&v| v == 7.0));
                 }
+                // A bias in the product: the separate pass over `dst` first, bit for bit.
+                let bias = random(n, seed + 4);
+                let mut fused = init.clone();
+                matmul_acc(kernel, &mut fused, &a, &w, Some(&bias));
+                let mut separate = init.clone();
+                for row in separate.chunks_exact_mut(n) {
+                    row.iter_mut().zip(&bias).for_each(|(v, b)| *v += b);
+                }
+                matmul_acc(kernel, &mut separate, &a, &w, None);
+                assert!(
+                    fused == separate,
+                    "{} {m}x{n}x{k}: bias in the product differs",
+                    kernel.name()
+                );
                 // Stored over NaN (never read): the product alone, as added to zeros.
                 let mut zeros = vec![0.0f32; m * n];
-                matmul_acc(kernel, &mut zeros, &a, &w);
+                matmul_acc(kernel, &mut zeros, &a, &w, None);
                 let mut stored = vec![f32::NAN; m * ldc];
                 for i in 0..m {
                     stored[i * ldc + n..(i + 1) * ldc].fill(7.0);
