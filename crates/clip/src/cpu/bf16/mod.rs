@@ -573,6 +573,23 @@ pub(crate) fn matmul_bias_into_activations(
                         )
                     };
                 }
+                if width == BLOCK {
+                    // A whole block is two whole tiles of `out` (rows 0..16 and 16..32 of one
+                    // K step): the activation over its live rows and the rounding in one call
+                    // each, not one a row (the calls cost more than the work at 32 values).
+                    f(&mut sums.0[..live * BLOCK]);
+                    sums.0[live * BLOCK..].fill(0.0);
+                    for (half, block_rows) in sums.0.chunks_exact(PANEL_STEP).enumerate() {
+                        let at = (i / PANEL + half) * out_panel + (j / STEP) * PANEL_STEP;
+                        // SAFETY: tile `at` (512 values) lies in `out`, sized for
+                        // round_up(m, 32) rows and n columns above; this task alone writes it.
+                        let tile = unsafe {
+                            std::slice::from_raw_parts_mut(out_ptr.get().add(at), PANEL_STEP)
+                        };
+                        round_row(block_rows, tile);
+                    }
+                    continue;
+                }
                 for (r, row) in sums.0.chunks_exact_mut(BLOCK).enumerate() {
                     let at = ((i + r) / PANEL) * out_panel
                         + (j / STEP) * PANEL_STEP
