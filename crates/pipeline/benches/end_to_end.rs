@@ -7,7 +7,9 @@
 //!   can overlap the model (one batch cannot show it). Slow: about 40 s per iteration on 2
 //!   cores. `AESTHETE_BENCH_SKIP_VIT_L=1` skips it.
 //! - `tiny`: the tiny fixture CLIP, where the model costs almost nothing, so the figure is the
-//!   pipeline's own ceiling (read, decode, preprocess, write): 8 batches of 8.
+//!   pipeline's own ceiling (read, decode, preprocess, write): 8 batches of 8. Beside it,
+//!   `preprocess_one_core`: the same images decoded and preprocessed on one thread, so that
+//!   `cargo xtask bench` can hold the pipeline to cores × one core's rate (feeding a GPU).
 use std::path::{Path, PathBuf};
 
 use aesthete_clip::{ClipVisionConfig, DType, Device};
@@ -88,6 +90,16 @@ fn bench_model(c: &mut Criterion, name: &str, clip_dir: &Path, batch_size: usize
     let mut group = c.benchmark_group(format!("pipeline_{name}_f32_cpu"));
     group.sample_size(10);
     group.throughput(Throughput::Elements(images as u64));
+    if name == "tiny" {
+        let mut slot = vec![0f32; pre.output_len()];
+        group.bench_function(BenchmarkId::new("preprocess_one_core", batch_size), |b| {
+            b.iter(|| {
+                for i in 0..images {
+                    pre.preprocess(&photos[i % photos.len()], &mut slot).unwrap();
+                }
+            })
+        });
+    }
     group.bench_function(BenchmarkId::new("model_only", batch_size), |b| {
         b.iter(|| {
             for batch in &batches {

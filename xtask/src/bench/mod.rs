@@ -340,6 +340,7 @@ fn report(
             }
         }
     }
+    feeding_section(&mut s, measurements);
     let models: Vec<&Value> = torch.iter().filter(|t| !is_peak(t)).collect();
     if !models.is_empty() {
         let _ = writeln!(s, "\n## CLIP ViT-L/14 against PyTorch\n");
@@ -385,6 +386,33 @@ fn report(
         memory_section(&mut s, memory);
     }
     s
+}
+
+/// The pipeline with a model that costs almost nothing against what the cores could
+/// preprocess: what a GPU, for which the encoder is no longer the bottleneck, would be fed.
+fn feeding_section(s: &mut String, measurements: &[Measurement]) {
+    let group = "pipeline_tiny_f32_cpu";
+    let one_core = measurements
+        .iter()
+        .find(|m| m.id.starts_with(&format!("{group}/preprocess_one_core/")))
+        .and_then(elements_per_s);
+    let pipeline = measurements
+        .iter()
+        .find(|m| m.id.starts_with(&format!("{group}/end_to_end/")))
+        .and_then(elements_per_s);
+    let (Some(one_core), Some(pipeline)) = (one_core, pipeline) else { return };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let _ = writeln!(s, "\n## Feeding the model\n");
+    let _ = writeln!(
+        s,
+        "The pipeline with the tiny fixture CLIP (`{group}/end_to_end`, the model costs almost nothing) against the same images decoded and preprocessed on one thread (`{group}/preprocess_one_core`) times the {cores} cores; target ≥ 0.9.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| pipeline | one core | cores × one core | ratio |\n|---:|---:|---:|---:|\n| {pipeline:.1} images/s | {one_core:.1} images/s | {:.1} images/s | {:.2} |",
+        one_core * cores as f64,
+        pipeline / (one_core * cores as f64)
+    );
 }
 
 /// Images (elements) per second of one measurement, if it declared elements.
@@ -661,6 +689,30 @@ mod tests {
         assert_eq!(utc_date(SystemTime::UNIX_EPOCH), "1970-01-01");
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_709_208_000); // 2024-02-29 12:00
         assert_eq!(utc_date(t), "2024-02-29");
+    }
+
+    /// The feeding section holds the tiny-model pipeline to cores × one core's preprocessing.
+    #[test]
+    fn report_holds_the_pipeline_to_the_cores_preprocessing_rate() {
+        let m = |id: &str, mean_ns: f64, n: f64| Measurement {
+            id: id.into(),
+            mean_ns,
+            throughput: Some((n, "elements")),
+        };
+        let found = [
+            m("pipeline_tiny_f32_cpu/preprocess_one_core/8", 0.4e9, 64.0),
+            m("pipeline_tiny_f32_cpu/end_to_end/8", 0.1e9, 64.0),
+        ];
+        let text = report(&[], &found, &[], None);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+        let want = format!(
+            "| 640.0 images/s | 160.0 images/s | {:.1} images/s | {:.2} |",
+            160.0 * cores,
+            640.0 / (160.0 * cores)
+        );
+        assert!(text.contains("## Feeding the model") && text.contains(&want), "{text}");
+        // Without the one-core figure there is no section.
+        assert!(!report(&[], &found[1..], &[], None).contains("Feeding"));
     }
 
     /// The comparison sections pair our measurements with PyTorch's and with the model alone.
