@@ -7,17 +7,18 @@ use std::process::Command;
 use anyhow::{Context, bail};
 
 /// The generators, in the order they run (later ones may read earlier outputs).
-pub const GENERATORS: [&str; 5] = [
+pub const GENERATORS: [&str; 6] = [
     "fixtures/shards/generate.py",
     "fixtures/preprocess/generate.py",
     "fixtures/clip/generate.py",
     "fixtures/head/generate.py",
     "fixtures/pipeline/generate.py",
+    "fixtures/rescore/generate.py",
 ];
 
 /// Python modules the generators import (`fixtures/requirements.txt` installs them).
-pub const MODULES: [&str; 7] =
-    ["torch", "transformers", "webdataset", "PIL", "numpy", "safetensors", "skimage"];
+pub const MODULES: [&str; 8] =
+    ["torch", "transformers", "webdataset", "PIL", "numpy", "safetensors", "skimage", "pyarrow"];
 
 /// The Python interpreter: `$PYTHON`, or `python3`.
 pub fn python() -> String {

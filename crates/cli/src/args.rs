@@ -2,7 +2,9 @@
 use std::path::PathBuf;
 
 use aesthete_clip::{DType, Device};
-use aesthete_pipeline::{ModelPaths, Outputs, Partition, RunConfig, Selection};
+use aesthete_pipeline::{
+    HEAD_FILE_NAME, ModelPaths, Outputs, Partition, RescoreConfig, RunConfig, Selection,
+};
 use aesthete_preprocess::{Mode, PreprocessOptions};
 use aesthete_shards::ReadOptions;
 use anyhow::{Context, bail};
@@ -31,6 +33,11 @@ pub enum Command {
     /// Score every sample and write only the Parquet tables (`kept` says whether the sample
     /// passes the selection).
     Score(FilterArgs),
+    /// Score stored CLIP embeddings with the aesthetic head, without images or the encoder:
+    /// aesthete tables written with --save-embeddings, clip-retrieval's img_emb/*.npy with
+    /// metadata/*.parquet, .npy files with NAME.keys.txt, .npz files with `keys`. Writes the
+    /// same NAME.parquet tables as `aesthete score`.
+    Rescore(RescoreArgs),
     /// Preprocessed pixels from a file in, embeddings out, with an optional timing loop; for
     /// the GPU device check.
     #[command(hide = true)]
@@ -110,6 +117,83 @@ pub struct RunArgs {
     /// Largest tar member read into memory, in MiB; larger ones fail their sample.
     #[arg(long, default_value_t = 256, value_name = "MIB")]
     pub max_member_mib: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct RescoreArgs {
+    /// Embedding files (.parquet, .npy, .npz), directories (a clip-retrieval output folder
+    /// gives its img_emb/*.npy), globs, brace ranges or list files of paths.
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<String>,
+    /// Directory for the outputs (NAME.parquet, NAME.done.json per input file).
+    #[arg(short, long, value_name = "DIR")]
+    pub output: PathBuf,
+    /// `kept` is true for rows scoring at least this (1–10 scale).
+    #[arg(long, default_value_t = 0.5)]
+    pub threshold: f32,
+    /// Aesthetic head file (.safetensors or .pth); overrides --models.
+    #[arg(long, value_name = "FILE")]
+    pub head: Option<PathBuf>,
+    /// Model directory filled by `cargo xtask fetch-models`; only its head is read (default:
+    /// $AESTHETE_MODELS, else the usual model directories, as for `score`).
+    #[arg(long, env = "AESTHETE_MODELS", value_name = "DIR")]
+    pub models: Option<PathBuf>,
+    /// Column of clip-retrieval's metadata_N.parquet holding the keys.
+    #[arg(long, default_value = "key", value_name = "NAME")]
+    pub key_column: String,
+    /// Embeddings read and scored at a time, per thread.
+    #[arg(long, default_value_t = 8192, value_name = "ROWS")]
+    pub batch_size: usize,
+    /// Files scored at once (default: all cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Redo files whose outputs are already complete.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// This worker's index when a run is split across machines (default: from
+    /// SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX).
+    #[arg(long, value_name = "I", requires = "num_shards")]
+    pub shard_index: Option<usize>,
+    /// Number of workers the run is split across.
+    #[arg(long, value_name = "N")]
+    pub num_shards: Option<usize>,
+}
+
+/// A rescore run, validated.
+pub struct RescorePlan {
+    pub config: RescoreConfig,
+    pub head: PathBuf,
+}
+
+impl RescoreArgs {
+    pub fn into_plan(self, env: &WorkerEnv) -> anyhow::Result<RescorePlan> {
+        let partition = partition(self.shard_index, self.num_shards, env)?;
+        let mut config = RescoreConfig::new(self.inputs, self.output)?
+            .threshold(self.threshold)?
+            .batch_size(self.batch_size)?
+            .key_column(self.key_column)?
+            .partition(partition)
+            .overwrite(self.overwrite);
+        if let Some(threads) = self.threads {
+            config = config.threads(threads);
+        }
+        let head = match (self.head, self.models) {
+            (Some(head), _) => head,
+            (None, Some(dir)) => ModelPaths::in_dir(&dir).head_file,
+            (None, None) => {
+                let tried = aesthete_pipeline::default_model_dirs(|name| std::env::var_os(name));
+                let found = tried.iter().map(|d| d.join(HEAD_FILE_NAME)).find(|f| f.is_file());
+                found.with_context(|| {
+                    let tried: Vec<_> = tried.iter().map(|d| d.display().to_string()).collect();
+                    format!(
+                        "no aesthetic head found (looked for {HEAD_FILE_NAME} in {}); pass --head FILE or --models DIR, or run `cargo xtask fetch-models`",
+                        tried.join(", ")
+                    )
+                })?
+            }
+        };
+        Ok(RescorePlan { config, head })
+    }
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

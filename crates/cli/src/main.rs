@@ -1,8 +1,8 @@
-//! The aesthete command line: `aesthete filter` and `aesthete score`.
+//! The aesthete command line: `aesthete filter`, `aesthete score` and `aesthete rescore`.
 use std::io::Write;
 use std::process::ExitCode;
 
-use aesthete_pipeline::{Models, Outputs, RunSummary};
+use aesthete_pipeline::{AestheticHead, Models, Outputs, RunSummary};
 use anyhow::Context;
 use clap::Parser;
 
@@ -44,6 +44,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let selection = args.selection();
             args.run.into_plan(Outputs::ScoresOnly, selection, &env)?
         }
+        Command::Rescore(args) => {
+            let plan = args.into_plan(&env)?;
+            let head = AestheticHead::load(&plan.head)
+                .with_context(|| format!("loading the aesthetic head {}", plan.head.display()))?;
+            let progress = TerminalProgress::new(!cli.quiet);
+            let summary = aesthete_pipeline::rescore(&plan.config, &head, &progress);
+            progress.finish();
+            let summary = summary?;
+            print_summary(&summary, "files", "embeddings")?;
+            return Ok(if summary.is_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+        }
         Command::EmbedRaw(args) => {
             embed_raw::run(args)?;
             return Ok(ExitCode::SUCCESS);
@@ -60,15 +71,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let summary = aesthete_pipeline::run(&plan.config, &models, &progress);
     progress.finish();
     let summary = summary?;
-    print_summary(&summary)?;
+    print_summary(&summary, "shards", "images")?;
     Ok(if summary.is_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-fn print_summary(summary: &RunSummary) -> std::io::Result<()> {
+/// The run's totals on stderr; `files` and `items` name what the run reads and scores.
+fn print_summary(summary: &RunSummary, files: &str, items: &str) -> std::io::Result<()> {
     let mut err = std::io::stderr().lock();
     writeln!(
         err,
-        "aesthete: {} shards ({} already complete, {} processed, {} failed); {} samples, {} kept, {} failed; {:.2} images/s",
+        "aesthete: {} {files} ({} already complete, {} processed, {} failed); {} samples, {} kept, {} failed; {:.2} {items}/s",
         summary.shards,
         summary.skipped,
         summary.processed,
@@ -80,13 +92,22 @@ fn print_summary(summary: &RunSummary) -> std::io::Result<()> {
     )?;
     for failed in &summary.failed_shards {
         match &failed.error {
-            Some(error) => {
-                writeln!(err, "aesthete: failed shard {}: {error}", failed.input.display())?
+            Some(error) => writeln!(
+                err,
+                "aesthete: failed {} {}: {error}",
+                singular(files),
+                failed.input.display()
+            )?,
+            None => {
+                writeln!(err, "aesthete: failed {} {}", singular(files), failed.input.display())?
             }
-            None => writeln!(err, "aesthete: failed shard {}", failed.input.display())?,
         }
     }
     Ok(())
+}
+
+fn singular(plural: &str) -> &str {
+    plural.strip_suffix('s').unwrap_or(plural)
 }
 
 fn init_logging(verbose: u8, quiet: bool) {

@@ -50,7 +50,14 @@ pub(crate) struct Settings {
     pub outputs: OutputsSetting,
     pub selection: SelectionSetting,
     pub save_embeddings: bool,
-    pub preprocess: PreprocessSetting,
+    /// How images were decoded; `None` for `rescore`, which decodes none. A record without it
+    /// is written only by `rescore`; an aesthete before it reads such a record as unreadable
+    /// and redoes the file, so the record version stays 2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preprocess: Option<PreprocessSetting>,
+    /// `rescore` from clip-retrieval output: the metadata column the keys come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_column: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +67,8 @@ pub(crate) enum OutputsSetting {
     Filter,
     /// Table only.
     Score,
+    /// Table only, scored from stored embeddings (`aesthete rescore`).
+    Rescore,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -100,7 +109,8 @@ impl Settings {
                 Selection::KeepTop(fraction) => SelectionSetting::KeepTop { fraction },
             },
             save_embeddings: config.save_embeddings,
-            preprocess: PreprocessSetting::of(&config.preprocess),
+            preprocess: Some(PreprocessSetting::of(&config.preprocess)),
+            key_column: None,
         }
     }
 
@@ -130,7 +140,22 @@ impl Settings {
             ));
         }
         if self.preprocess != recorded.preprocess {
-            parts.push(format!("preprocess {} vs {}", recorded.preprocess, self.preprocess));
+            let show = |p: &Option<PreprocessSetting>| {
+                p.as_ref().map_or_else(|| "none".to_string(), ToString::to_string)
+            };
+            parts.push(format!(
+                "preprocess {} vs {}",
+                show(&recorded.preprocess),
+                show(&self.preprocess)
+            ));
+        }
+        if self.key_column != recorded.key_column {
+            let show = |c: &Option<String>| c.clone().unwrap_or_else(|| "none".to_string());
+            parts.push(format!(
+                "key column {} vs {}",
+                show(&recorded.key_column),
+                show(&self.key_column)
+            ));
         }
         (!parts.is_empty()).then(|| parts.join(", "))
     }
@@ -156,6 +181,7 @@ impl fmt::Display for OutputsSetting {
         f.write_str(match self {
             OutputsSetting::Filter => "filter",
             OutputsSetting::Score => "score",
+            OutputsSetting::Rescore => "rescore",
         })
     }
 }
@@ -274,7 +300,8 @@ mod legacy {
                     outputs,
                     selection: selection(&s.selection)?,
                     save_embeddings: s.save_embeddings,
-                    preprocess: preprocess(&s.preprocess)?,
+                    preprocess: Some(preprocess(&s.preprocess)?),
+                    key_column: None,
                 },
                 status,
                 samples: self.samples,

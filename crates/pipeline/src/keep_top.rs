@@ -34,6 +34,7 @@ pub(crate) fn run(
         keep: Keep::Nothing,
         settings: Settings::scores_for_cut(config),
         embedding_dim: config.save_embeddings.then(|| models.clip.embedding_dim()),
+        stream_rows: None,
     };
     let scoring_plan = plan::plan(config, &scoring.dir, &scoring.settings)?;
     let scored = stages::stream(config, models, progress, &scoring_plan.todo, &scoring)?;

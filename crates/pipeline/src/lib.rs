@@ -18,6 +18,10 @@
 //! Key types: [`RunConfig`] (validated settings), [`Models`] (loaded with [`ModelPaths`]),
 //! [`run`], [`Progress`] and [`RunSummary`].
 //!
+//! [`rescore`] scores embeddings stored earlier (aesthete tables written with
+//! [`RunConfig::save_embeddings`], clip-retrieval's `img_emb/*.npy`, `.npy` with a key list,
+//! `.npz`) with the head alone, configured by [`RescoreConfig`], writing the same tables.
+//!
 //! ```
 //! use aesthete_pipeline::{Outputs, Partition, RunConfig, Selection};
 //!
@@ -40,6 +44,7 @@ mod outputs;
 mod plan;
 mod progress;
 mod record;
+mod rescore;
 mod run;
 mod stages;
 mod table;
@@ -47,12 +52,14 @@ mod table;
 // What a caller needs to configure a run and load its models, from the crates that define
 // it, so that depending on aesthete-pipeline alone is enough.
 pub use aesthete_clip::{DType, Device};
+pub use aesthete_head::AestheticHead;
 pub use aesthete_preprocess::{Mode, PreprocessOptions};
 pub use aesthete_shards::ReadOptions;
 pub use config::{Outputs, Partition, RunConfig, Selection};
 pub use error::Error;
 pub use models::{CLIP_DIR_NAME, HEAD_FILE_NAME, ModelPaths, Models, default_model_dirs};
 pub use progress::{NoProgress, Progress, RunSummary, ShardError, ShardReport};
+pub use rescore::{RescoreConfig, rescore};
 pub use run::run;
 
 /// The crate README's examples, compiled and run as doctests so they cannot rot.

@@ -20,6 +20,9 @@ pub(crate) struct Target {
     pub settings: Settings,
     /// The width of the table's `embedding` column, when there is one.
     pub embedding_dim: Option<usize>,
+    /// Rows per record batch when tables are written as they fill (`rescore`, whose files can
+    /// hold millions of rows); `None` writes each table whole when its shard ends.
+    pub stream_rows: Option<usize>,
 }
 
 /// Which scored samples are kept.
@@ -66,7 +69,11 @@ impl ShardOutput {
         };
         ShardOutput {
             tar,
-            table: TableBuilder::new(target.embedding_dim),
+            table: match target.stream_rows {
+                Some(rows) => TableBuilder::new(target.embedding_dim)
+                    .streaming(&job.table_path(&target.dir), rows),
+                None => TableBuilder::new(target.embedding_dim),
+            },
             report: ShardReport {
                 input: job.input.clone(),
                 samples: 0,
@@ -81,28 +88,33 @@ impl ShardOutput {
 
     /// Adds `record`'s row, and its members to the tar when it is kept.
     pub fn push(&mut self, target: &Target, job: &ShardJob, record: SampleRecord) {
-        let score = record.result.score();
+        let kept = self.push_row(target, &record.key, &record.result);
+        if kept && let (Some(tar), None) = (&mut self.tar, &self.write_error) {
+            let sample = aesthete_shards::Sample::from_parts(record.key, record.members);
+            if let Err(e) = tar.write_sample(&sample) {
+                let path = job.tar_path(&target.dir);
+                self.write_error = Some(ShardError::Output { path, reason: error_chain(&e) });
+            }
+        }
+    }
+
+    /// Adds the table row of sample `key` and counts it; returns whether it is kept.
+    pub fn push_row(&mut self, target: &Target, key: &str, result: &SampleResult) -> bool {
+        let score = result.score();
         let kept = target.keep.keeps(score);
         let error;
-        let row = match &record.result {
+        let row = match result {
             SampleResult::Scored { size, score, embedding } => Row {
-                key: &record.key,
+                key,
                 score: Some(*score),
                 kept,
                 error: None,
-                size: Some(*size),
+                size: *size,
                 embedding: embedding.as_deref(),
             },
             SampleResult::Failed { size, error: failure } => {
                 error = failure.to_string();
-                Row {
-                    key: &record.key,
-                    score: None,
-                    kept,
-                    error: Some(&error),
-                    size: *size,
-                    embedding: None,
-                }
+                Row { key, score: None, kept, error: Some(&error), size: *size, embedding: None }
             }
         };
         self.table.push(&row);
@@ -113,14 +125,8 @@ impl ShardOutput {
         }
         if kept {
             self.report.kept += 1;
-            if let (Some(tar), None) = (&mut self.tar, &self.write_error) {
-                let sample = aesthete_shards::Sample::from_parts(record.key, record.members);
-                if let Err(e) = tar.write_sample(&sample) {
-                    let path = job.tar_path(&target.dir);
-                    self.write_error = Some(ShardError::Output { path, reason: error_chain(&e) });
-                }
-            }
         }
+        kept
     }
 
     /// Commits the tar and the table, then writes the completion record: `complete` when

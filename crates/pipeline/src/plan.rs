@@ -40,7 +40,26 @@ pub(crate) struct Plan {
 /// Lists and partitions the run's shards and checks their outputs in `dir` against
 /// `settings`: a shard with a complete record of the same settings is done.
 pub(crate) fn plan(config: &RunConfig, dir: &Path, settings: &Settings) -> Result<Plan, Error> {
-    let mut inputs = aesthete_shards::expand_inputs(&config.inputs).map_err(Error::Inputs)?;
+    let inputs = aesthete_shards::expand_inputs(&config.inputs).map_err(Error::Inputs)?;
+    let this = Scope { partition: config.partition, overwrite: config.overwrite };
+    plan_paths(inputs, this, output_name, dir, settings)
+}
+
+/// Which part of a run this worker does, and whether complete outputs are redone.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Scope {
+    pub partition: crate::Partition,
+    pub overwrite: bool,
+}
+
+/// [`plan`] for a list of input files, whose outputs are named by `name`.
+pub(crate) fn plan_paths(
+    mut inputs: Vec<PathBuf>,
+    scope: Scope,
+    name: fn(&Path) -> String,
+    dir: &Path,
+    settings: &Settings,
+) -> Result<Plan, Error> {
     inputs.sort();
     inputs.dedup();
     let total_in_run = inputs.len();
@@ -48,12 +67,12 @@ pub(crate) fn plan(config: &RunConfig, dir: &Path, settings: &Settings) -> Resul
     let mut names: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut jobs = Vec::new();
     for (position, input) in inputs.into_iter().enumerate() {
-        let name = output_name(&input);
+        let name = name(&input);
         if let Some(first) = names.get(&name) {
             return Err(Error::OutputNameClash { name, first: first.clone(), second: input });
         }
         names.insert(name.clone(), input.clone());
-        if config.partition.owns(position) {
+        if scope.partition.owns(position) {
             jobs.push(ShardJob { input, name });
         }
     }
@@ -63,7 +82,7 @@ pub(crate) fn plan(config: &RunConfig, dir: &Path, settings: &Settings) -> Resul
     let mut plan = Plan { todo: Vec::new(), done: Vec::new(), total_in_run };
     for job in jobs {
         let record_path = job.record_path(dir);
-        let record = if config.overwrite { None } else { done::read(&record_path)? };
+        let record = if scope.overwrite { None } else { done::read(&record_path)? };
         match record {
             Some(record) if record.status == Status::Complete => {
                 if let Some(difference) = settings.difference(&record.settings) {

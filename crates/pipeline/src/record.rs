@@ -15,8 +15,9 @@ pub(crate) struct SampleRecord {
 /// What became of a sample.
 pub(crate) enum SampleResult {
     Scored {
-        /// Width and height of the decoded image.
-        size: (u32, u32),
+        /// Width and height of the decoded image, when known (a stored embedding may come
+        /// without them).
+        size: Option<(u32, u32)>,
         score: f32,
         /// With `--save-embeddings`.
         embedding: Option<Vec<f32>>,

@@ -49,5 +49,6 @@ pub(crate) fn final_target(config: &RunConfig, models: &Models, keep: Keep) -> T
         keep,
         settings: Settings::of(config),
         embedding_dim: config.save_embeddings.then(|| models.clip.embedding_dim()),
+        stream_rows: None,
     }
 }

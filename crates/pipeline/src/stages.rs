@@ -342,7 +342,7 @@ fn model_stage(
                 State::Decoded { slot, size } => {
                     let (embeddings, scores) = scored.as_ref().expect("a batch with images");
                     entry.state = State::Done(SampleResult::Scored {
-                        size,
+                        size: Some(size),
                         score: scores[slot],
                         embedding: config.save_embeddings.then(|| embeddings.row(slot).to_vec()),
                     });

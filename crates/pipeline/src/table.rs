@@ -1,8 +1,10 @@
 //! The per-shard Parquet table: one row per input sample, written as samples arrive and read
 //! back as [`SampleResult`]s.
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use aesthete_atomic::Pending;
 
 use arrow_array::builder::{
     BooleanBuilder, FixedSizeListBuilder, Float32Builder, StringBuilder, UInt32Builder,
@@ -10,10 +12,11 @@ use arrow_array::builder::{
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, UInt32Type};
 use arrow_array::{Array, ArrayRef, RecordBatch};
-use arrow_schema::{DataType, Field, Schema};
+use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::Compression;
+use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
 
 use crate::Error;
@@ -42,6 +45,11 @@ pub(crate) struct Row<'a> {
 }
 
 /// Builds a shard's table column by column as samples arrive.
+///
+/// By default the whole table is kept in memory and written by [`TableBuilder::write`] as one
+/// record batch. [`TableBuilder::streaming`] instead hands every `rows` rows to the Parquet
+/// writer as they come (into the temporary file that [`TableBuilder::write`] renames), so a
+/// table of millions of rows costs memory for one batch of rows and the encoded row group.
 pub(crate) struct TableBuilder {
     key: StringBuilder,
     score: Float32Builder,
@@ -50,6 +58,19 @@ pub(crate) struct TableBuilder {
     width: UInt32Builder,
     height: UInt32Builder,
     embedding: Option<(FixedSizeListBuilder<Float32Builder>, usize)>,
+    stream: Option<Stream>,
+}
+
+/// A table written as it is filled.
+struct Stream {
+    path: PathBuf,
+    /// Rows per record batch handed to the writer.
+    rows: usize,
+    /// Rows in the builders, not yet handed on.
+    buffered: usize,
+    writer: Option<(ArrowWriter<File>, Pending)>,
+    /// The first write that failed; the table is not committed.
+    error: Option<ParquetError>,
 }
 
 impl TableBuilder {
@@ -67,7 +88,20 @@ impl TableBuilder {
                 let field = Arc::new(Field::new("item", DataType::Float32, false));
                 (FixedSizeListBuilder::new(values, dim as i32).with_field(field), dim)
             }),
+            stream: None,
         }
+    }
+
+    /// Writes the table to `path` as it is filled, `rows` rows at a time (at least 1).
+    pub fn streaming(mut self, path: &Path, rows: usize) -> Self {
+        self.stream = Some(Stream {
+            path: path.to_path_buf(),
+            rows: rows.max(1),
+            buffered: 0,
+            writer: None,
+            error: None,
+        });
+        self
     }
 
     pub fn push(&mut self, row: &Row<'_>) {
@@ -90,10 +124,34 @@ impl TableBuilder {
                 }
             }
         }
+        if let Some(stream) = &mut self.stream {
+            stream.buffered += 1;
+            if stream.buffered >= stream.rows
+                && let Err(e) = self.flush()
+            {
+                let stream = self.stream.as_mut().expect("streaming");
+                stream.error.get_or_insert(e);
+            }
+        }
     }
 
-    /// Writes the table to `path` atomically ([`aesthete_atomic`]).
-    pub fn write(mut self, path: &Path) -> Result<(), parquet::errors::ParquetError> {
+    /// Hands the buffered rows to the streaming writer, opening it on first use.
+    fn flush(&mut self) -> Result<(), ParquetError> {
+        let batch = self.take_batch()?;
+        let stream = self.stream.as_mut().expect("streaming");
+        stream.buffered = 0;
+        if stream.error.is_some() {
+            return Ok(());
+        }
+        if stream.writer.is_none() {
+            stream.writer = Some(open_writer(&stream.path, batch.schema())?);
+        }
+        let (writer, _) = stream.writer.as_mut().expect("just opened");
+        writer.write(&batch)
+    }
+
+    /// The schema of the table.
+    fn schema(&self) -> SchemaRef {
         let mut fields = vec![
             Field::new(columns::KEY, DataType::Utf8, false),
             Field::new(columns::SCORE, DataType::Float32, true),
@@ -102,6 +160,20 @@ impl TableBuilder {
             Field::new(columns::WIDTH, DataType::UInt32, true),
             Field::new(columns::HEIGHT, DataType::UInt32, true),
         ];
+        if let Some((_, dim)) = &self.embedding {
+            let item = Arc::new(Field::new("item", DataType::Float32, false));
+            fields.push(Field::new(
+                columns::EMBEDDING,
+                DataType::FixedSizeList(item, *dim as i32),
+                true,
+            ));
+        }
+        Arc::new(Schema::new(fields))
+    }
+
+    /// The rows pushed since the last batch, as one record batch; the builders start empty.
+    fn take_batch(&mut self) -> Result<RecordBatch, ParquetError> {
+        let schema = self.schema();
         let mut arrays: Vec<ArrayRef> = vec![
             Arc::new(self.key.finish()),
             Arc::new(self.score.finish()),
@@ -110,25 +182,41 @@ impl TableBuilder {
             Arc::new(self.width.finish()),
             Arc::new(self.height.finish()),
         ];
-        if let Some((list, dim)) = &mut self.embedding {
-            let item = Arc::new(Field::new("item", DataType::Float32, false));
-            fields.push(Field::new(
-                columns::EMBEDDING,
-                DataType::FixedSizeList(item, *dim as i32),
-                true,
-            ));
+        if let Some((list, _)) = &mut self.embedding {
             arrays.push(Arc::new(list.finish()));
         }
-        let schema = Arc::new(Schema::new(fields));
-        let batch = RecordBatch::try_new(schema.clone(), arrays)?;
-        let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+        Ok(RecordBatch::try_new(schema, arrays)?)
+    }
 
-        let (file, pending) = aesthete_atomic::AtomicFile::create(path)?.into_parts();
-        let mut writer = ArrowWriter::try_new(file, schema, Some(props))?;
+    /// Writes the table to `path` atomically ([`aesthete_atomic`]); a streaming table finishes
+    /// the file it has been writing (`path` is the one it was given).
+    pub fn write(mut self, path: &Path) -> Result<(), ParquetError> {
+        if self.stream.is_some() {
+            self.flush()?;
+            let stream = self.stream.take().expect("streaming");
+            if let Some(error) = stream.error {
+                return Err(error);
+            }
+            let (writer, pending) = stream.writer.expect("flush opens the writer");
+            pending.commit(writer.into_inner()?)?;
+            return Ok(());
+        }
+        let batch = self.take_batch()?;
+        let (mut writer, pending) = open_writer(path, batch.schema())?;
         writer.write(&batch)?;
         pending.commit(writer.into_inner()?)?;
         Ok(())
     }
+}
+
+/// A Parquet writer into the temporary file that becomes `path`.
+fn open_writer(
+    path: &Path,
+    schema: SchemaRef,
+) -> Result<(ArrowWriter<File>, Pending), ParquetError> {
+    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+    let (file, pending) = aesthete_atomic::AtomicFile::create(path)?.into_parts();
+    Ok((ArrowWriter::try_new(file, schema, Some(props))?, pending))
 }
 
 /// A row read back: the sample's key and its result as recorded.
@@ -172,7 +260,7 @@ fn read_batch(batch: &RecordBatch, rows: &mut Vec<StoredRow>, path: &Path) -> Re
             .then(|| (widths.value(i), heights.value(i)));
         let result = if scores.is_valid(i) {
             SampleResult::Scored {
-                size: size.unwrap_or((0, 0)),
+                size,
                 score: scores.value(i),
                 embedding: embeddings
                     .filter(|list| list.is_valid(i))

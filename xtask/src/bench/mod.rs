@@ -14,12 +14,13 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 
 /// `(name on the command line, package, bench target)` of every criterion bench.
-pub const BENCHES: [(&str, &str, &str); 5] = [
+pub const BENCHES: [(&str, &str, &str); 6] = [
     ("shards", "aesthete-shards", "read"),
     ("preprocess", "aesthete-preprocess", "preprocess"),
     ("clip", "aesthete-clip", "vit"),
     ("head", "aesthete-head", "score"),
     ("pipeline", "aesthete-pipeline", "end_to_end"),
+    ("rescore", "aesthete-pipeline", "rescore"),
 ];
 
 /// The name that selects the peak-memory runs of [`memory`].
@@ -341,6 +342,21 @@ fn report(
         }
     }
     feeding_section(&mut s, measurements);
+    let rescores: Vec<&Measurement> =
+        measurements.iter().filter(|m| m.id.starts_with("rescore/")).collect();
+    if !rescores.is_empty() {
+        let _ = writeln!(s, "\n## Rescore from stored embeddings\n");
+        let _ = writeln!(
+            s,
+            "`aesthete rescore` on aesthete's own Parquet tables (768 float32 values a row), read, normalized, scored and written; target: ≥ 1 million embeddings/s on 2 cores.\n"
+        );
+        let _ = writeln!(s, "| benchmark | embeddings/s |\n|---|---:|");
+        for m in rescores {
+            if let Some(rate) = elements_per_s(m) {
+                let _ = writeln!(s, "| `{}` | {} |", m.id, human_rate(rate, "embeddings"));
+            }
+        }
+    }
     let models: Vec<&Value> = torch.iter().filter(|t| !is_peak(t)).collect();
     if !models.is_empty() {
         let _ = writeln!(s, "\n## CLIP ViT-L/14 against PyTorch\n");

@@ -1,0 +1,451 @@
+//! `aesthete rescore`: aesthetic scores from stored CLIP embeddings, with no image decoded and
+//! no encoder run.
+//!
+//! Each input file (an aesthete table with embeddings, clip-retrieval's `img_emb_N.npy`, a
+//! `.npy` with its key list, an `.npz`; see `source`) is read a batch of rows at a time; each
+//! row is L2-normalized, whatever the source, and scored by the head; the file's table
+//! (`NAME.parquet`, the same columns as `aesthete score` writes) and completion record
+//! (`NAME.done.json`) appear atomically in the output directory. Files are spread over worker
+//! threads; a rerun skips complete files.
+mod npy;
+mod source;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use aesthete_head::AestheticHead;
+use aesthete_tensor::NormalizedEmbeddings;
+
+use crate::done::{OutputsSetting, SelectionSetting, Settings};
+use crate::outputs::{Keep, ShardOutput, Target, Totals};
+use crate::plan::{self, Plan, Scope, ShardJob};
+use crate::record::{SampleError, SampleResult};
+use crate::{Error, Partition, Progress, RunSummary, ShardError, ShardReport};
+
+use source::{Batch, Source};
+
+/// The settings of a rescore run, validated.
+///
+/// ```
+/// use aesthete_pipeline::{Partition, RescoreConfig};
+///
+/// let config = RescoreConfig::new(["embeddings/img_emb/img_emb_{0..9}.npy"], "scores")?
+///     .threshold(5.0)?
+///     .key_column("url")?
+///     .partition(Partition::new(0, 2)?);
+/// assert_eq!(config.output_dir(), std::path::Path::new("scores"));
+/// # Ok::<(), aesthete_pipeline::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct RescoreConfig {
+    inputs: Vec<String>,
+    output_dir: PathBuf,
+    threshold: f32,
+    batch_size: usize,
+    partition: Partition,
+    overwrite: bool,
+    key_column: String,
+    threads: usize,
+}
+
+impl RescoreConfig {
+    /// A run over `inputs` (files, globs, brace patterns or list files, as
+    /// [`aesthete_shards::expand_inputs`] reads them, or directories: every `.parquet`,
+    /// `.npy` and `.npz` in one, and `img_emb/*.npy` in a clip-retrieval output folder),
+    /// writing into `output_dir`.
+    pub fn new<S: Into<String>>(
+        inputs: impl IntoIterator<Item = S>,
+        output_dir: impl Into<PathBuf>,
+    ) -> Result<Self, Error> {
+        let inputs: Vec<String> = inputs.into_iter().map(Into::into).collect();
+        if inputs.is_empty() {
+            return Err(Error::Config("no input files given".into()));
+        }
+        Ok(RescoreConfig {
+            inputs,
+            output_dir: output_dir.into(),
+            // NeMo Curator's default, as `aesthete score`'s.
+            threshold: 0.5,
+            batch_size: 8192,
+            partition: Partition::whole(),
+            overwrite: false,
+            key_column: "key".into(),
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        })
+    }
+
+    /// Keep (`kept` true) rows scoring at least `threshold`; default 0.5, as `aesthete score`.
+    pub fn threshold(mut self, threshold: f32) -> Result<Self, Error> {
+        if !threshold.is_finite() {
+            return Err(Error::Config(format!("threshold {threshold} is not a finite number")));
+        }
+        self.threshold = threshold;
+        Ok(self)
+    }
+
+    /// Rows read and scored at a time (default 8192); memory per worker thread is about
+    /// this many embeddings.
+    pub fn batch_size(mut self, rows: usize) -> Result<Self, Error> {
+        if rows == 0 {
+            return Err(Error::Config("batch size must be at least 1".into()));
+        }
+        self.batch_size = rows;
+        Ok(self)
+    }
+
+    /// This worker's part of a run split across machines (file `j` of the sorted list goes to
+    /// worker `j % count`).
+    pub fn partition(mut self, partition: Partition) -> Self {
+        self.partition = partition;
+        self
+    }
+
+    /// Redo files whose outputs are already complete.
+    pub fn overwrite(mut self, overwrite: bool) -> Self {
+        self.overwrite = overwrite;
+        self
+    }
+
+    /// The column of clip-retrieval's `metadata_N.parquet` that holds the keys (default
+    /// `key`).
+    pub fn key_column(mut self, column: impl Into<String>) -> Result<Self, Error> {
+        let column = column.into();
+        if column.is_empty() {
+            return Err(Error::Config("the key column name is empty".into()));
+        }
+        self.key_column = column;
+        Ok(self)
+    }
+
+    /// Files scored at once, one per thread (default: the number of cores).
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.threads = threads.max(1);
+        self
+    }
+
+    /// The directory outputs go to.
+    pub fn output_dir(&self) -> &Path {
+        &self.output_dir
+    }
+
+    fn settings(&self) -> Settings {
+        Settings {
+            outputs: OutputsSetting::Rescore,
+            selection: SelectionSetting::Threshold { threshold: self.threshold },
+            save_embeddings: false,
+            preprocess: None,
+            key_column: Some(self.key_column.clone()),
+        }
+    }
+}
+
+/// Scores the stored embeddings that `config` names with `head` and writes one table per
+/// input file. A row that cannot be scored (wrong width, a non-finite value, zero norm, no
+/// embedding) is recorded with its error; a file that cannot be read (another embedding
+/// width than the head's, no keys, an unsupported dtype) is reported in the summary, naming
+/// it, and the other files go on.
+pub fn rescore(
+    config: &RescoreConfig,
+    head: &AestheticHead,
+    progress: &dyn Progress,
+) -> Result<RunSummary, Error> {
+    let started = Instant::now();
+    let target = Target {
+        dir: config.output_dir.clone(),
+        tar: false,
+        keep: Keep::AtLeast(config.threshold),
+        settings: config.settings(),
+        embedding_dim: None,
+        stream_rows: Some(config.batch_size),
+    };
+    let inputs = expand(&config.inputs)?;
+    let scope = Scope { partition: config.partition, overwrite: config.overwrite };
+    let plan = plan::plan_paths(inputs, scope, output_name, &target.dir, &target.settings)?;
+    refuse_overwriting_inputs(&plan, &target.dir)?;
+    tracing::info!(
+        todo = plan.todo.len(),
+        skipped = plan.done.len(),
+        run_files = plan.total_in_run,
+        worker = config.partition.index(),
+        workers = config.partition.count(),
+        "planned rescore"
+    );
+    progress.started(plan.todo.len(), plan.done.len());
+
+    let next = AtomicUsize::new(0);
+    let totals = Mutex::new(Totals::default());
+    let first_error: Mutex<Option<Error>> = Mutex::new(None);
+    let threads = config.threads.min(plan.todo.len()).max(1);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                let mut work = Work::new(head.input_dim());
+                loop {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(job) = plan.todo.get(index) else { break };
+                    match rescore_file(config, head, &target, job, progress, &mut work) {
+                        Ok((report, scored)) => {
+                            totals.lock().expect("totals").add(&report, scored);
+                            progress.shard_finished(&report);
+                        }
+                        Err(e) => {
+                            first_error.lock().expect("error").get_or_insert(e);
+                            // Stop handing out files: every later batch would fail the same way.
+                            next.store(plan.todo.len(), Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(error) = first_error.into_inner().expect("error") {
+        return Err(error);
+    }
+    let mut summary = RunSummary {
+        shards: plan.todo.len() + plan.done.len(),
+        skipped: plan.done.len(),
+        ..RunSummary::default()
+    };
+    totals.into_inner().expect("totals").add_to(&mut summary);
+    summary.failed_shards.sort_by(|a, b| a.input.cmp(&b.input));
+    summary.elapsed = started.elapsed();
+    Ok(summary)
+}
+
+/// Buffers a worker thread reuses from batch to batch and file to file.
+struct Work {
+    batch: Batch,
+    /// Rows of the batch that are scored, in order.
+    valid: Vec<usize>,
+}
+
+impl Work {
+    fn new(dim: usize) -> Self {
+        Work { batch: Batch::new(dim), valid: Vec::new() }
+    }
+}
+
+/// Scores one file into its outputs; returns its report and how many rows it scored.
+fn rescore_file(
+    config: &RescoreConfig,
+    head: &AestheticHead,
+    target: &Target,
+    job: &ShardJob,
+    progress: &dyn Progress,
+    work: &mut Work,
+) -> Result<(ShardReport, u64), Error> {
+    let _span = tracing::debug_span!("rescore", file = %job.input.display()).entered();
+    let mut source =
+        match Source::open(&job.input, head.input_dim(), &config.key_column, config.batch_size) {
+            Ok(source) => source,
+            Err(reason) => {
+                // Refused whole: nothing is written, and a rerun tries it again.
+                tracing::warn!(file = %job.input.display(), error = %reason, "file refused");
+                let error = ShardError::Input(reason);
+                let report = ShardReport {
+                    input: job.input.clone(),
+                    samples: 0,
+                    kept: 0,
+                    failed: 0,
+                    error: Some(error),
+                };
+                return Ok((report, 0));
+            }
+        };
+    let mut out = ShardOutput::open(target, job);
+    let mut read_error = None;
+    let Work { batch, valid } = work;
+    loop {
+        batch.clear();
+        match source.read(batch, config.batch_size) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(reason) => {
+                read_error = Some(ShardError::Input(reason));
+                break;
+            }
+        }
+        let scores = score_batch(head, batch, valid).map_err(|e| Error::Inference {
+            images: valid.len(),
+            shard: job.input.clone(),
+            source: Box::new(e),
+        })?;
+        let mut scores = scores.into_iter();
+        let mut failed = 0;
+        for row in 0..batch.len() {
+            let info = &mut batch.rows[row];
+            let result = match info.problem.take() {
+                None => SampleResult::Scored {
+                    size: info.size,
+                    score: scores.next().expect("a score per valid row"),
+                    embedding: None,
+                },
+                Some(problem) => {
+                    failed += 1;
+                    SampleResult::Failed { size: info.size, error: SampleError::Recorded(problem) }
+                }
+            };
+            out.push_row(target, batch.key(row), &result);
+        }
+        progress.batch_scored(valid.len(), failed);
+    }
+    Ok(out.finish(target, job, read_error))
+}
+
+/// Checks each row of `batch` (finite values, non-zero norm), moves the good ones to the
+/// front, L2-normalizes and scores them. Rows found bad get their problem; `valid` lists the
+/// scored rows.
+fn score_batch(
+    head: &AestheticHead,
+    batch: &mut Batch,
+    valid: &mut Vec<usize>,
+) -> Result<Vec<f32>, aesthete_head::Error> {
+    let dim = batch.dim;
+    valid.clear();
+    for row in 0..batch.len() {
+        if batch.rows[row].problem.is_some() {
+            continue;
+        }
+        let values = &batch.values[row * dim..(row + 1) * dim];
+        let sum: f64 = values.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+        if !sum.is_finite() {
+            batch.rows[row].problem = Some("embedding has values that are not finite".into());
+            continue;
+        }
+        if sum == 0.0 {
+            batch.rows[row].problem = Some("embedding has zero norm".into());
+            continue;
+        }
+        if valid.len() != row {
+            let to = valid.len() * dim;
+            batch.values.copy_within(row * dim..(row + 1) * dim, to);
+        }
+        valid.push(row);
+    }
+    let mut values = std::mem::take(&mut batch.values);
+    values.truncate(valid.len() * dim);
+    if values.is_empty() {
+        batch.values = values;
+        return Ok(Vec::new());
+    }
+    let embeddings = NormalizedEmbeddings::normalize(values, dim)
+        .expect("rows were checked to have a finite, non-zero norm");
+    let scores = head.score(&embeddings);
+    batch.values = embeddings.into_vec();
+    scores
+}
+
+/// Every input file: [`aesthete_shards::expand_inputs`], with directories read as embedding
+/// folders (a clip-retrieval output folder gives its `img_emb/*.npy`, any other directory
+/// its `.parquet`, `.npy` and `.npz` files).
+fn expand(inputs: &[String]) -> Result<Vec<PathBuf>, Error> {
+    let mut files = Vec::new();
+    let mut rest = Vec::new();
+    for input in inputs {
+        let path = Path::new(input);
+        if !path.is_dir() {
+            rest.push(input.as_str());
+            continue;
+        }
+        let dir = if path.join("img_emb").is_dir() { path.join("img_emb") } else { path.into() };
+        let err = |source| Error::Output { path: dir.clone(), source };
+        let before = files.len();
+        for entry in std::fs::read_dir(&dir).map_err(err)? {
+            let file = entry.map_err(err)?.path();
+            let extension = file.extension().and_then(|e| e.to_str()).unwrap_or("");
+            if file.is_file() && ["parquet", "npy", "npz"].contains(&extension) {
+                files.push(file);
+            }
+        }
+        if files.len() == before {
+            return Err(Error::Config(format!(
+                "{} holds no .parquet, .npy or .npz files",
+                dir.display()
+            )));
+        }
+    }
+    if !rest.is_empty() {
+        files.extend(aesthete_shards::expand_inputs(&rest).map_err(Error::Inputs)?);
+    }
+    Ok(files)
+}
+
+/// `dir/img_emb_0.npy` → `img_emb_0`; `scores/shard-000.parquet` → `shard-000`.
+fn output_name(input: &Path) -> String {
+    let file = input.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let lower = file.to_ascii_lowercase();
+    for suffix in [".parquet", ".npy", ".npz"] {
+        if lower.ends_with(suffix) && lower.len() > suffix.len() {
+            return file[..file.len() - suffix.len()].to_string();
+        }
+    }
+    file
+}
+
+/// Refuses a run whose output table would replace one of its inputs (rescoring aesthete
+/// tables into the directory they are in).
+fn refuse_overwriting_inputs(plan: &Plan, dir: &Path) -> Result<(), Error> {
+    let jobs = plan.todo.iter().chain(plan.done.iter().map(|(job, _)| job));
+    for job in jobs {
+        let table = job.table_path(dir);
+        if let (Ok(a), Ok(b)) = (job.input.canonicalize(), table.canonicalize())
+            && a == b
+        {
+            return Err(Error::Config(format!(
+                "the output table {} would replace the input {}; choose another output directory",
+                table.display(),
+                job.input.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_names_drop_embedding_suffixes() {
+        assert_eq!(output_name(Path::new("a/img_emb/img_emb_3.npy")), "img_emb_3");
+        assert_eq!(output_name(Path::new("s/shard-000.parquet")), "shard-000");
+        assert_eq!(output_name(Path::new("x.NPZ")), "x");
+    }
+
+    #[test]
+    fn clip_retrieval_metadata_sits_beside_img_emb() {
+        assert_eq!(
+            source::clip_retrieval_metadata(Path::new("out/img_emb/img_emb_12.npy")),
+            Some(PathBuf::from("out/metadata/metadata_12.parquet"))
+        );
+        assert_eq!(source::clip_retrieval_metadata(Path::new("out/emb/img_emb_12.npy")), None);
+    }
+
+    /// Raw and normalized rows score the same; bad rows are set aside, not scored.
+    #[test]
+    fn rows_are_checked_normalized_and_scored() {
+        let head_path = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../fixtures/head/tiny-linear.safetensors");
+        let head = AestheticHead::load(&head_path).unwrap();
+        let dim = head.input_dim();
+        let mut batch = Batch::new(dim);
+        let row: Vec<f32> = (0..dim).map(|i| (i as f32 * 0.37).sin()).collect();
+        let scaled: Vec<f32> = row.iter().map(|v| v * 40.0).collect();
+        let mut nan = row.clone();
+        nan[1] = f32::NAN;
+        for values in [&row, &vec![0.0; dim], &scaled, &nan] {
+            batch.values.extend_from_slice(values);
+            batch.rows.push(Default::default());
+        }
+        let mut valid = Vec::new();
+        let scores = score_batch(&head, &mut batch, &mut valid).unwrap();
+        assert_eq!(valid, [0, 2]);
+        assert_eq!(scores.len(), 2);
+        assert!((scores[0] - scores[1]).abs() <= 1e-6, "{scores:?}");
+        assert_eq!(batch.rows[1].problem.as_deref(), Some("embedding has zero norm"));
+        assert!(batch.rows[3].problem.as_deref().unwrap().contains("not finite"));
+    }
+}
