@@ -689,11 +689,11 @@ unsafe fn blocks(
 }
 
 /// A block kernel ready to run on this thread: AMX with its tiles configured, or AVX512-BF16.
-enum BlockKernel {
+struct BlockKernel {
+    kernel: Kernel,
+    /// This thread's configured tiles, for [`Kernel::Amx`].
     #[cfg(target_arch = "x86_64")]
-    Amx(amx::Tiles),
-    #[cfg(target_arch = "x86_64")]
-    Avx512Bf16,
+    tiles: Option<amx::Tiles>,
 }
 
 impl BlockKernel {
@@ -701,16 +701,11 @@ impl BlockKernel {
     /// The CPU supports `kernel` (it came from [`Kernel::available`]), and no other
     /// `BlockKernel` lives on this thread while this one does (AMX tile state is per thread).
     unsafe fn start(kernel: Kernel) -> BlockKernel {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: forwarded.
-        match kernel {
-            Kernel::Amx => BlockKernel::Amx(unsafe { amx::Tiles::configure() }),
-            Kernel::Avx512Bf16 => BlockKernel::Avx512Bf16,
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            let _ = kernel;
-            unreachable!("no bf16 kernel exists off x86-64")
+        BlockKernel {
+            kernel,
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: forwarded.
+            tiles: (kernel == Kernel::Amx).then(|| unsafe { amx::Tiles::configure() }),
         }
     }
 
@@ -735,19 +730,22 @@ impl BlockKernel {
         bias: Option<&[f32; BLOCK]>,
     ) {
         let (steps, panel) = (w.steps(), w.panel_len());
-        // SAFETY: forwarded.
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: forwarded; AMX's tiles were configured by `start`.
         unsafe {
-            match self {
-                #[cfg(target_arch = "x86_64")]
-                BlockKernel::Amx(tiles) => tiles.block(c, ldc, a, b, panel, steps, write, bias),
-                #[cfg(target_arch = "x86_64")]
-                BlockKernel::Avx512Bf16 => {
+            match (self.kernel, &mut self.tiles) {
+                (Kernel::Amx, Some(tiles)) => tiles.block(c, ldc, a, b, panel, steps, write, bias),
+                (Kernel::Amx, None) => unreachable!("start configures tiles for AMX"),
+                (Kernel::Avx512Bf16, _) => {
                     avx512::block(c, ldc, a, b, panel, steps, live, write, bias)
                 }
             }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (c, ldc, a, b, steps, panel, live, write, bias);
+        {
+            let _ = (self.kernel, c, ldc, a, b, steps, panel, live, write, bias);
+            unreachable!("no bf16 kernel exists off x86-64")
+        }
     }
 }
 
