@@ -83,14 +83,8 @@ pub struct RunArgs {
     /// Redo shards whose outputs are already complete.
     #[arg(long)]
     pub overwrite: bool,
-    /// This worker's index when a run is split across machines (default: from
-    /// SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX).
-    #[arg(long, value_name = "I", requires = "num_shards")]
-    pub shard_index: Option<usize>,
-    /// Number of workers the run is split across (default: SLURM_ARRAY_TASK_COUNT; required
-    /// with JOB_COMPLETION_INDEX).
-    #[arg(long, value_name = "N")]
-    pub num_shards: Option<usize>,
+    #[command(flatten)]
+    pub workers: WorkerArgs,
     /// Model directory filled by `cargo xtask fetch-models` (default: $AESTHETE_MODELS, else
     /// the first of ~/.local/share/aesthete/models ($XDG_DATA_HOME) and aesthete/models in
     /// $XDG_DATA_DIRS that holds the models).
@@ -150,13 +144,8 @@ pub struct RescoreArgs {
     /// Redo files whose outputs are already complete.
     #[arg(long)]
     pub overwrite: bool,
-    /// This worker's index when a run is split across machines (default: from
-    /// SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX).
-    #[arg(long, value_name = "I", requires = "num_shards")]
-    pub shard_index: Option<usize>,
-    /// Number of workers the run is split across.
-    #[arg(long, value_name = "N")]
-    pub num_shards: Option<usize>,
+    #[command(flatten)]
+    pub workers: WorkerArgs,
 }
 
 /// A rescore run, validated.
@@ -167,7 +156,7 @@ pub struct RescorePlan {
 
 impl RescoreArgs {
     pub fn into_plan(self, env: &WorkerEnv) -> anyhow::Result<RescorePlan> {
-        let partition = partition(self.shard_index, self.num_shards, env)?;
+        let partition = partition(self.workers.shard_index, self.workers.num_shards, env)?;
         let mut config = RescoreConfig::new(self.inputs, self.output)?
             .threshold(self.threshold)?
             .batch_size(self.batch_size)?
@@ -209,6 +198,19 @@ pub enum ModeArg {
     Fast,
 }
 
+/// How a run is split across machines: `filter`, `score` and `rescore` share these flags.
+#[derive(Debug, Clone, Copy, Args)]
+pub struct WorkerArgs {
+    /// This worker's index when a run is split across machines (default: from
+    /// SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX).
+    #[arg(long, value_name = "I", requires = "num_shards")]
+    pub shard_index: Option<usize>,
+    /// Number of workers the run is split across (default: SLURM_ARRAY_TASK_COUNT; required
+    /// with JOB_COMPLETION_INDEX).
+    #[arg(long, value_name = "N")]
+    pub num_shards: Option<usize>,
+}
+
 /// Everything a run needs, validated.
 pub struct RunPlan {
     pub config: RunConfig,
@@ -244,7 +246,7 @@ impl RunArgs {
         selection: Selection,
         env: &WorkerEnv,
     ) -> anyhow::Result<RunPlan> {
-        let partition = partition(self.shard_index, self.num_shards, env)?;
+        let partition = partition(self.workers.shard_index, self.workers.num_shards, env)?;
         let preprocess = PreprocessOptions::default().mode(match self.preprocess {
             ModeArg::Exact => Mode::Exact,
             ModeArg::Fast => Mode::Fast,
