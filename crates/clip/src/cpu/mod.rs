@@ -90,10 +90,10 @@ impl Workspace {
         }
         let m = d.rows();
         self.stream.grow(m * d.hidden);
-        self.normed.grow(m * d.hidden);
         self.qkv.grow(m * 3 * d.hidden);
         self.attn.grow(m * d.hidden);
-        self.mlp.grow(m * d.intermediate);
+        // `normed` and `mlp` only where an f32 product needs them (`run_layer`): bf16
+        // layers norm while packing and never write the MLP's f32 intermediate.
     }
 }
 
@@ -361,14 +361,14 @@ fn f32_data<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
 fn run_layer(x: &mut [f32], w: &LayerWeights<'_>, d: &Dims, ws: &mut Workspace) -> Result<()> {
     w.check(d)?;
     let (m, h, i) = (d.rows(), d.hidden, d.intermediate);
-    let normed = &mut ws.normed.as_mut_slice()[..m * h];
     let qkv = &mut ws.qkv.as_mut_slice()[..m * 3 * h];
     let attn = &mut ws.attn.as_mut_slice()[..m * h];
-    let mlp = &mut ws.mlp.as_mut_slice()[..m * i];
     let rounded = &mut ws.rounded;
 
     match w.qkv.0 {
         Weight::F32(_) => {
+            ws.normed.grow(m * h);
+            let normed = &mut ws.normed.as_mut_slice()[..m * h];
             fill_rows(qkv, w.qkv.1);
             w.qkv.0.product_of_norm(qkv, x, w.ln1, d.eps, normed, (m, 3 * h, h), rounded);
             let scores = &mut ws.scores.as_mut_slice()[..d.n * d.heads * d.s * d.s];
@@ -402,6 +402,10 @@ fn run_layer(x: &mut [f32], w: &LayerWeights<'_>, d: &Dims, ws: &mut Workspace) 
         bf16::matmul_acc(kernel, x, &ws.hidden, fc2, Some(w.fc2.1));
         return Ok(());
     }
+    ws.normed.grow(m * h);
+    ws.mlp.grow(m * i);
+    let normed = &mut ws.normed.as_mut_slice()[..m * h];
+    let mlp = &mut ws.mlp.as_mut_slice()[..m * i];
     fill_rows(mlp, w.fc1.1);
     w.fc1.0.product_of_norm(mlp, x, w.ln2, d.eps, normed, (m, i, h), rounded);
     mlp.par_chunks_mut(16 * 1024).for_each(act);
