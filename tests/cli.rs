@@ -732,6 +732,115 @@ mod partition {
     }
 }
 
+/// `examples/slurm/filter.sbatch` run as Slurm runs it: each array task with the variables
+/// Slurm sets for the submitted array, `srun` a stand-in that runs the step in place.
+mod slurm {
+    use super::*;
+
+    const SCRIPT: &str = "examples/slurm/filter.sbatch";
+
+    /// A directory with an `srun` that runs its arguments, as a one-task step does.
+    fn fake_srun() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let srun = dir.path().join("srun");
+        fs::write(&srun, "#!/bin/sh\nexec \"$@\"\n").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&srun, fs::Permissions::from_mode(0o755)).unwrap();
+        dir
+    }
+
+    /// Runs task `id` of an array submitted as `submitted` (`--array=0,2` is `[0, 2]`;
+    /// `--array=0-15:4` is `[0, 4, 8, 12]` with step 4), for a run of `workers`.
+    fn task(srun: &Path, out: &Path, workers: &str, id: usize, submitted: &[usize]) -> Output {
+        let (min, max) = (submitted[0], submitted[submitted.len() - 1]);
+        let step = if submitted.len() > 1 { submitted[1] - submitted[0] } else { 1 };
+        let path = format!("{}:{}", srun.display(), std::env::var("PATH").unwrap());
+        let mut command = Command::new("bash");
+        command
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+            .arg(SCRIPT)
+            .args(good_shards())
+            .arg(out)
+            .env("PATH", path)
+            .env("AESTHETE_BIN", env!("CARGO_BIN_EXE_aesthete"))
+            .env("AESTHETE_ARGS", model_args().join(" "))
+            .env("AESTHETE_THRESHOLD", "5")
+            .env("AESTHETE_WORKERS", workers)
+            .env("SLURM_ARRAY_JOB_ID", "77")
+            .env("SLURM_ARRAY_TASK_ID", id.to_string())
+            .env("SLURM_ARRAY_TASK_MIN", min.to_string())
+            .env("SLURM_ARRAY_TASK_MAX", max.to_string())
+            .env("SLURM_ARRAY_TASK_COUNT", submitted.len().to_string())
+            .env("SLURM_ARRAY_TASK_STEP", step.to_string())
+            .env_remove("JOB_COMPLETION_INDEX")
+            .env_remove("AESTHETE_MODELS");
+        command.output().expect("running the sbatch script")
+    }
+
+    fn plain_run() -> BTreeMap<String, Vec<u8>> {
+        let single = tempfile::tempdir().unwrap();
+        let result = run_filter(&good_shards(), single.path(), &["--threshold", "5"]);
+        assert!(result.status.success(), "{}", stderr(&result));
+        outputs(single.path())
+    }
+
+    #[test]
+    fn whole_partial_and_stepped_arrays_equal_one_run() {
+        let srun = fake_srun();
+        let expected = plain_run();
+        // Submitted whole; then tasks 0 and 2 again (`--array=0,2`): nothing is redone.
+        let whole = tempfile::tempdir().unwrap();
+        for id in 0..3 {
+            let result = task(srun.path(), whole.path(), "3", id, &[0, 1, 2]);
+            assert!(result.status.success(), "task {id}: {}", stderr(&result));
+        }
+        assert_eq!(outputs(whole.path()), expected);
+        for id in [0, 2] {
+            let result = task(srun.path(), whole.path(), "3", id, &[0, 2]);
+            assert!(result.status.success(), "{}", stderr(&result));
+            assert!(stderr(&result).contains("0 processed"), "{}", stderr(&result));
+        }
+        // Task 1 failed the first time: resubmitted alone (`--array=1`).
+        let partial = tempfile::tempdir().unwrap();
+        for (id, submitted) in [(0, &[0, 1, 2][..]), (2, &[0, 1, 2]), (1, &[1])] {
+            let result = task(srun.path(), partial.path(), "3", id, submitted);
+            assert!(result.status.success(), "task {id}: {}", stderr(&result));
+        }
+        assert_eq!(outputs(partial.path()), expected);
+        // A stepped array (`--array=0-2:2`), then the task it left out.
+        let stepped = tempfile::tempdir().unwrap();
+        for (id, submitted) in [(0, &[0, 2][..]), (2, &[0, 2]), (1, &[1])] {
+            let result = task(srun.path(), stepped.path(), "3", id, submitted);
+            assert!(result.status.success(), "task {id}: {}", stderr(&result));
+        }
+        assert_eq!(outputs(stepped.path()), expected);
+    }
+
+    #[test]
+    fn another_worker_count_is_refused() {
+        let srun = fake_srun();
+        let out = tempfile::tempdir().unwrap();
+        let result = task(srun.path(), out.path(), "3", 1, &[0, 1, 2]);
+        assert!(result.status.success(), "{}", stderr(&result));
+        // Resubmitted with another count, the partition would leave shards to no worker.
+        let result = task(srun.path(), out.path(), "2", 0, &[0, 1]);
+        assert!(!result.status.success());
+        let message = stderr(&result);
+        assert!(
+            message.contains("split across 3 workers") && message.contains("--num-shards 3"),
+            "{message}"
+        );
+        // A task outside the run's workers is stopped by the script, naming the count.
+        let result = task(srun.path(), out.path(), "3", 3, &[3]);
+        assert!(!result.status.success());
+        assert!(stderr(&result).contains("not one of the run's 3 workers"), "{}", stderr(&result));
+        // A whole run may finish what the split one left.
+        let result = run_filter(&good_shards(), out.path(), &["--threshold", "5"]);
+        assert!(result.status.success(), "{}", stderr(&result));
+        assert_eq!(outputs(out.path()), plain_run());
+    }
+}
+
 /// The default build carries the CUDA encoder but links no CUDA library: on a machine
 /// without the driver, `--device cuda` is one line naming what is missing, exit code 2.
 #[cfg(feature = "cuda")]

@@ -205,8 +205,9 @@ pub struct WorkerArgs {
     /// SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX).
     #[arg(long, value_name = "I", requires = "num_shards")]
     pub shard_index: Option<usize>,
-    /// Number of workers the run is split across (default: SLURM_ARRAY_TASK_COUNT; required
-    /// with JOB_COMPLETION_INDEX).
+    /// Number of workers the run is split across; every worker of a run, resubmitted or not,
+    /// needs the same (default: the size of a whole Slurm array, --array=0-N; required with
+    /// JOB_COMPLETION_INDEX and with a partial or stepped Slurm array).
     #[arg(long, value_name = "N")]
     pub num_shards: Option<usize>,
 }
@@ -223,6 +224,7 @@ pub struct RunPlan {
 pub struct WorkerEnv {
     pub slurm_task_id: Option<String>,
     pub slurm_task_min: Option<String>,
+    pub slurm_task_max: Option<String>,
     pub slurm_task_count: Option<String>,
     pub job_completion_index: Option<String>,
 }
@@ -233,6 +235,7 @@ impl WorkerEnv {
         WorkerEnv {
             slurm_task_id: var("SLURM_ARRAY_TASK_ID"),
             slurm_task_min: var("SLURM_ARRAY_TASK_MIN"),
+            slurm_task_max: var("SLURM_ARRAY_TASK_MAX"),
             slurm_task_count: var("SLURM_ARRAY_TASK_COUNT"),
             job_completion_index: var("JOB_COMPLETION_INDEX"),
         }
@@ -299,6 +302,14 @@ impl FilterArgs {
 
 /// This worker's part: the flags, else Slurm's array variables, else a Kubernetes Indexed
 /// Job's index with `--num-shards`, else the whole run.
+///
+/// Under Slurm the worker is `SLURM_ARRAY_TASK_ID` itself (arrays numbered from 0, one task per
+/// worker) and the count is `--num-shards`, or, without it, the size of the submitted array
+/// when that array is whole (`--array=0-N`, so `SLURM_ARRAY_TASK_MIN` is 0 and
+/// `SLURM_ARRAY_TASK_COUNT` is `SLURM_ARRAY_TASK_MAX + 1`). A partial or stepped resubmission
+/// (`--array=0,2`, `--array=1`, `--array=0-15:4`) does not say how many workers the run has,
+/// so it needs `--num-shards`; the count is also written into the completion records, which
+/// refuse a worker whose count differs.
 fn partition(
     index: Option<usize>,
     count: Option<usize>,
@@ -313,21 +324,17 @@ fn partition(
     }
     if let Some(id) = &env.slurm_task_id {
         let id = parse("SLURM_ARRAY_TASK_ID", id)?;
-        let min = match &env.slurm_task_min {
-            Some(min) => parse("SLURM_ARRAY_TASK_MIN", min)?,
-            None => 0,
+        let count = match count {
+            Some(count) => count,
+            None => whole_slurm_array(env, &parse)?,
         };
-        let count = match (count, &env.slurm_task_count) {
-            (Some(count), _) => count,
-            (None, Some(c)) => parse("SLURM_ARRAY_TASK_COUNT", c)?,
-            (None, None) => bail!(
-                "SLURM_ARRAY_TASK_ID is set but not SLURM_ARRAY_TASK_COUNT; pass --num-shards"
-            ),
-        };
-        let index = id.checked_sub(min).with_context(|| {
-            format!("SLURM_ARRAY_TASK_ID {id} is below SLURM_ARRAY_TASK_MIN {min}")
-        })?;
-        return Ok(Partition::new(index, count)?);
+        if id >= count {
+            bail!(
+                "SLURM_ARRAY_TASK_ID {id} is not one of the run's {count} workers (0..{count}); number the array's tasks from 0, one per worker (--array=0-{}), or pass the run's --num-shards",
+                count - 1
+            );
+        }
+        return Ok(Partition::new(id, count)?);
     }
     if let Some(index) = &env.job_completion_index {
         let index = parse("JOB_COMPLETION_INDEX", index)?;
@@ -343,6 +350,26 @@ fn partition(
     }
 }
 
+/// The worker count of a Slurm array submitted whole (`--array=0-N`): `N + 1`.
+fn whole_slurm_array(
+    env: &WorkerEnv,
+    parse: &dyn Fn(&str, &str) -> anyhow::Result<usize>,
+) -> anyhow::Result<usize> {
+    let var = |name: &str, value: &Option<String>| match value {
+        Some(v) => parse(name, v),
+        None => bail!("SLURM_ARRAY_TASK_ID is set but not {name}; pass --num-shards"),
+    };
+    let min = var("SLURM_ARRAY_TASK_MIN", &env.slurm_task_min)?;
+    let max = var("SLURM_ARRAY_TASK_MAX", &env.slurm_task_max)?;
+    let tasks = var("SLURM_ARRAY_TASK_COUNT", &env.slurm_task_count)?;
+    if min != 0 || max.checked_add(1) != Some(tasks) {
+        bail!(
+            "this Slurm array ({tasks} tasks from {min} to {max}) is not a whole array numbered from 0, so it does not say how many workers the run has; pass --num-shards with the size of the whole array (as when resubmitting some tasks, e.g. --array=0,2)"
+        );
+    }
+    Ok(tasks)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -350,9 +377,23 @@ mod tests {
     fn env(slurm: Option<(&str, &str)>, k8s: Option<&str>) -> WorkerEnv {
         WorkerEnv {
             slurm_task_id: slurm.map(|s| s.0.to_string()),
-            slurm_task_min: None,
+            slurm_task_min: slurm.map(|_| "0".to_string()),
+            slurm_task_max: slurm
+                .map(|s| (s.1.parse::<usize>().unwrap().saturating_sub(1)).to_string()),
             slurm_task_count: slurm.map(|s| s.1.to_string()),
             job_completion_index: k8s.map(str::to_string),
+        }
+    }
+
+    /// The array variables as Slurm sets them for one task of a submitted array.
+    fn slurm(id: usize, submitted: &[usize]) -> WorkerEnv {
+        let (min, max) = (submitted.iter().min().unwrap(), submitted.iter().max().unwrap());
+        WorkerEnv {
+            slurm_task_id: Some(id.to_string()),
+            slurm_task_min: Some(min.to_string()),
+            slurm_task_max: Some(max.to_string()),
+            slurm_task_count: Some(submitted.len().to_string()),
+            job_completion_index: None,
         }
     }
 
@@ -363,14 +404,35 @@ mod tests {
     }
 
     #[test]
-    fn slurm_array_sets_the_partition() {
-        let p = partition(None, None, &env(Some(("3", "8")), None)).unwrap();
-        assert_eq!((p.index(), p.count()), (3, 8));
-        // Arrays numbered from 1 (`--array=1-4`) map task 4 to the last worker.
-        let mut e = env(Some(("4", "4")), None);
-        e.slurm_task_min = Some("1".into());
-        let p = partition(None, None, &e).unwrap();
-        assert_eq!((p.index(), p.count()), (3, 4));
+    fn a_whole_slurm_array_sets_the_partition() {
+        for id in 0..3 {
+            let p = partition(None, None, &slurm(id, &[0, 1, 2])).unwrap();
+            assert_eq!((p.index(), p.count()), (id, 3));
+        }
+    }
+
+    #[test]
+    fn resubmitted_slurm_tasks_keep_the_run_s_partition() {
+        // `--array=0,2` and `--array=1` of a 3-worker run, and `--array=0-15:4` of 16: the
+        // submission does not say the count, so it must be given, and then the task id is the
+        // worker.
+        for (id, submitted, count) in
+            [(2, &[0, 2][..], 3), (1, &[1][..], 3), (8, &[0, 4, 8, 12][..], 16)]
+        {
+            let err = partition(None, None, &slurm(id, submitted)).unwrap_err();
+            assert!(err.to_string().contains("--num-shards"), "{err}");
+            let p = partition(None, Some(count), &slurm(id, submitted)).unwrap();
+            assert_eq!((p.index(), p.count()), (id, count));
+        }
+    }
+
+    #[test]
+    fn slurm_arrays_numbered_from_1_are_refused_clearly() {
+        // `--array=1-4`: task 4 is not one of 4 workers 0..4.
+        let err = partition(None, None, &slurm(4, &[1, 2, 3, 4])).unwrap_err();
+        assert!(err.to_string().contains("--num-shards"), "{err}");
+        let err = partition(None, Some(4), &slurm(4, &[1, 2, 3, 4])).unwrap_err();
+        assert!(err.to_string().contains("number the array's tasks from 0"), "{err}");
     }
 
     #[test]

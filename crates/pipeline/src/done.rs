@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use aesthete_preprocess::{Limits, Mode, PreprocessOptions};
 
-use crate::{Error, Outputs, RunConfig, Selection};
+use crate::{Error, Outputs, Partition, RunConfig, Selection};
 
 /// The record version this build writes.
 pub(crate) const RECORD_VERSION: u32 = 2;
@@ -58,6 +58,11 @@ pub(crate) struct Settings {
     /// `rescore` from clip-retrieval output: the metadata column the keys come from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_column: Option<String>,
+    /// How many workers the run is split across, when more than one. Not one of the settings
+    /// [`Settings::difference`] compares: [`Settings::workers_differ`] checks it, so that a
+    /// worker resubmitted with another count is refused with its own message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workers: Option<usize>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -111,6 +116,7 @@ impl Settings {
             save_embeddings: config.save_embeddings,
             preprocess: Some(PreprocessSetting::of(&config.preprocess)),
             key_column: None,
+            workers: workers_of(config.partition),
         }
     }
 
@@ -121,6 +127,16 @@ impl Settings {
             outputs: OutputsSetting::Score,
             selection: SelectionSetting::None,
             ..Settings::of(config)
+        }
+    }
+
+    /// The worker counts of this run and of `recorded`, when both are split and the counts
+    /// differ: workers of one run must agree on it, or some shards belong to no worker. A
+    /// whole run (one worker) may finish what a split run left, and the other way round.
+    pub fn workers_differ(&self, recorded: &Settings) -> Option<(usize, usize)> {
+        match (self.workers, recorded.workers) {
+            (Some(now), Some(then)) if now != then => Some((then, now)),
+            _ => None,
         }
     }
 
@@ -204,6 +220,11 @@ impl fmt::Display for PreprocessSetting {
         };
         write!(f, "{mode}, max pixels {}, max alloc {}", self.max_pixels, self.max_alloc)
     }
+}
+
+/// What a record says of `partition`: its worker count when the run is split.
+pub(crate) fn workers_of(partition: Partition) -> Option<usize> {
+    (partition.count() > 1).then_some(partition.count())
 }
 
 /// Reads the record at `path`: `None` when there is none or it is not a record (it is redone,
@@ -302,6 +323,7 @@ mod legacy {
                     save_embeddings: s.save_embeddings,
                     preprocess: Some(preprocess(&s.preprocess)?),
                     key_column: None,
+                    workers: None,
                 },
                 status,
                 samples: self.samples,

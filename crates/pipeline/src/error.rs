@@ -75,6 +75,19 @@ pub enum Error {
         /// What differs.
         difference: String,
     },
+    /// This worker's count of workers is not the one the run's completion records hold: run
+    /// this way, some shards would belong to no worker.
+    #[error(
+        "{path} was written by a run split across {recorded} workers, but this worker is one of {now}; pass --num-shards {recorded} (every worker of a run, and every resubmission, needs the same count)"
+    )]
+    WorkersChanged {
+        /// A completion record of the run.
+        path: PathBuf,
+        /// The count it holds.
+        recorded: usize,
+        /// This worker's count.
+        now: usize,
+    },
     /// A completion record was written by a newer aesthete, in a record version this one does
     /// not know; it is not guessed at.
     #[error(

@@ -66,18 +66,21 @@ pub(crate) fn plan_paths(
 
     let mut names: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut jobs = Vec::new();
+    let mut others = Vec::new();
     for (position, input) in inputs.into_iter().enumerate() {
         let name = name(&input);
         if let Some(first) = names.get(&name) {
             return Err(Error::OutputNameClash { name, first: first.clone(), second: input });
         }
         names.insert(name.clone(), input.clone());
-        if scope.partition.owns(position) {
-            jobs.push(ShardJob { input, name });
-        }
+        let job = ShardJob { input, name };
+        if scope.partition.owns(position) { jobs.push(job) } else { others.push(job) }
     }
 
     prepare_output_dir(dir)?;
+    if !scope.overwrite {
+        check_workers(dir, jobs.iter().chain(&others), settings)?;
+    }
     let temporaries = temporaries(dir)?;
     let mut plan = Plan { todo: Vec::new(), done: Vec::new(), total_in_run };
     for job in jobs {
@@ -97,6 +100,32 @@ pub(crate) fn plan_paths(
         }
     }
     Ok(plan)
+}
+
+/// Refuses a split run whose worker count is not the one its first completion record with a
+/// count holds (records of every worker's shards are looked at: a worker resubmitted with
+/// another count may own none of the shards done so far). Complete and incomplete records
+/// alike count: both were written by a worker of the run.
+fn check_workers<'a>(
+    dir: &Path,
+    jobs: impl Iterator<Item = &'a ShardJob>,
+    settings: &Settings,
+) -> Result<(), Error> {
+    if settings.workers.is_none() {
+        return Ok(());
+    }
+    for job in jobs {
+        let path = job.record_path(dir);
+        let Some(record) = done::read(&path)? else { continue };
+        if record.settings.workers.is_none() {
+            continue;
+        }
+        return match settings.workers_differ(&record.settings) {
+            Some((recorded, now)) => Err(Error::WorkersChanged { path, recorded, now }),
+            None => Ok(()),
+        };
+    }
+    Ok(())
 }
 
 /// Removes what a killed run left of `job`'s outputs: temporary files that were never renamed

@@ -137,6 +137,7 @@ impl RescoreConfig {
             save_embeddings: false,
             preprocess: None,
             key_column: Some(self.key_column.clone()),
+            workers: crate::done::workers_of(self.partition),
         }
     }
 }
