@@ -55,7 +55,7 @@ fn expand_input(
     out: &mut Vec<PathBuf>,
 ) -> Result<(), Error> {
     let mut expanded = Vec::new();
-    expand_braces(input, &mut expanded)
+    expand_braces_into(input, &mut expanded)
         .map_err(|reason| Error::Pattern { pattern: input.to_owned(), reason })?;
     for candidate in expanded {
         let base = base.filter(|_| Path::new(&candidate).is_relative());
@@ -151,10 +151,8 @@ fn expand_dir_into(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), Error> {
         let entry = entry.map_err(|e| Error::io(dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        let lower = name.to_ascii_lowercase();
-        let shard = [".tar", ".tar.gz", ".tgz"].iter().any(|s| lower.ends_with(s));
         let path = entry.path();
-        if shard && !name.starts_with('.') && path.is_file() {
+        if is_shard_name(name) && !name.starts_with('.') && path.is_file() {
             out.push(path);
         }
     }
@@ -166,9 +164,31 @@ fn normalize(path: &Path) -> PathBuf {
     if normal.as_os_str().is_empty() { PathBuf::from(".") } else { normal }
 }
 
-/// Brace expansion in the manner of Python's `braceexpand`. A brace without a matching
-/// close, or whose content is neither a list nor a range, is kept literally.
-pub(crate) fn expand_braces(pattern: &str, out: &mut Vec<String>) -> Result<(), String> {
+/// Brace expansion in the manner of Python's `braceexpand`, as [`expand_inputs`] does it:
+/// numeric ranges keep zero padding, `{a,b}` lists, `{0..10..2}` steps, nesting. A brace
+/// without a matching close, or whose content is neither a list nor a range, is kept
+/// literally. For inputs that are not local paths (object-store URLs).
+///
+/// ```
+/// let names = aesthete_shards::expand_braces("s3://b/x-{08..10}.tar")?;
+/// assert_eq!(names, ["s3://b/x-08.tar", "s3://b/x-09.tar", "s3://b/x-10.tar"]);
+/// # Ok::<(), aesthete_shards::Error>(())
+/// ```
+pub fn expand_braces(pattern: &str) -> Result<Vec<String>, Error> {
+    let mut out = Vec::new();
+    expand_braces_into(pattern, &mut out)
+        .map_err(|reason| Error::Pattern { pattern: pattern.to_owned(), reason })?;
+    Ok(out)
+}
+
+/// Whether a file name ends in a shard suffix (`.tar`, `.tar.gz`, `.tgz`, any case): what a
+/// directory or listing yields as shards.
+pub fn is_shard_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    [".tar", ".tar.gz", ".tgz"].iter().any(|s| lower.ends_with(s))
+}
+
+fn expand_braces_into(pattern: &str, out: &mut Vec<String>) -> Result<(), String> {
     expand_braces_at(pattern, out, 0)
 }
 
@@ -277,7 +297,7 @@ mod tests {
 
     fn braces(pattern: &str) -> Vec<String> {
         let mut out = Vec::new();
-        expand_braces(pattern, &mut out).unwrap();
+        expand_braces_into(pattern, &mut out).unwrap();
         out
     }
 
@@ -296,9 +316,9 @@ mod tests {
         assert_eq!(braces("no{brace"), ["no{brace"]);
         assert_eq!(braces("}{"), ["}{"]);
         let mut out = Vec::new();
-        assert!(expand_braces("{0..9999999}", &mut out).is_err());
-        assert!(expand_braces("{0..999}{0..9999}", &mut Vec::new()).is_err());
-        assert!(expand_braces(&"{a,b}".repeat(100), &mut Vec::new()).is_err());
+        assert!(expand_braces_into("{0..9999999}", &mut out).is_err());
+        assert!(expand_braces_into("{0..999}{0..9999}", &mut Vec::new()).is_err());
+        assert!(expand_braces_into(&"{a,b}".repeat(100), &mut Vec::new()).is_err());
         assert_eq!(braces(&"{a}".repeat(1000)).len(), 1);
     }
 }

@@ -40,7 +40,7 @@ mod sample;
 mod write;
 
 pub use crate::error::Error;
-pub use crate::inputs::expand_inputs;
+pub use crate::inputs::{expand_braces, expand_inputs, is_shard_name};
 pub use crate::read::{ReadOptions, ShardReader};
 pub use crate::sample::{Member, Sample, split_name};
 pub use crate::write::ShardWriter;

@@ -1,0 +1,112 @@
+//! Where a shard or an output lives: a local path or an object-store URL.
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// URL schemes read as object stores; anything else is a local path.
+const SCHEMES: [&str; 10] = [
+    "s3://", "s3a://", "gs://", "az://", "adl://", "azure://", "abfs://", "abfss://", "http://",
+    "https://",
+];
+
+/// A local path or an object-store URL (`s3://bucket/key`, `gs://`, `az://`, `abfs://`,
+/// `https://`).
+///
+/// ```
+/// use aesthete_store::Location;
+///
+/// let shard = Location::parse("s3://laion/part-{0..9}/00001.tar");
+/// assert!(shard.is_remote());
+/// assert_eq!(shard.file_name(), Some("00001.tar"));
+/// let out = Location::parse("out").join("00001.parquet");
+/// assert_eq!(out.as_local(), Some(std::path::Path::new("out/00001.parquet")));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Location {
+    /// A path on this machine.
+    Local(PathBuf),
+    /// An object URL, as given (its scheme lowercased).
+    Url(String),
+}
+
+impl Location {
+    /// Reads `text` as a URL when it starts with an object-store scheme, else as a path.
+    pub fn parse(text: &str) -> Location {
+        let lower = text.get(..8).unwrap_or(text).to_ascii_lowercase();
+        match SCHEMES.iter().find(|s| lower.starts_with(*s)) {
+            Some(scheme) => Location::Url(format!("{scheme}{}", &text[scheme.len()..])),
+            None => Location::Local(PathBuf::from(text)),
+        }
+    }
+
+    /// Whether `text` names an object-store URL.
+    pub fn is_url(text: &str) -> bool {
+        matches!(Location::parse(text), Location::Url(_))
+    }
+
+    /// Whether this is an object-store URL.
+    pub fn is_remote(&self) -> bool {
+        matches!(self, Location::Url(_))
+    }
+
+    /// The local path, when this is one.
+    pub fn as_local(&self) -> Option<&Path> {
+        match self {
+            Location::Local(path) => Some(path),
+            Location::Url(_) => None,
+        }
+    }
+
+    /// The last component: the file or object name.
+    pub fn file_name(&self) -> Option<&str> {
+        match self {
+            Location::Local(path) => path.file_name()?.to_str(),
+            Location::Url(url) => {
+                let name = url.rsplit('/').next()?;
+                (!name.is_empty() && !url.ends_with("://")).then_some(name)
+            }
+        }
+    }
+
+    /// `name` inside this directory or prefix.
+    pub fn join(&self, name: &str) -> Location {
+        match self {
+            Location::Local(path) => Location::Local(path.join(name)),
+            Location::Url(url) => {
+                let sep = if url.ends_with('/') { "" } else { "/" };
+                Location::Url(format!("{url}{sep}{name}"))
+            }
+        }
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Location::Local(path) => path.display().fmt(f),
+            Location::Url(url) => f.write_str(url),
+        }
+    }
+}
+
+impl From<PathBuf> for Location {
+    fn from(path: PathBuf) -> Location {
+        Location::Local(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schemes_make_urls_and_the_rest_paths() {
+        assert_eq!(Location::parse("S3://b/k.tar"), Location::Url("s3://b/k.tar".into()));
+        assert_eq!(Location::parse("https://h/a/b.tar").file_name(), Some("b.tar"));
+        assert_eq!(Location::parse("abfss://c@a.dfs.core.windows.net/x").file_name(), Some("x"));
+        assert_eq!(Location::parse("s3:/no.tar"), Location::Local("s3:/no.tar".into()));
+        assert_eq!(Location::parse("data/x.tar"), Location::Local("data/x.tar".into()));
+        assert_eq!(Location::parse("s3://b/out/").join("x.tar").to_string(), "s3://b/out/x.tar");
+        assert_eq!(Location::parse("s3://b/out").join("x.tar").to_string(), "s3://b/out/x.tar");
+        assert_eq!(Location::parse("s3://b/dir/").file_name(), None);
+    }
+}
