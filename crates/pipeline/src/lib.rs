@@ -38,6 +38,7 @@
 mod config;
 mod done;
 mod error;
+mod inputs;
 mod keep_top;
 mod models;
 mod outputs;
