@@ -28,6 +28,8 @@ pub(crate) struct Page<'a> {
     pub shards_given: bool,
     /// Tables whose completion record says the shard was not read whole, with the reason.
     pub incomplete: &'a [(PathBuf, String)],
+    /// The square thumbnails fit in, in pixels.
+    pub thumbnail_size: u32,
 }
 
 /// The page.
@@ -35,11 +37,20 @@ pub(crate) fn render(page: &Page<'_>) -> String {
     let mut out = String::with_capacity(64 * 1024);
     let tally = page.tally;
     out.push_str(HEAD);
+    let _ = writeln!(
+        out,
+        "<style>:root {{ --thumb: {}px; }}</style>\n</head>\n<body>",
+        page.thumbnail_size
+    );
     out.push_str("<h1>aesthete report</h1>\n");
     let _ = writeln!(
         out,
-        "<p class=\"lede\" id=\"totals\">{} score tables: <b>{}</b> samples, <b>{}</b> scored, <b>{}</b> failed.</p>",
-        group(page.tables.len() as u64),
+        "<p class=\"lede\" id=\"totals\">{}: <b>{}</b> samples, <b>{}</b> scored, <b>{}</b> failed.</p>",
+        if page.tables.len() == 1 {
+            "1 score table".to_string()
+        } else {
+            format!("{} score tables", group(page.tables.len() as u64))
+        },
         group(tally.rows),
         group(tally.scored),
         group(tally.failed()),
@@ -77,18 +88,17 @@ svg .axis { stroke: #888; stroke-width: 1; }
 svg .grid { stroke: #eee; stroke-width: 1; }
 svg .mark { stroke: #d9822b; stroke-width: 1.5; stroke-dasharray: 5 3; }
 svg text.mark-label { fill: #9a5410; }
-.grid-pics { display: grid; grid-template-columns: repeat(auto-fill, minmax(172px, 1fr)); gap: 10px; }
+.grid-pics { display: grid; grid-template-columns: repeat(auto-fill, minmax(calc(var(--thumb) + 14px), 1fr)); gap: 10px; }
 figure { margin: 0; background: #fff; border: 1px solid #e4e4e4; padding: 6px; text-align: center; }
-figure img { display: block; margin: 0 auto; max-width: 160px; height: auto; }
-figure .nopic { height: 80px; display: flex; align-items: center; justify-content: center; color: #999; font-size: 12px; }
+figure .pic { height: var(--thumb); display: flex; align-items: center; justify-content: center; }
+figure img { display: block; max-width: 100%; max-height: 100%; }
+figure .nopic { color: #999; font-size: 12px; }
 figcaption { font-size: 12px; margin-top: 4px; display: flex; justify-content: space-between; gap: 6px; }
 figcaption .key { overflow: hidden; text-overflow: ellipsis; white-space: nowrap; color: #444; }
 figcaption .score { font-weight: 600; font-variant-numeric: tabular-nums; }
 code { font-size: 12px; word-break: break-all; }
 footer { margin-top: 36px; color: #777; font-size: 12px; }
 </style>
-</head>
-<body>
 "#;
 
 fn histogram_section(out: &mut String, tally: &Tally) {
@@ -263,9 +273,9 @@ fn galleries_section(out: &mut String, page: &Page<'_>) {
         }
         let _ = writeln!(
             out,
-            "<section class=\"bucket\" id=\"bucket-{bucket}\">\n<h3>{}</h3>\n<p class=\"sub\">{} samples ({} of scored); {} shown.</p>",
+            "<section class=\"bucket\" id=\"bucket-{bucket}\">\n<h3>{}</h3>\n<p class=\"sub\">{} ({} of scored); {} shown.</p>",
             bucket_label(bucket),
-            group(count),
+            samples(count),
             percent(count, page.tally.scored),
             chosen.len()
         );
@@ -303,7 +313,7 @@ fn figure(
     let key = escape(&row.key);
     let size = row.size.map_or(String::new(), |(w, h)| format!(", {w}×{h}"));
     let title = escape(&format!("{} in {}{size}", row.key, table_name(page, row.table)));
-    out.push_str("<figure>");
+    out.push_str("<figure><div class=\"pic\">");
     match picture {
         Some(Ok(thumb)) => {
             let _ = write!(
@@ -313,11 +323,16 @@ fn figure(
             );
         }
         Some(Err(reason)) => {
-            let _ =
-                write!(out, "<div class=\"nopic\" title=\"{}\">no picture</div>", escape(reason));
+            let _ = write!(
+                out,
+                "<span class=\"nopic\" title=\"{}\">no picture: {}</span>",
+                escape(reason),
+                escape(super::tally::truncate(reason, 80))
+            );
         }
-        None => out.push_str("<div class=\"nopic\">no shard given</div>"),
+        None => out.push_str("<span class=\"nopic\">no shard given</span>"),
     }
+    out.push_str("</div>");
     let _ = writeln!(
         out,
         "<figcaption><span class=\"key\" title=\"{title}\">{key}</span><span class=\"score\">{:.3}</span></figcaption></figure>",
@@ -410,6 +425,11 @@ pub(crate) fn escape(text: &str) -> String {
         }
     }
     out
+}
+
+/// `1 sample`, `1,234 samples`.
+fn samples(count: u64) -> String {
+    if count == 1 { "1 sample".to_string() } else { format!("{} samples", group(count)) }
 }
 
 /// `1234567` → `1,234,567`.

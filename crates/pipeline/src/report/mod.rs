@@ -221,6 +221,7 @@ pub fn report(config: &ReportConfig) -> Result<ReportSummary, Error> {
         buckets: page_buckets,
         shards_given: !config.shards.is_empty(),
         incomplete: &incomplete,
+        thumbnail_size: config.thumbnail_size,
     };
     let text = html::render(&page);
     write_page(&config.output, text.as_bytes())?;
