@@ -398,7 +398,10 @@ impl Rows {
 mod tests {
     use super::*;
 
-    fn rows() -> Vec<(String, Option<f32>, Option<String>, Option<Vec<f32>>)> {
+    /// Key, score, error, embedding.
+    type Written = (String, Option<f32>, Option<String>, Option<Vec<f32>>);
+
+    fn rows() -> Vec<Written> {
         (0..7)
             .map(|i| {
                 let key = format!("k{i}");

@@ -17,13 +17,16 @@ const TABLES_NAMED: usize = 20;
 /// Incomplete shards listed, at most.
 const INCOMPLETE_LISTED: usize = 100;
 
+/// A gallery's sample with its picture, if its table has a shard.
+pub(crate) type Shown<'a> = (&'a Chosen, Option<&'a Result<Thumbnail, String>>);
+
 /// Everything the page shows.
 pub(crate) struct Page<'a> {
     pub tables: &'a [PathBuf],
     pub tally: &'a Tally,
     /// Per bucket, the chosen rows with their picture: `None` when no shard was given for
     /// their table.
-    pub buckets: Vec<Vec<(&'a Chosen, Option<&'a Result<Thumbnail, String>>)>>,
+    pub buckets: Vec<Vec<Shown<'a>>>,
     /// Whether shards were given at all.
     pub shards_given: bool,
     /// Tables whose completion record says the shard was not read whole, with the reason.
@@ -116,7 +119,7 @@ fn histogram_section(out: &mut String, tally: &Tally) {
     );
     // The plotted units: the data's, widened to show every reference mark.
     let lo = (min.max(0.0).floor() as usize).min(4);
-    let hi = ((max.min(TOP as f32 - 0.01).floor() as usize) + 1).max(7).min(TOP);
+    let hi = ((max.min(TOP as f32 - 0.01).floor() as usize) + 1).clamp(7, TOP);
     let (width, height) = (960.0, 340.0);
     let (left, right, top, bottom) = (60.0, 16.0, 92.0, 34.0);
     let plot_w = width - left - right;
@@ -437,7 +440,7 @@ pub(crate) fn group(n: u64) -> String {
     let digits = n.to_string();
     let mut out = String::with_capacity(digits.len() + digits.len() / 3);
     for (i, digit) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(digit);
