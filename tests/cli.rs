@@ -846,6 +846,10 @@ mod slurm {
 #[cfg(feature = "cuda")]
 /// `aesthete rescore` on the stored embeddings of `fixtures/rescore` (made with the reference,
 /// `fixtures/rescore/generate.py`) and on tables of `aesthete score --save-embeddings`.
+/// `aesthete report`, down to what a browser shows: tests/cli/report.rs.
+#[path = "cli/report.rs"]
+mod report;
+
 mod rescore {
     use super::*;
 

@@ -6,6 +6,7 @@
 //! - [`bench`](mod@bench): `bench`, run the criterion benches and write `BENCHMARKS.md`.
 //! - [`gpu_test`]: `gpu-test`, run the CUDA integration tests where a GPU exists.
 //! - [`gpu_bundle`]: `gpu-bundle`, the GPU device check as a folder for a machine without Rust.
+//! - [`report_screenshot`]: `report-screenshot`, the README's picture of `aesthete report`.
 #![deny(missing_docs)]
 
 pub mod bench;
@@ -13,6 +14,7 @@ pub mod fetch;
 pub mod fixtures;
 pub mod gpu_bundle;
 pub mod gpu_test;
+pub mod report_screenshot;
 
 use std::path::{Path, PathBuf};
 

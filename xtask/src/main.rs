@@ -4,10 +4,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, bail};
-use xtask::{bench, fetch, fixtures, gpu_bundle, gpu_test};
+use xtask::{bench, fetch, fixtures, gpu_bundle, gpu_test, report_screenshot};
 
 /// Each task's usage: what `cargo xtask TASK --help` prints, and `cargo xtask help` lists.
-const TASKS: [(&str, &str); 5] = [
+const TASKS: [(&str, &str); 6] = [
     (
         "fetch-models",
         "\
@@ -49,6 +49,14 @@ const TASKS: [(&str, &str); 5] = [
       write the GPU device check (default: target/gpu-bundle, at most 40 MiB): the stripped
       binary, fixture models and shards, photo-sized JPEGs, check.py; on a machine with the
       NVIDIA driver and PyTorch: bash DIR/run.sh --out RESULTS
+",
+    ),
+    (
+        "report-screenshot",
+        "\
+  report-screenshot
+      regenerate docs/report.png: the fixture shards scored with the tiny test models, the
+      `aesthete report` page of them, rendered by headless chromium at 1280x1800
 ",
     ),
 ];
@@ -130,6 +138,12 @@ fn run(args: Vec<String>) -> anyhow::Result<()> {
                 }
             }
             bench::run(&xtask::workspace_root(), &opts)
+        }
+        "report-screenshot" => {
+            if let Some(extra) = rest.next() {
+                bail!("report-screenshot: unknown argument `{extra}`");
+            }
+            report_screenshot::run(&xtask::workspace_root())
         }
         "gpu-test" => {
             if let Some(extra) = rest.next() {

@@ -587,7 +587,7 @@ mod fetch_models {
 
     #[test]
     fn every_task_prints_its_usage_with_help() {
-        for task in ["fetch-models", "fixtures", "bench", "gpu-test"] {
+        for task in ["fetch-models", "fixtures", "bench", "gpu-test", "report-screenshot"] {
             let out =
                 Command::new(env!("CARGO_BIN_EXE_xtask")).args([task, "--help"]).output().unwrap();
             let stdout = String::from_utf8_lossy(&out.stdout);

@@ -3,7 +3,8 @@ use std::path::PathBuf;
 
 use aesthete_clip::{DType, Device};
 use aesthete_pipeline::{
-    HEAD_FILE_NAME, ModelPaths, Outputs, Partition, RescoreConfig, RunConfig, Selection,
+    HEAD_FILE_NAME, ModelPaths, Outputs, Partition, ReportConfig, RescoreConfig, RunConfig,
+    Selection,
 };
 use aesthete_preprocess::{Mode, PreprocessOptions};
 use aesthete_shards::ReadOptions;
@@ -38,6 +39,10 @@ pub enum Command {
     /// metadata/*.parquet, .npy files with NAME.keys.txt, .npz files with `keys`. Writes the
     /// same NAME.parquet tables as `aesthete score`.
     Rescore(RescoreArgs),
+    /// Look before choosing a threshold: one self-contained HTML page from score tables, with
+    /// the score histogram against LAION-2B's reference shares, the samples kept at each
+    /// threshold, sample pictures per score bucket (with --shards) and failures by kind.
+    Report(ReportArgs),
     /// Preprocessed pixels from a file in, embeddings out, with an optional timing loop; for
     /// the GPU device check.
     #[command(hide = true)]
@@ -182,6 +187,44 @@ impl RescoreArgs {
             }
         };
         Ok(RescorePlan { config, head })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Score tables (NAME.parquet, as score, filter and rescore write them): files,
+    /// directories (every .parquet in one), globs, brace ranges or list files of paths.
+    #[arg(required = true, value_name = "TABLE")]
+    pub tables: Vec<String>,
+    /// The shards the tables were made from, for pictures: NAME.parquet is matched with
+    /// NAME.tar or NAME.tar.gz. Files, directories, globs, brace ranges or list files; takes
+    /// values up to the next flag.
+    #[arg(long, num_args = 1.., value_name = "SHARD")]
+    pub shards: Vec<String>,
+    /// The HTML file to write.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Samples shown per score bucket (at most 100).
+    #[arg(long, default_value_t = 12, value_name = "N")]
+    pub thumbnails_per_bucket: usize,
+    /// Largest side of a thumbnail, in pixels (16 to 512).
+    #[arg(long, default_value_t = 160, value_name = "PIXELS")]
+    pub thumbnail_size: u32,
+    /// Also show the share kept at this threshold (repeatable); every half point from 3 to 8
+    /// is always shown.
+    #[arg(long = "threshold", value_name = "T")]
+    pub thresholds: Vec<f32>,
+}
+
+impl TryFrom<ReportArgs> for ReportConfig {
+    type Error = anyhow::Error;
+
+    fn try_from(args: ReportArgs) -> anyhow::Result<ReportConfig> {
+        Ok(ReportConfig::new(args.tables, args.output)?
+            .shards(args.shards)
+            .thumbnails_per_bucket(args.thumbnails_per_bucket)?
+            .thumbnail_size(args.thumbnail_size)?
+            .thresholds(args.thresholds)?)
     }
 }
 

@@ -1,8 +1,11 @@
-//! The aesthete command line: `aesthete filter`, `aesthete score` and `aesthete rescore`.
+//! The aesthete command line: `aesthete filter`, `aesthete score` and `aesthete rescore` make
+//! score tables; `aesthete report TABLES... [--shards SHARDS...] --output report.html` shows
+//! them as one self-contained HTML page (histogram against LAION-2B, shares kept per
+//! threshold, sample pictures per score bucket, failures by kind) to choose a threshold by.
 use std::io::Write;
 use std::process::ExitCode;
 
-use aesthete_pipeline::{AestheticHead, Models, Outputs, RunSummary};
+use aesthete_pipeline::{AestheticHead, Models, Outputs, ReportConfig, ReportSummary, RunSummary};
 use anyhow::Context;
 use clap::Parser;
 
@@ -55,6 +58,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             print_summary(&summary, "files", "embeddings")?;
             return Ok(if summary.is_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE });
         }
+        Command::Report(args) => {
+            let config = ReportConfig::try_from(args)?;
+            let summary = aesthete_pipeline::report(&config)?;
+            print_report(&summary, &config)?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Command::EmbedRaw(args) => {
             embed_raw::run(args)?;
             return Ok(ExitCode::SUCCESS);
@@ -104,6 +113,27 @@ fn print_summary(summary: &RunSummary, files: &str, items: &str) -> std::io::Res
         }
     }
     Ok(())
+}
+
+/// What the report holds, on stderr.
+fn print_report(summary: &ReportSummary, config: &ReportConfig) -> std::io::Result<()> {
+    let mut err = std::io::stderr().lock();
+    write!(
+        err,
+        "aesthete: wrote {} ({} KiB): {} tables, {} samples ({} scored, {} failed); {} shown, {} with pictures",
+        config.output().display(),
+        summary.bytes.div_ceil(1024),
+        summary.tables,
+        summary.rows,
+        summary.scored,
+        summary.failed,
+        summary.shown,
+        summary.thumbnails,
+    )?;
+    if summary.missing_thumbnails > 0 {
+        write!(err, ", {} pictures missing (see the page)", summary.missing_thumbnails)?;
+    }
+    writeln!(err)
 }
 
 fn singular(plural: &str) -> &str {

@@ -110,6 +110,15 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A score table cannot be read (missing, not Parquet, a column missing or of another
+    /// type).
+    #[error("score table {path}: {reason}")]
+    Table {
+        /// The table.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
     /// A model call failed on a batch; the run stops because every later batch would too.
     #[error("scoring a batch of {images} images from {shard}")]
     Inference {

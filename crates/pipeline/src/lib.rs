@@ -22,6 +22,10 @@
 //! [`RunConfig::save_embeddings`], clip-retrieval's `img_emb/*.npy`, `.npy` with a key list,
 //! `.npz`) with the head alone, configured by [`RescoreConfig`], writing the same tables.
 //!
+//! [`report`] reads score tables (and, for pictures, the shards) into one self-contained HTML
+//! page: the score histogram against LAION-2B's reference shares, the samples kept at each
+//! threshold, a gallery per score bucket and the failures by kind; see [`ReportConfig`].
+//!
 //! ```
 //! use aesthete_pipeline::{Outputs, Partition, RunConfig, Selection};
 //!
@@ -38,12 +42,14 @@
 mod config;
 mod done;
 mod error;
+mod inputs;
 mod keep_top;
 mod models;
 mod outputs;
 mod plan;
 mod progress;
 mod record;
+mod report;
 mod rescore;
 mod run;
 mod stages;
@@ -59,6 +65,7 @@ pub use config::{Outputs, Partition, RunConfig, Selection};
 pub use error::Error;
 pub use models::{CLIP_DIR_NAME, HEAD_FILE_NAME, ModelPaths, Models, default_model_dirs};
 pub use progress::{NoProgress, Progress, RunSummary, ShardError, ShardReport};
+pub use report::{ReportConfig, ReportSummary, report};
 pub use rescore::{RescoreConfig, rescore};
 pub use run::run;
 

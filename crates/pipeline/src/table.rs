@@ -11,10 +11,13 @@ use arrow_array::builder::{
 };
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float32Type, UInt32Type};
-use arrow_array::{Array, ArrayRef, RecordBatch};
+use arrow_array::{
+    Array, ArrayRef, BooleanArray, FixedSizeListArray, Float32Array, RecordBatch, StringArray,
+    UInt32Array,
+};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
-use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::Compression;
 use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
@@ -227,50 +230,275 @@ pub(crate) struct StoredRow {
 
 /// Every row of the table at `path`, in order.
 pub(crate) fn read(path: &Path) -> Result<Vec<StoredRow>, Error> {
-    let err = |e: parquet::errors::ParquetError| Error::Output {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e),
-    };
-    let file = File::open(path).map_err(|source| Error::Output { path: path.into(), source })?;
-    let reader =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(err)?.build().map_err(err)?;
+    let mut reader = TableReader::open(path, ReadColumns { embedding: true }, 8192)?;
     let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| err(e.into()))?;
-        read_batch(&batch, &mut rows, path)?;
+    while let Some(batch) = reader.next_batch()? {
+        for i in 0..batch.len() {
+            rows.push(stored_row(&batch.row(i)));
+        }
     }
     Ok(rows)
 }
 
-fn read_batch(batch: &RecordBatch, rows: &mut Vec<StoredRow>, path: &Path) -> Result<(), Error> {
-    let column = |name: &str| {
-        batch.column_by_name(name).ok_or_else(|| Error::Output {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(format!("score table has no column {name}")),
-        })
+fn stored_row(row: &Row<'_>) -> StoredRow {
+    let result = match row.score {
+        Some(score) => SampleResult::Scored {
+            size: row.size,
+            score,
+            embedding: row.embedding.map(<[f32]>::to_vec),
+        },
+        None => {
+            let error = row.error.unwrap_or("not scored");
+            SampleResult::Failed { size: row.size, error: SampleError::Recorded(error.to_string()) }
+        }
     };
-    let keys = column(columns::KEY)?.as_string::<i32>();
-    let scores = column(columns::SCORE)?.as_primitive::<Float32Type>();
-    let errors = column(columns::ERROR)?.as_string::<i32>();
-    let widths = column(columns::WIDTH)?.as_primitive::<UInt32Type>();
-    let heights = column(columns::HEIGHT)?.as_primitive::<UInt32Type>();
-    let embeddings = batch.column_by_name(columns::EMBEDDING).map(|c| c.as_fixed_size_list());
-    for i in 0..batch.num_rows() {
-        let size = (widths.is_valid(i) && heights.is_valid(i))
-            .then(|| (widths.value(i), heights.value(i)));
-        let result = if scores.is_valid(i) {
-            SampleResult::Scored {
-                size,
-                score: scores.value(i),
-                embedding: embeddings
-                    .filter(|list| list.is_valid(i))
-                    .map(|list| list.value(i).as_primitive::<Float32Type>().values().to_vec()),
+    StoredRow { key: row.key.to_string(), result }
+}
+
+/// Columns read besides `key`, `aesthetic_score`, `kept`, `error`, `width` and `height`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReadColumns {
+    /// The `embedding` column, when the table has one; skipped otherwise (it is nearly all
+    /// of a table's bytes).
+    pub embedding: bool,
+}
+
+/// A score table read a record batch at a time, so that memory is bounded by a batch, not by
+/// the table. Columns are checked for their types when the table is opened; `kept`, `width`,
+/// `height` and `embedding` may be absent.
+pub(crate) struct TableReader {
+    path: PathBuf,
+    reader: ParquetRecordBatchReader,
+}
+
+impl TableReader {
+    /// Opens the table at `path`, to be read `batch_rows` rows at a time.
+    pub fn open(path: &Path, columns: ReadColumns, batch_rows: usize) -> Result<Self, Error> {
+        let fail = |reason: String| Error::Table { path: path.to_path_buf(), reason };
+        let file = File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
+        let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+            .map_err(|e| fail(format!("not a readable Parquet file: {e}")))?;
+        let schema = builder.schema().clone();
+        let mut roots = Vec::new();
+        for (name, expected, required) in [
+            (columns::KEY, DataType::Utf8, true),
+            (columns::SCORE, DataType::Float32, true),
+            (columns::KEPT, DataType::Boolean, false),
+            (columns::ERROR, DataType::Utf8, true),
+            (columns::WIDTH, DataType::UInt32, false),
+            (columns::HEIGHT, DataType::UInt32, false),
+        ] {
+            match schema.fields().iter().position(|f| f.name() == name) {
+                Some(index) => {
+                    let found = schema.field(index).data_type();
+                    if *found != expected {
+                        return Err(fail(format!(
+                            "column `{name}` is {found}; {expected} expected"
+                        )));
+                    }
+                    roots.push(index);
+                }
+                None if required => {
+                    return Err(fail(format!(
+                        "has no `{name}` column (an aesthete score table expected)"
+                    )));
+                }
+                None => {}
             }
-        } else {
-            let error = if errors.is_valid(i) { errors.value(i) } else { "not scored" };
-            SampleResult::Failed { size, error: SampleError::Recorded(error.to_string()) }
-        };
-        rows.push(StoredRow { key: keys.value(i).to_string(), result });
+        }
+        if columns.embedding
+            && let Some(index) = schema.fields().iter().position(|f| f.name() == columns::EMBEDDING)
+        {
+            match schema.field(index).data_type() {
+                DataType::FixedSizeList(item, _) if *item.data_type() == DataType::Float32 => {
+                    roots.push(index)
+                }
+                other => {
+                    return Err(fail(format!(
+                        "column `{}` is {other}; fixed_size_list<float32> expected",
+                        columns::EMBEDDING
+                    )));
+                }
+            }
+        }
+        let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+        let reader = builder
+            .with_projection(mask)
+            .with_batch_size(batch_rows.max(1))
+            .build()
+            .map_err(|e| fail(e.to_string()))?;
+        Ok(TableReader { path: path.to_path_buf(), reader })
     }
-    Ok(())
+
+    /// The next rows, `None` after the last.
+    pub fn next_batch(&mut self) -> Result<Option<Rows>, Error> {
+        match self.reader.next() {
+            None => Ok(None),
+            Some(Err(e)) => {
+                Err(Error::Table { path: self.path.clone(), reason: format!("reading rows: {e}") })
+            }
+            Some(Ok(batch)) => Ok(Some(Rows::new(&batch))),
+        }
+    }
+}
+
+/// A record batch of a score table, its columns typed (checked by [`TableReader::open`]).
+pub(crate) struct Rows {
+    keys: StringArray,
+    scores: Float32Array,
+    kept: Option<BooleanArray>,
+    errors: StringArray,
+    widths: Option<UInt32Array>,
+    heights: Option<UInt32Array>,
+    embeddings: Option<FixedSizeListArray>,
+}
+
+impl Rows {
+    fn new(batch: &RecordBatch) -> Self {
+        let column = |name| batch.column_by_name(name);
+        let required = |name| column(name).expect("checked when the table was opened");
+        Rows {
+            keys: required(columns::KEY).as_string::<i32>().clone(),
+            scores: required(columns::SCORE).as_primitive::<Float32Type>().clone(),
+            kept: column(columns::KEPT).map(|c| c.as_boolean().clone()),
+            errors: required(columns::ERROR).as_string::<i32>().clone(),
+            widths: column(columns::WIDTH).map(|c| c.as_primitive::<UInt32Type>().clone()),
+            heights: column(columns::HEIGHT).map(|c| c.as_primitive::<UInt32Type>().clone()),
+            embeddings: column(columns::EMBEDDING).map(|c| c.as_fixed_size_list().clone()),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// Row `i` (below [`Rows::len`]).
+    pub fn row(&self, i: usize) -> Row<'_> {
+        let size = match (&self.widths, &self.heights) {
+            (Some(w), Some(h)) if w.is_valid(i) && h.is_valid(i) => Some((w.value(i), h.value(i))),
+            _ => None,
+        };
+        let embedding = self.embeddings.as_ref().filter(|list| list.is_valid(i)).map(|list| {
+            let dim = list.value_length() as usize;
+            let start = list.value_offset_at(i);
+            &list.values().as_primitive::<Float32Type>().values()[start..start + dim]
+        });
+        Row {
+            key: self.keys.value(i),
+            score: self.scores.is_valid(i).then(|| self.scores.value(i)),
+            kept: self.kept.as_ref().is_some_and(|k| k.is_valid(i) && k.value(i)),
+            error: self.errors.is_valid(i).then(|| self.errors.value(i)),
+            size,
+            embedding,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Key, score, error, embedding.
+    type Written = (String, Option<f32>, Option<String>, Option<Vec<f32>>);
+
+    fn rows() -> Vec<Written> {
+        (0..7)
+            .map(|i| {
+                let key = format!("k{i}");
+                if i % 3 == 2 {
+                    (key, None, Some(format!("failure {i}")), None)
+                } else {
+                    (key, Some(i as f32 * 0.5), None, Some(vec![i as f32, -1.0, 0.25]))
+                }
+            })
+            .collect()
+    }
+
+    fn write(path: &Path) {
+        let mut table = TableBuilder::new(Some(3)).streaming(path, 3);
+        for (i, (key, score, error, embedding)) in rows().iter().enumerate() {
+            table.push(&Row {
+                key,
+                score: *score,
+                kept: i % 2 == 0,
+                error: error.as_deref(),
+                size: (i != 4).then_some((10 + i as u32, 20)),
+                embedding: embedding.as_deref(),
+            });
+        }
+        table.write(path).unwrap();
+    }
+
+    /// Rows read in batches that do not line up with the written row groups are the rows
+    /// written; without the embedding column asked for, none is read.
+    #[test]
+    fn tables_read_back_in_batches_as_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.parquet");
+        write(&path);
+        for (embedding, batch_rows) in [(true, 2), (false, 5), (true, 100)] {
+            let mut reader =
+                TableReader::open(&path, ReadColumns { embedding }, batch_rows).unwrap();
+            let mut got = Vec::new();
+            while let Some(batch) = reader.next_batch().unwrap() {
+                assert!(batch.len() <= batch_rows);
+                for i in 0..batch.len() {
+                    let row = batch.row(i);
+                    got.push((
+                        row.key.to_string(),
+                        row.score,
+                        row.error.map(str::to_string),
+                        row.embedding.map(<[f32]>::to_vec),
+                        row.kept,
+                        row.size,
+                    ));
+                }
+            }
+            let want: Vec<_> = rows()
+                .into_iter()
+                .enumerate()
+                .map(|(i, (key, score, error, emb))| {
+                    let size = (i != 4).then_some((10 + i as u32, 20));
+                    (key, score, error, emb.filter(|_| embedding), i % 2 == 0, size)
+                })
+                .collect();
+            assert_eq!(got, want, "embedding {embedding}, {batch_rows} rows a batch");
+        }
+        let stored = read(&path).unwrap();
+        assert_eq!(stored.len(), 7);
+        assert_eq!(stored[2].result.score(), None);
+        assert_eq!(stored[3].result.score(), Some(1.5));
+    }
+
+    /// A Parquet file that is not a score table is refused, naming the column.
+    #[test]
+    fn other_tables_are_refused_by_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("other.parquet");
+        let schema = Arc::new(Schema::new(vec![
+            Field::new(columns::KEY, DataType::Int64, false),
+            Field::new(columns::SCORE, DataType::Float32, true),
+            Field::new(columns::ERROR, DataType::Utf8, true),
+        ]));
+        let batch = RecordBatch::try_new(
+            schema.clone(),
+            vec![
+                Arc::new(arrow_array::Int64Array::from(vec![1])),
+                Arc::new(Float32Array::from(vec![Some(1.0)])),
+                Arc::new(StringArray::from(vec![None::<&str>])),
+            ],
+        )
+        .unwrap();
+        let (mut writer, pending) = open_writer(&path, schema).unwrap();
+        writer.write(&batch).unwrap();
+        pending.commit(writer.into_inner().unwrap()).unwrap();
+        let err = TableReader::open(&path, ReadColumns { embedding: false }, 10).err().unwrap();
+        assert!(err.to_string().contains("column `key` is Int64; Utf8 expected"), "{err}");
+        let missing = TableReader::open(
+            &dir.path().join("none.parquet"),
+            ReadColumns { embedding: false },
+            10,
+        );
+        assert!(missing.err().unwrap().to_string().contains("none.parquet: cannot open"));
+    }
 }

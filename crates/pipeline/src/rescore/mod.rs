@@ -19,6 +19,7 @@ use aesthete_head::AestheticHead;
 use aesthete_tensor::NormalizedEmbeddings;
 
 use crate::done::{OutputsSetting, SelectionSetting, Settings};
+use crate::inputs::{DirFiles, expand_files};
 use crate::outputs::{Keep, ShardOutput, Target, Totals};
 use crate::plan::{self, Plan, Scope, ShardJob};
 use crate::record::{SampleError, SampleResult};
@@ -343,35 +344,10 @@ fn score_batch(
 /// folders (a clip-retrieval output folder gives its `img_emb/*.npy`, any other directory
 /// its `.parquet`, `.npy` and `.npz` files).
 fn expand(inputs: &[String]) -> Result<Vec<PathBuf>, Error> {
-    let mut files = Vec::new();
-    let mut rest = Vec::new();
-    for input in inputs {
-        let path = Path::new(input);
-        if !path.is_dir() {
-            rest.push(input.as_str());
-            continue;
-        }
-        let dir = if path.join("img_emb").is_dir() { path.join("img_emb") } else { path.into() };
-        let err = |source| Error::Output { path: dir.clone(), source };
-        let before = files.len();
-        for entry in std::fs::read_dir(&dir).map_err(err)? {
-            let file = entry.map_err(err)?.path();
-            let extension = file.extension().and_then(|e| e.to_str()).unwrap_or("");
-            if file.is_file() && ["parquet", "npy", "npz"].contains(&extension) {
-                files.push(file);
-            }
-        }
-        if files.len() == before {
-            return Err(Error::Config(format!(
-                "{} holds no .parquet, .npy or .npz files",
-                dir.display()
-            )));
-        }
-    }
-    if !rest.is_empty() {
-        files.extend(aesthete_shards::expand_inputs(&rest).map_err(Error::Inputs)?);
-    }
-    Ok(files)
+    let folder = |dir: &Path| {
+        if dir.join("img_emb").is_dir() { dir.join("img_emb") } else { dir.to_path_buf() }
+    };
+    expand_files(inputs, &DirFiles { extensions: &["parquet", "npy", "npz"], folder })
 }
 
 /// `dir/img_emb_0.npy` → `img_emb_0`; `scores/shard-000.parquet` → `shard-000`.
