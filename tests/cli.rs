@@ -850,6 +850,9 @@ mod slurm {
 #[path = "cli/report.rs"]
 mod report;
 
+#[path = "cli/object_storage.rs"]
+mod object_storage;
+
 mod rescore {
     use super::*;
 

@@ -72,13 +72,19 @@ pub struct FilterArgs {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Input shards: files, directories, globs, brace ranges (`data-{000000..000099}.tar`) or
-    /// list files of paths.
+    /// Input shards: files, directories, globs, brace ranges (`data-{000000..000099}.tar`),
+    /// list files (@FILE) of paths or URLs, or object-store URLs (s3://, gs://, az://,
+    /// https://) with the same patterns; credentials from AWS_*, GOOGLE_*, AZURE_*.
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<String>,
-    /// Directory for the outputs (NAME.tar, NAME.parquet, NAME.done.json per input shard).
+    /// Directory for the outputs (NAME.tar, NAME.parquet, NAME.done.json per input shard), or
+    /// an object-store prefix (s3://bucket/out/, gs://, az://).
     #[arg(short, long, value_name = "DIR")]
-    pub output: PathBuf,
+    pub output: String,
+    /// Where outputs bound for an object store are written before they are uploaded (default:
+    /// the system's temporary directory); room for a few shards' outputs.
+    #[arg(long, value_name = "DIR")]
+    pub staging_dir: Option<PathBuf>,
     /// Images per model call.
     #[arg(long, default_value_t = 32)]
     pub batch_size: usize,
@@ -307,6 +313,9 @@ impl RunArgs {
             .save_embeddings(self.save_embeddings)
             .preprocess_options(preprocess)
             .read_options(read);
+        if let Some(dir) = self.staging_dir {
+            config = config.staging_dir(dir);
+        }
         if let Some(threads) = self.decode_threads {
             config = config.decode_threads(threads);
         }

@@ -101,15 +101,10 @@ fn print_summary(summary: &RunSummary, files: &str, items: &str) -> std::io::Res
     )?;
     for failed in &summary.failed_shards {
         match &failed.error {
-            Some(error) => writeln!(
-                err,
-                "aesthete: failed {} {}: {error}",
-                singular(files),
-                failed.input.display()
-            )?,
-            None => {
-                writeln!(err, "aesthete: failed {} {}", singular(files), failed.input.display())?
+            Some(error) => {
+                writeln!(err, "aesthete: failed {} {}: {error}", singular(files), failed.input)?
             }
+            None => writeln!(err, "aesthete: failed {} {}", singular(files), failed.input)?,
         }
     }
     Ok(())

@@ -102,7 +102,7 @@ impl Progress for TerminalProgress {
             bar.inc(1);
         }
         if let Some(error) = &report.error {
-            let line = format!("shard {}: {error}", report.input.display());
+            let line = format!("shard {}: {error}", report.input);
             match &self.bar {
                 Some(bar) => bar.suspend(|| tracing::warn!("{line}")),
                 None => tracing::warn!("{line}"),

@@ -1,7 +1,9 @@
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use aesthete_preprocess::PreprocessOptions;
 use aesthete_shards::ReadOptions;
+use aesthete_store::{Location, Stores};
 
 use crate::Error;
 
@@ -83,7 +85,11 @@ impl Default for Partition {
 #[derive(Debug, Clone)]
 pub struct RunConfig {
     pub(crate) inputs: Vec<String>,
-    pub(crate) output_dir: PathBuf,
+    pub(crate) output_dir: Location,
+    /// Where outputs bound for an object store are written first (default: the system's
+    /// temporary directory).
+    pub(crate) staging: Option<PathBuf>,
+    pub(crate) stores: Option<Arc<Stores>>,
     pub(crate) outputs: Outputs,
     pub(crate) selection: Selection,
     pub(crate) batch_size: usize,
@@ -97,10 +103,12 @@ pub struct RunConfig {
 
 impl RunConfig {
     /// A run over `inputs` (shard files, directories, globs, brace patterns or list files, as
-    /// [`aesthete_shards::expand_inputs`] reads them) writing into `output_dir`.
+    /// [`aesthete_shards::expand_inputs`] reads them, and object-store URLs as
+    /// [`Stores::expand`] reads them) writing into `output_dir` (a directory, or an
+    /// object-store prefix such as `s3://bucket/out/`).
     pub fn new<S: Into<String>>(
         inputs: impl IntoIterator<Item = S>,
-        output_dir: impl Into<PathBuf>,
+        output_dir: impl Into<Location>,
     ) -> Result<Self, Error> {
         let inputs: Vec<String> = inputs.into_iter().map(Into::into).collect();
         if inputs.is_empty() {
@@ -109,6 +117,8 @@ impl RunConfig {
         Ok(RunConfig {
             inputs,
             output_dir: output_dir.into(),
+            staging: None,
+            stores: None,
             outputs: Outputs::default(),
             selection: Selection::default(),
             batch_size: 32,
@@ -188,8 +198,41 @@ impl RunConfig {
         self
     }
 
-    /// The directory outputs go to.
-    pub fn output_dir(&self) -> &std::path::Path {
+    /// The object stores inputs are read from and outputs written to (default: clients
+    /// configured from the environment, made when the run starts).
+    pub fn stores(mut self, stores: Arc<Stores>) -> Self {
+        self.stores = Some(stores);
+        self
+    }
+
+    /// Where outputs bound for an object store are written before they are uploaded, in a
+    /// directory of the run's own (default: the system's temporary directory).
+    pub fn staging_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.staging = Some(dir.into());
+        self
+    }
+
+    /// The directory or object-store prefix outputs go to.
+    pub fn output_dir(&self) -> &Location {
         &self.output_dir
+    }
+
+    /// This config with its stores made from the environment when none were given.
+    pub(crate) fn with_stores(&self) -> Result<RunConfig, Error> {
+        let mut config = self.clone();
+        if config.stores.is_none() {
+            config.stores = Some(Arc::new(Stores::from_env().map_err(Error::Store)?));
+        }
+        Ok(config)
+    }
+
+    /// The stores, once [`RunConfig::with_stores`] made them.
+    pub(crate) fn stores_ref(&self) -> &Stores {
+        self.stores.as_deref().expect("a run's config has its stores (RunConfig::with_stores)")
+    }
+
+    /// [`RunConfig::stores_ref`], shared.
+    pub(crate) fn stores_arc(&self) -> Arc<Stores> {
+        self.stores.clone().expect("a run's config has its stores (RunConfig::with_stores)")
     }
 }

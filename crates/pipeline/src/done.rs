@@ -8,7 +8,7 @@
 //! A record from a newer aesthete is refused, naming the file, rather than guessed at.
 use std::fmt;
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
@@ -24,7 +24,8 @@ pub(crate) const RECORD_VERSION: u32 = 2;
 pub(crate) struct DoneRecord {
     pub record_version: u32,
     pub aesthete_version: String,
-    pub input: PathBuf,
+    /// The input's path or URL, as the run named it.
+    pub input: String,
     pub settings: Settings,
     pub status: Status,
     pub samples: u64,
@@ -283,7 +284,7 @@ mod legacy {
     #[derive(Deserialize)]
     pub(super) struct RecordV1 {
         aesthete_version: String,
-        input: PathBuf,
+        input: String,
         settings: SettingsV1,
         status: String,
         samples: u64,

@@ -8,18 +8,21 @@ pub enum Error {
     /// The run's settings do not make sense.
     #[error("{0}")]
     Config(String),
-    /// The input list could not be expanded.
+    /// The input list could not be expanded (a local pattern, or listing an object store).
     #[error("listing input shards")]
-    Inputs(#[source] aesthete_shards::Error),
+    Inputs(#[source] aesthete_store::Error),
+    /// Object-store clients could not be made, or a run's outputs could not be prepared there.
+    #[error("object storage")]
+    Store(#[source] aesthete_store::Error),
     /// Two input shards would write outputs of the same name.
     #[error("input shards {first} and {second} would both write {name} in the output directory")]
     OutputNameClash {
         /// Output name both map to.
         name: String,
         /// One input shard.
-        first: PathBuf,
+        first: aesthete_store::Location,
         /// The other.
-        second: PathBuf,
+        second: aesthete_store::Location,
     },
     /// A model file is missing or unreadable.
     #[error(
@@ -125,7 +128,7 @@ pub enum Error {
         /// Number of images in the batch.
         images: usize,
         /// First shard of the batch.
-        shard: PathBuf,
+        shard: aesthete_store::Location,
         /// The cause.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,

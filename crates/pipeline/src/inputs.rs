@@ -46,7 +46,7 @@ pub(crate) fn expand_files(inputs: &[String], dir: &DirFiles<'_>) -> Result<Vec<
         }
     }
     if !rest.is_empty() {
-        files.extend(aesthete_shards::expand_inputs(&rest).map_err(Error::Inputs)?);
+        files.extend(aesthete_shards::expand_inputs(&rest).map_err(|e| Error::Inputs(e.into()))?);
     }
     files.sort();
     files.dedup();

@@ -5,11 +5,10 @@
 //! fraction). Pass two finds the score at the cut over all of this worker's tables, then
 //! re-reads each input shard and writes its final tar and table from its scores, keeping
 //! what reaches the cut. Only pass one runs the model.
-use aesthete_shards::ShardReader;
-
 use crate::done::Settings;
 use crate::outputs::{Keep, ShardOutput, Target, Totals};
 use crate::plan::{self, Plan, ShardJob};
+use crate::publish::OutputPlace;
 use crate::record::{SampleRecord, error_chain};
 use crate::table::{self, StoredRow};
 use crate::{Error, Models, Progress, RunConfig, RunSummary, ShardError, stages};
@@ -20,6 +19,7 @@ pub(crate) const SCRATCH_DIR: &str = ".aesthete-keep-top";
 pub(crate) fn run(
     config: &RunConfig,
     models: &Models,
+    place: &OutputPlace,
     progress: &dyn Progress,
     plan: &Plan,
     fraction: f32,
@@ -28,15 +28,18 @@ pub(crate) fn run(
     if plan.todo.is_empty() {
         return Ok(());
     }
+    // Keep-top runs write to local directories only (`run` refuses others): `place.dir` is
+    // the output directory.
     let scoring = Target {
-        dir: config.output_dir.join(SCRATCH_DIR),
+        dir: place.dir.join(SCRATCH_DIR),
         tar: false,
         keep: Keep::Nothing,
         settings: Settings::scores_for_cut(config),
         embedding_dim: config.save_embeddings.then(|| models.clip.embedding_dim()),
         stream_rows: None,
+        publish: None,
     };
-    let scoring_plan = plan::plan(config, &scoring.dir, &scoring.settings)?;
+    let scoring_plan = plan::plan(config, &scoring.dir, &scoring.settings, None)?;
     let scored = stages::stream(config, models, progress, &scoring_plan.todo, &scoring)?;
     summary.images += scored.scored();
 
@@ -61,7 +64,7 @@ pub(crate) fn run(
     let cut = cut_for(&mut scores, fraction);
     tracing::info!(fraction, cut, scored = scores.len(), "keep-top cut");
 
-    let target = crate::run::final_target(config, models, Keep::AtLeast(cut));
+    let target = crate::run::final_target(config, models, place, Keep::AtLeast(cut));
     let mut totals = Totals::default();
     for job in &plan.todo {
         let rows = table::read(&job.table_path(&scoring.dir))?;
@@ -95,7 +98,7 @@ fn rewrite(
     let mut out = ShardOutput::open(target, job);
     let mut rows = rows.into_iter();
     let mut read_error = None;
-    match ShardReader::open(&job.input, config.read) {
+    match job.open(config.stores_ref(), config.read) {
         Err(e) => read_error = Some(ShardError::Input(error_chain(&e))),
         Ok(reader) => {
             for item in reader {
@@ -112,7 +115,7 @@ fn rewrite(
                 let Some(row) = rows.next().filter(|row| row.key == key) else {
                     read_error = Some(ShardError::Input(format!(
                         "{} changed since it was scored (sample {key} is not in its score table); rerun with --overwrite",
-                        job.input.display()
+                        job.input
                     )));
                     break;
                 };

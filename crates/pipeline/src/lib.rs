@@ -34,7 +34,7 @@
 //!     .batch_size(32)?
 //!     .partition(Partition::new(1, 4)?)
 //!     .outputs(Outputs::FilterAndScore);
-//! assert_eq!(config.output_dir(), std::path::Path::new("out"));
+//! assert_eq!(config.output_dir(), &aesthete_pipeline::Location::parse("out"));
 //! # Ok::<(), aesthete_pipeline::Error>(())
 //! ```
 #![deny(missing_docs)]
@@ -48,6 +48,7 @@ mod models;
 mod outputs;
 mod plan;
 mod progress;
+mod publish;
 mod record;
 mod report;
 mod rescore;
@@ -61,6 +62,7 @@ pub use aesthete_clip::{DType, Device};
 pub use aesthete_head::AestheticHead;
 pub use aesthete_preprocess::{Mode, PreprocessOptions};
 pub use aesthete_shards::ReadOptions;
+pub use aesthete_store::{Location, Stores};
 pub use config::{Outputs, Partition, RunConfig, Selection};
 pub use error::Error;
 pub use models::{CLIP_DIR_NAME, HEAD_FILE_NAME, ModelPaths, Models, default_model_dirs};

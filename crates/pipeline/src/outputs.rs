@@ -23,6 +23,8 @@ pub(crate) struct Target {
     /// Rows per record batch when tables are written as they fill (`rescore`, whose files can
     /// hold millions of rows); `None` writes each table whole when its shard ends.
     pub stream_rows: Option<usize>,
+    /// Where finished outputs go from `dir` (an object-store output; `dir` is then staging).
+    pub publish: Option<crate::publish::Publish>,
 }
 
 /// Which scored samples are kept.
@@ -159,7 +161,7 @@ impl ShardOutput {
             let record = DoneRecord {
                 record_version: done::RECORD_VERSION,
                 aesthete_version: env!("CARGO_PKG_VERSION").to_string(),
-                input: job.input.clone(),
+                input: job.input.to_string(),
                 settings: target.settings.clone(),
                 status: if report.error.is_none() { Status::Complete } else { Status::Incomplete },
                 samples: report.samples,
@@ -170,12 +172,16 @@ impl ShardOutput {
             if let Err(e) = done::write(&job.record_path(dir), &record) {
                 report.error =
                     Some(ShardError::Output { path: job.record_path(dir), reason: e.to_string() });
+            } else if let Some(publish) = &target.publish
+                && let Err(error) = publish.upload(job, dir, target.tar)
+            {
+                report.error = Some(error);
             }
         }
         if let Some(error) = &report.error {
-            tracing::warn!(shard = %job.input.display(), %error, "shard failed");
+            tracing::warn!(shard = %job.input, %error, "shard failed");
         } else {
-            tracing::info!(shard = %job.input.display(), samples = report.samples, kept = report.kept, failed = report.failed, "shard done");
+            tracing::info!(shard = %job.input, samples = report.samples, kept = report.kept, failed = report.failed, "shard done");
         }
         (report, self.scored)
     }

@@ -4,14 +4,18 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use aesthete_shards::{ReadOptions, ShardReader};
+use aesthete_store::{Location, Stores};
+
 use crate::done::{self, DoneRecord, Settings, Status};
+use crate::publish::Publish;
 use crate::{Error, RunConfig};
 
 /// One input shard and the outputs it maps to.
 #[derive(Debug, Clone)]
 pub(crate) struct ShardJob {
     /// The input shard.
-    pub input: PathBuf,
+    pub input: Location,
     /// `NAME` of the outputs (`NAME.tar`, `NAME.parquet`, `NAME.done.json`).
     pub name: String,
 }
@@ -26,6 +30,16 @@ impl ShardJob {
     pub fn record_path(&self, dir: &Path) -> PathBuf {
         dir.join(format!("{}.done.json", self.name))
     }
+
+    /// A reader of the input shard, a file or an object streamed as it downloads.
+    pub fn open(
+        &self,
+        stores: &Stores,
+        options: ReadOptions,
+    ) -> Result<ShardReader<Box<dyn std::io::Read + Send>>, aesthete_store::Error> {
+        let reader = stores.open(&self.input)?;
+        Ok(ShardReader::new(reader, self.input.to_string(), options))
+    }
 }
 
 /// The shards of this worker, split into those to run and those already complete.
@@ -38,11 +52,17 @@ pub(crate) struct Plan {
 }
 
 /// Lists and partitions the run's shards and checks their outputs in `dir` against
-/// `settings`: a shard with a complete record of the same settings is done.
-pub(crate) fn plan(config: &RunConfig, dir: &Path, settings: &Settings) -> Result<Plan, Error> {
-    let inputs = aesthete_shards::expand_inputs(&config.inputs).map_err(Error::Inputs)?;
+/// `settings`: a shard with a complete record of the same settings is done. With `publish`,
+/// the records are the object store's, fetched into `dir` first.
+pub(crate) fn plan(
+    config: &RunConfig,
+    dir: &Path,
+    settings: &Settings,
+    publish: Option<&Publish>,
+) -> Result<Plan, Error> {
+    let inputs = config.stores_ref().expand(&config.inputs).map_err(Error::Inputs)?;
     let this = Scope { partition: config.partition, overwrite: config.overwrite };
-    plan_paths(inputs, this, output_name, dir, settings)
+    plan_paths(inputs, this, output_name, dir, settings, publish)
 }
 
 /// Which part of a run this worker does, and whether complete outputs are redone.
@@ -54,17 +74,18 @@ pub(crate) struct Scope {
 
 /// [`plan`] for a list of input files, whose outputs are named by `name`.
 pub(crate) fn plan_paths(
-    mut inputs: Vec<PathBuf>,
+    mut inputs: Vec<Location>,
     scope: Scope,
-    name: fn(&Path) -> String,
+    name: fn(&Location) -> String,
     dir: &Path,
     settings: &Settings,
+    publish: Option<&Publish>,
 ) -> Result<Plan, Error> {
     inputs.sort();
     inputs.dedup();
     let total_in_run = inputs.len();
 
-    let mut names: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut names: BTreeMap<String, Location> = BTreeMap::new();
     let mut jobs = Vec::new();
     let mut others = Vec::new();
     for (position, input) in inputs.into_iter().enumerate() {
@@ -79,12 +100,15 @@ pub(crate) fn plan_paths(
 
     prepare_output_dir(dir)?;
     if !scope.overwrite {
-        check_workers(dir, jobs.iter().chain(&others), settings)?;
+        check_workers(dir, jobs.iter().chain(&others), settings, publish)?;
     }
     let temporaries = temporaries(dir)?;
     let mut plan = Plan { todo: Vec::new(), done: Vec::new(), total_in_run };
     for job in jobs {
         let record_path = job.record_path(dir);
+        if let (Some(publish), false) = (publish, scope.overwrite) {
+            publish.fetch_record(&job, dir)?;
+        }
         let record = if scope.overwrite { None } else { done::read(&record_path)? };
         match record {
             Some(record) if record.status == Status::Complete => {
@@ -110,11 +134,18 @@ fn check_workers<'a>(
     dir: &Path,
     jobs: impl Iterator<Item = &'a ShardJob>,
     settings: &Settings,
+    publish: Option<&Publish>,
 ) -> Result<(), Error> {
     if settings.workers.is_none() {
         return Ok(());
     }
     for job in jobs {
+        if let Some(publish) = publish {
+            if !publish.has_record(job) {
+                continue;
+            }
+            publish.fetch_record(job, dir)?;
+        }
         let path = job.record_path(dir);
         let Some(record) = done::read(&path)? else { continue };
         if record.settings.workers.is_none() {
@@ -164,9 +195,9 @@ fn temporaries(dir: &Path) -> Result<Vec<String>, Error> {
     Ok(names)
 }
 
-/// `data/shard-000.tar.gz` → `shard-000`.
-pub(crate) fn output_name(input: &Path) -> String {
-    let file = input.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+/// `data/shard-000.tar.gz` (or `s3://b/data/shard-000.tar.gz`) → `shard-000`.
+pub(crate) fn output_name(input: &Location) -> String {
+    let file = input.file_name().map(str::to_string).unwrap_or_default();
     let lower = file.to_ascii_lowercase();
     for suffix in [".tar.gz", ".tgz", ".tar"] {
         if lower.ends_with(suffix) && lower.len() > suffix.len() {
@@ -192,9 +223,10 @@ mod tests {
 
     #[test]
     fn output_names_drop_tar_suffixes() {
-        assert_eq!(output_name(Path::new("a/b/shard-001.tar")), "shard-001");
-        assert_eq!(output_name(Path::new("x.TAR.GZ")), "x");
-        assert_eq!(output_name(Path::new("x.tgz")), "x");
-        assert_eq!(output_name(Path::new("weird")), "weird");
+        assert_eq!(output_name(&Location::parse("a/b/shard-001.tar")), "shard-001");
+        assert_eq!(output_name(&Location::parse("x.TAR.GZ")), "x");
+        assert_eq!(output_name(&Location::parse("x.tgz")), "x");
+        assert_eq!(output_name(&Location::parse("weird")), "weird");
+        assert_eq!(output_name(&Location::parse("s3://b/d/s-7.tar")), "s-7");
     }
 }

@@ -29,7 +29,7 @@ impl Progress for NoProgress {}
 #[non_exhaustive]
 pub struct ShardReport {
     /// The input shard.
-    pub input: PathBuf,
+    pub input: aesthete_store::Location,
     /// Samples read from it (rows of its table).
     pub samples: u64,
     /// Samples kept.

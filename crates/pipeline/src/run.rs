@@ -3,6 +3,7 @@ use std::time::Instant;
 
 use crate::done::Settings;
 use crate::outputs::{Keep, Target};
+use crate::publish::OutputPlace;
 use crate::{Error, Models, Outputs, Progress, RunConfig, RunSummary, Selection, plan, stages};
 
 /// Runs the pipeline described by `config` with `models`.
@@ -12,8 +13,16 @@ pub fn run(
     progress: &dyn Progress,
 ) -> Result<RunSummary, Error> {
     let started = Instant::now();
-    let target = final_target(config, models, Keep::Nothing);
-    let plan = plan::plan(config, &target.dir, &target.settings)?;
+    let config = &config.with_stores()?;
+    if config.output_dir.is_remote() && matches!(config.selection, Selection::KeepTop(_)) {
+        return Err(Error::Config(format!(
+            "--keep-top writes to a local directory only, not to {}; score into the store, then cut from the tables (or use --threshold)",
+            config.output_dir
+        )));
+    }
+    let place = OutputPlace::prepare(config)?;
+    let target = final_target(config, models, &place, Keep::Nothing);
+    let plan = plan::plan(config, &target.dir, &target.settings, target.publish.as_ref())?;
     tracing::info!(
         todo = plan.todo.len(),
         skipped = plan.done.len(),
@@ -34,17 +43,23 @@ pub fn run(
             stages::stream(config, models, progress, &plan.todo, &target)?.add_to(&mut summary);
         }
         Selection::KeepTop(fraction) => {
-            crate::keep_top::run(config, models, progress, &plan, fraction, &mut summary)?;
+            crate::keep_top::run(config, models, &place, progress, &plan, fraction, &mut summary)?;
         }
     }
     summary.elapsed = started.elapsed();
     Ok(summary)
 }
 
-/// Where `config`'s final outputs go, keeping what `keep` keeps.
-pub(crate) fn final_target(config: &RunConfig, models: &Models, keep: Keep) -> Target {
+/// Where `config`'s final outputs go (`place`), keeping what `keep` keeps.
+pub(crate) fn final_target(
+    config: &RunConfig,
+    models: &Models,
+    place: &OutputPlace,
+    keep: Keep,
+) -> Target {
     Target {
-        dir: config.output_dir.clone(),
+        dir: place.dir.clone(),
+        publish: place.publish.clone(),
         tar: config.outputs == Outputs::FilterAndScore,
         keep,
         settings: Settings::of(config),

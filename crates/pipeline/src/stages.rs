@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use std::thread;
 
 use aesthete_preprocess::{Preprocessor, is_image_extension};
-use aesthete_shards::{Member, ShardReader};
+use aesthete_shards::Member;
 use aesthete_tensor::ImageBatch;
 use crossbeam_channel::{Receiver, Sender, bounded};
 use rayon::prelude::*;
@@ -110,9 +110,9 @@ pub(crate) fn stream(
 
 fn read_stage(config: &RunConfig, jobs: &[ShardJob], tx: Sender<ReadEvent>) {
     for (shard, job) in jobs.iter().enumerate() {
-        let _span = tracing::debug_span!("read", shard = %job.input.display()).entered();
+        let _span = tracing::debug_span!("read", shard = %job.input).entered();
         let mut error = None;
-        match ShardReader::open(&job.input, config.read) {
+        match job.open(config.stores_ref(), config.read) {
             Err(e) => error = Some(ShardError::Input(error_chain(&e))),
             Ok(reader) => {
                 for item in reader {
@@ -140,7 +140,7 @@ fn read_stage(config: &RunConfig, jobs: &[ShardJob], tx: Sender<ReadEvent>) {
             }
         }
         if let Some(e) = &error {
-            tracing::warn!(shard = %job.input.display(), error = %e, "shard not read whole");
+            tracing::warn!(shard = %job.input, error = %e, "shard not read whole");
         }
         if tx.send(ReadEvent::ShardEnd { shard, error }).is_err() {
             return;
@@ -328,8 +328,10 @@ fn model_stage(
             match result {
                 Ok(scored) => Some(scored),
                 Err(source) => {
-                    let shard = first_shard(&items)
-                        .map_or_else(Default::default, |s| jobs[s].input.clone());
+                    let shard = first_shard(&items).map_or_else(
+                        || aesthete_store::Location::Local(Default::default()),
+                        |s| jobs[s].input.clone(),
+                    );
                     return Err(Error::Inference { images: images.len(), shard, source });
                 }
             }

@@ -82,10 +82,16 @@ impl Error {
             object_store::Error::NotFound { .. } => Error::NotFound { url },
             object_store::Error::PermissionDenied { source, .. }
             | object_store::Error::Unauthenticated { source, .. } => {
-                Error::Denied { url, reason: source.to_string() }
+                let text = source.to_string();
+                Error::Denied { url, reason: refusal(&text).unwrap_or(text) }
             }
             object_store::Error::Precondition { .. } => Error::Changed { url },
-            source => Error::Store { url, operation, source },
+            // Some requests (listing) report a refusal as a generic error: its text is the
+            // only place the status is.
+            source => match refusal(&source.to_string()) {
+                Some(reason) => Error::Denied { url, reason },
+                None => Error::Store { url, operation, source },
+            },
         }
     }
 
@@ -105,4 +111,19 @@ impl Error {
         };
         std::io::Error::new(kind, self)
     }
+}
+
+/// `HTTP 403 SignatureDoesNotMatch` from an error text that holds a 401 or 403 answer (and
+/// the store's error code, when its XML body is quoted).
+fn refusal(text: &str) -> Option<String> {
+    let status = ["401", "403"].into_iter().find(|code| {
+        text.contains(&format!("{code} Forbidden"))
+            || text.contains(&format!("{code} Unauthorized"))
+    })?;
+    let code = text
+        .split_once("<Code>")
+        .and_then(|(_, rest)| rest.split_once("</Code>"))
+        .map(|(code, _)| format!(" {code}"))
+        .unwrap_or_default();
+    Some(format!("HTTP {status}{code}"))
 }

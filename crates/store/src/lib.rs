@@ -41,3 +41,8 @@ use reader::ObjectReader;
 
 #[cfg(feature = "testing")]
 pub mod testing;
+
+/// The crate README's example, compiled and run as a doctest so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

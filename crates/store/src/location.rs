@@ -94,6 +94,39 @@ impl From<PathBuf> for Location {
     }
 }
 
+impl From<&PathBuf> for Location {
+    fn from(path: &PathBuf) -> Location {
+        Location::Local(path.clone())
+    }
+}
+
+impl From<&Path> for Location {
+    fn from(path: &Path) -> Location {
+        Location::Local(path.to_path_buf())
+    }
+}
+
+/// Parsed as [`Location::parse`] does.
+impl From<&str> for Location {
+    fn from(text: &str) -> Location {
+        Location::parse(text)
+    }
+}
+
+/// Parsed as [`Location::parse`] does.
+impl From<&String> for Location {
+    fn from(text: &String) -> Location {
+        Location::parse(text)
+    }
+}
+
+/// Parsed as [`Location::parse`] does.
+impl From<String> for Location {
+    fn from(text: String) -> Location {
+        Location::parse(&text)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -294,6 +294,39 @@ impl Stores {
         }
     }
 
+    /// Names of the files directly in a directory, or of the objects directly under a prefix
+    /// (`s3://b/out/`: `x.tar`, not `sub/y.tar`); empty when there is no such directory.
+    pub fn names_in(&self, dir: &Location) -> Result<Vec<String>, Error> {
+        match dir {
+            Location::Local(path) => {
+                let entries = match std::fs::read_dir(path) {
+                    Ok(entries) => entries,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                    Err(source) => return Err(io_error(path, source)),
+                };
+                let mut names = Vec::new();
+                for entry in entries {
+                    let entry = entry.map_err(|source| io_error(path, source))?;
+                    names.extend(entry.file_name().to_str().map(str::to_string));
+                }
+                Ok(names)
+            }
+            Location::Url(url) => {
+                let prefix = if url.ends_with('/') { url.clone() } else { format!("{url}/") };
+                let (client, path) = self.client(&prefix)?;
+                let listed = self
+                    .runtime
+                    .block_on(client.list_with_delimiter(Some(&path)))
+                    .map_err(|e| Error::from_store(&prefix, "list", e))?;
+                Ok(listed
+                    .objects
+                    .into_iter()
+                    .filter_map(|meta| meta.location.filename().map(str::to_string))
+                    .collect())
+            }
+        }
+    }
+
     /// Every object under `prefix` (a URL ending in `/`, or any key prefix), all levels down,
     /// as URLs.
     pub(crate) fn list(&self, prefix: &str) -> Result<Vec<String>, Error> {

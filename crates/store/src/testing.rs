@@ -196,8 +196,9 @@ fn serve(mut stream: TcpStream, root: &Path) -> io::Result<()> {
     }
     let mut parts = request.split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("/"));
-    let path: PathBuf = root.join(target.trim_start_matches('/'));
-    let inside = path.components().all(|c| !matches!(c, std::path::Component::ParentDir));
+    let relative = Path::new(target.trim_start_matches('/'));
+    let inside = relative.components().all(|c| matches!(c, std::path::Component::Normal(_)));
+    let path: PathBuf = root.join(relative);
     let file = if inside { std::fs::File::open(&path).ok() } else { None };
     let Some(mut file) = file.filter(|f| f.metadata().is_ok_and(|m| m.is_file())) else {
         return stream.write_all(

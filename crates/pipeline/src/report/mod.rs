@@ -235,8 +235,8 @@ fn match_shards(tables: &[PathBuf], inputs: &[String]) -> Result<Vec<Option<Path
         return Ok(vec![None; tables.len()]);
     }
     let mut by_name: HashMap<String, PathBuf> = HashMap::new();
-    for shard in aesthete_shards::expand_inputs(inputs).map_err(Error::Inputs)? {
-        let name = plan::output_name(&shard);
+    for shard in aesthete_shards::expand_inputs(inputs).map_err(|e| Error::Inputs(e.into()))? {
+        let name = plan::output_name(&aesthete_store::Location::Local(shard.clone()));
         if let Some(first) = by_name.get(&name) {
             tracing::warn!(first = %first.display(), ignored = %shard.display(), "two shards of the same name");
             continue;

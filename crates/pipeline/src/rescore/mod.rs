@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
 use aesthete_head::AestheticHead;
+use aesthete_store::Location;
 use aesthete_tensor::NormalizedEmbeddings;
 
 use crate::done::{OutputsSetting, SelectionSetting, Settings};
@@ -161,10 +162,11 @@ pub fn rescore(
         settings: config.settings(),
         embedding_dim: None,
         stream_rows: Some(config.batch_size),
+        publish: None,
     };
-    let inputs = expand(&config.inputs)?;
+    let inputs = expand(&config.inputs)?.into_iter().map(Location::Local).collect();
     let scope = Scope { partition: config.partition, overwrite: config.overwrite };
-    let plan = plan::plan_paths(inputs, scope, output_name, &target.dir, &target.settings)?;
+    let plan = plan::plan_paths(inputs, scope, output_name, &target.dir, &target.settings, None)?;
     refuse_overwriting_inputs(&plan, &target.dir)?;
     tracing::info!(
         todo = plan.todo.len(),
@@ -239,13 +241,14 @@ fn rescore_file(
     progress: &dyn Progress,
     work: &mut Work,
 ) -> Result<(ShardReport, u64), Error> {
-    let _span = tracing::debug_span!("rescore", file = %job.input.display()).entered();
+    let _span = tracing::debug_span!("rescore", file = %job.input).entered();
+    let path = local_input(job);
     let mut source =
-        match Source::open(&job.input, head.input_dim(), &config.key_column, config.batch_size) {
+        match Source::open(path, head.input_dim(), &config.key_column, config.batch_size) {
             Ok(source) => source,
             Err(reason) => {
                 // Refused whole: nothing is written, and a rerun tries it again.
-                tracing::warn!(file = %job.input.display(), error = %reason, "file refused");
+                tracing::warn!(file = %job.input, error = %reason, "file refused");
                 let error = ShardError::Input(reason);
                 let report = ShardReport {
                     input: job.input.clone(),
@@ -350,9 +353,14 @@ fn expand(inputs: &[String]) -> Result<Vec<PathBuf>, Error> {
     expand_files(inputs, &DirFiles { extensions: &["parquet", "npy", "npz"], folder })
 }
 
+/// The file a rescore job reads: rescore takes local inputs only (its planning wraps them).
+fn local_input(job: &ShardJob) -> &Path {
+    job.input.as_local().expect("rescore plans local files only")
+}
+
 /// `dir/img_emb_0.npy` → `img_emb_0`; `scores/shard-000.parquet` → `shard-000`.
-fn output_name(input: &Path) -> String {
-    let file = input.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+fn output_name(input: &Location) -> String {
+    let file = input.file_name().map(str::to_string).unwrap_or_default();
     let lower = file.to_ascii_lowercase();
     for suffix in [".parquet", ".npy", ".npz"] {
         if lower.ends_with(suffix) && lower.len() > suffix.len() {
@@ -368,13 +376,13 @@ fn refuse_overwriting_inputs(plan: &Plan, dir: &Path) -> Result<(), Error> {
     let jobs = plan.todo.iter().chain(plan.done.iter().map(|(job, _)| job));
     for job in jobs {
         let table = job.table_path(dir);
-        if let (Ok(a), Ok(b)) = (job.input.canonicalize(), table.canonicalize())
+        if let (Ok(a), Ok(b)) = (local_input(job).canonicalize(), table.canonicalize())
             && a == b
         {
             return Err(Error::Config(format!(
                 "the output table {} would replace the input {}; choose another output directory",
                 table.display(),
-                job.input.display()
+                job.input
             )));
         }
     }
@@ -387,9 +395,9 @@ mod tests {
 
     #[test]
     fn output_names_drop_embedding_suffixes() {
-        assert_eq!(output_name(Path::new("a/img_emb/img_emb_3.npy")), "img_emb_3");
-        assert_eq!(output_name(Path::new("s/shard-000.parquet")), "shard-000");
-        assert_eq!(output_name(Path::new("x.NPZ")), "x");
+        assert_eq!(output_name(&Location::parse("a/img_emb/img_emb_3.npy")), "img_emb_3");
+        assert_eq!(output_name(&Location::parse("s/shard-000.parquet")), "shard-000");
+        assert_eq!(output_name(&Location::parse("x.NPZ")), "x");
     }
 
     #[test]
