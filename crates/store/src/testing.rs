@@ -122,7 +122,7 @@ async fn proxy(mut client: tokio::net::TcpStream, server: SocketAddr, cuts: Arc<
     let up = tokio::io::copy(&mut client_read, &mut server_write);
     let down = async {
         let mut sent = 0usize;
-        let mut buf = vec![0u8; 16 * 1024];
+        let mut buf = vec![0u8; 256 * 1024];
         loop {
             let n = server_read.read(&mut buf).await?;
             if n == 0 {

@@ -43,6 +43,21 @@ pub struct MemoryReport {
     pub command: String,
     /// One run per shard count.
     pub runs: Vec<MemoryRun>,
+    /// One large object streamed from the loopback S3 server.
+    pub stream: Option<StreamRun>,
+}
+
+/// `aesthete-store`'s `stream_object` example: one object read to the end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamRun {
+    /// The command.
+    pub command: String,
+    /// Bytes streamed.
+    pub bytes: u64,
+    /// Seconds the stream took.
+    pub seconds: f64,
+    /// Peak resident set size of the process (its S3 server included), in bytes.
+    pub peak_rss: u64,
 }
 
 /// Builds the CLI and measures its peak RSS over growing numbers of shards.
@@ -101,7 +116,42 @@ pub fn measure(
     let command = format!(
         "{shown} filter @shards-N.txt --output out-N --clip {CLIP_DIR} --head {HEAD_FILE} --quiet"
     );
-    Ok(MemoryReport { build, command, runs })
+    let stream = Some(stream_object(root, target, cargo, if quick { 256 } else { 1024 })?);
+    Ok(MemoryReport { build, command, runs, stream })
+}
+
+/// Streams a `mib` MiB object from the loopback S3 server (the `stream_object` example) and
+/// reads the process's peak RSS.
+fn stream_object(root: &Path, target: &Path, cargo: &str, mib: usize) -> anyhow::Result<StreamRun> {
+    let build_args = [
+        "build",
+        "--release",
+        "-p",
+        "aesthete-store",
+        "--features",
+        "testing",
+        "--example",
+        "stream_object",
+    ]
+    .map(String::from);
+    super::run_cargo(cargo, root, &build_args)?;
+    let example = target
+        .join("release/examples")
+        .join(format!("stream_object{}", std::env::consts::EXE_SUFFIX));
+    let mut command = Command::new(&example);
+    command.arg(mib.to_string()).stdout(std::process::Stdio::piped());
+    eprintln!("bench: streaming a {mib} MiB object from the loopback S3 server");
+    let (peak_rss, stdout) = run_for_peak_rss_and_output(&mut command)?;
+    let line: serde_json::Value = serde_json::from_str(stdout.trim())
+        .with_context(|| format!("stream_object printed {stdout:?}"))?;
+    Ok(StreamRun {
+        command: format!(
+            "cargo run --release -p aesthete-store --features testing --example stream_object -- {mib}"
+        ),
+        bytes: line["bytes"].as_u64().context("stream_object: no bytes")?,
+        seconds: line["seconds"].as_f64().context("stream_object: no seconds")?,
+        peak_rss,
+    })
 }
 
 /// `count` copies of the fixture shards under `dir`, named `data-000000.tar` onwards.
@@ -134,9 +184,19 @@ fn count_samples(shard: &Path) -> anyhow::Result<usize> {
 }
 
 /// Runs `command` to completion and returns its peak RSS in bytes.
-#[cfg(unix)]
 fn run_for_peak_rss(command: &mut Command) -> anyhow::Result<u64> {
-    let child = command.spawn().context("cannot start aesthete")?;
+    run_for_peak_rss_and_output(command).map(|(peak, _)| peak)
+}
+
+/// Runs `command` to completion and returns its peak RSS in bytes and what it wrote to its
+/// stdout, when that was piped.
+#[cfg(unix)]
+fn run_for_peak_rss_and_output(command: &mut Command) -> anyhow::Result<(u64, String)> {
+    let mut child = command.spawn().with_context(|| format!("cannot start {command:?}"))?;
+    let mut stdout = String::new();
+    if let Some(mut out) = child.stdout.take() {
+        std::io::Read::read_to_string(&mut out, &mut stdout).context("reading its output")?;
+    }
     let pid = child.id() as libc::pid_t;
     let mut status: libc::c_int = 0;
     // SAFETY: `rusage` is plain old data that wait4 fills in; the child is ours and has not
@@ -154,15 +214,15 @@ fn run_for_peak_rss(command: &mut Command) -> anyhow::Result<u64> {
         bail!("cannot wait for aesthete: {}", std::io::Error::last_os_error());
     }
     if !libc::WIFEXITED(status) || libc::WEXITSTATUS(status) != 0 {
-        bail!("aesthete filter failed (wait status {status}); run it by hand: {command:?}");
+        bail!("{command:?} failed (wait status {status}); run it by hand");
     }
     // Linux reports ru_maxrss in KiB (macOS in bytes).
     let scale = if cfg!(target_os = "macos") { 1 } else { 1024 };
-    Ok(usage.ru_maxrss as u64 * scale)
+    Ok((usage.ru_maxrss as u64 * scale, stdout))
 }
 
 #[cfg(not(unix))]
-fn run_for_peak_rss(_command: &mut Command) -> anyhow::Result<u64> {
+fn run_for_peak_rss_and_output(_command: &mut Command) -> anyhow::Result<(u64, String)> {
     bail!("peak RSS is measured with wait4, which this platform lacks")
 }
 

@@ -14,13 +14,14 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 
 /// `(name on the command line, package, bench target)` of every criterion bench.
-pub const BENCHES: [(&str, &str, &str); 6] = [
+pub const BENCHES: [(&str, &str, &str); 7] = [
     ("shards", "aesthete-shards", "read"),
     ("preprocess", "aesthete-preprocess", "preprocess"),
     ("clip", "aesthete-clip", "vit"),
     ("head", "aesthete-head", "score"),
     ("pipeline", "aesthete-pipeline", "end_to_end"),
     ("rescore", "aesthete-pipeline", "rescore"),
+    ("store", "aesthete-store", "read"),
 ];
 
 /// The name that selects the peak-memory runs of [`memory`].
@@ -106,14 +107,12 @@ pub fn run(root: &Path, opts: &BenchOptions) -> anyhow::Result<()> {
             eprintln!("bench: skipping {name}: crates/{dir}/benches/{bench}.rs does not exist yet");
             continue;
         }
-        let mut args = vec![
-            "bench".to_owned(),
-            "-p".into(),
-            package.into(),
-            "--bench".into(),
-            bench.into(),
-            "--".into(),
-        ];
+        let mut args = vec!["bench".to_owned(), "-p".into(), package.into()];
+        if package == "aesthete-store" {
+            // Its bench reads from the loopback S3 server of the `testing` feature.
+            args.extend(["--features".to_owned(), "testing".to_owned()]);
+        }
+        args.extend(["--bench".to_owned(), bench.into(), "--".into()]);
         if opts.quick {
             args.extend(
                 ["--warm-up-time", "1", "--measurement-time", "2", "--sample-size", "10"]
@@ -398,10 +397,46 @@ fn report(
         }
     }
     ceiling_section(&mut s, measurements, torch);
+    store_section(&mut s, measurements, memory.and_then(|m| m.stream.as_ref()));
     if let Some(memory) = memory {
         memory_section(&mut s, memory);
     }
     s
+}
+
+/// Shard reads from the loopback S3 server against local files, and the peak memory of
+/// streaming a large object.
+fn store_section(s: &mut String, measurements: &[Measurement], stream: Option<&memory::StreamRun>) {
+    let local = rate_of_bytes(measurements, "store_read/local/64MiB");
+    let s3 = rate_of_bytes(measurements, "store_read/s3_loopback/64MiB");
+    if local.is_none() && s3.is_none() && stream.is_none() {
+        return;
+    }
+    let _ = writeln!(s, "\n## Reading shards from object storage\n");
+    if let (Some(local), Some(s3)) = (local, s3) {
+        let _ = writeln!(
+            s,
+            "`aesthete-store` streaming a 64 MiB shard in 1 MiB reads (`store_read`): from a local file, and from the S3 server the tests use (s3s over a directory, signed requests, in the same process, so the 2 cores serve and read at once; the server hashes each object it sends).\n"
+        );
+        let _ = writeln!(s, "| source | throughput | against local |\n|---|---:|---:|");
+        let _ = writeln!(s, "| local file | {} | 1.00 |", human_rate(local, "bytes"));
+        let _ = writeln!(s, "| S3 on loopback | {} | {:.3} |", human_rate(s3, "bytes"), s3 / local);
+    }
+    if let Some(run) = stream {
+        let _ = writeln!(
+            s,
+            "\nStreaming one {} MiB object from that server to the end (`{}`): peak RSS {:.1} MiB for the whole process, server included; {} (bounded read-ahead: memory does not grow with the object).",
+            run.bytes >> 20,
+            run.command,
+            run.peak_rss as f64 / f64::from(1 << 20),
+            human_rate(run.bytes as f64 / run.seconds, "bytes"),
+        );
+    }
+}
+
+fn rate_of_bytes(measurements: &[Measurement], id: &str) -> Option<f64> {
+    let m = measurements.iter().find(|m| m.id == id)?;
+    m.throughput.filter(|t| t.1 == "bytes").map(|(n, _)| n / (m.mean_ns * 1e-9))
 }
 
 /// The pipeline with a model that costs almost nothing against what the cores could
@@ -790,6 +825,7 @@ mod tests {
                 peak_rss: 100 << 20,
                 seconds: 1.25,
             }],
+            stream: None,
         };
         let text = report(&[], &found, &torch, Some(&memory));
         assert!(text.contains("| 4 | 0.800 | 1.000 | 0.80 |"), "{text}");
@@ -798,6 +834,35 @@ mod tests {
         // No PyTorch model lines: no PyTorch table; no bf16 peak: no bf16 ceiling.
         assert!(!text.contains("## CLIP ViT-L/14 against PyTorch"), "{text}");
         assert!(!text.contains("### bf16"), "{text}");
+    }
+
+    /// Object-store reads against local ones, and the streaming run's peak memory.
+    #[test]
+    fn report_compares_object_store_reads_with_local_ones() {
+        let bytes = |id: &str, mean_ns: f64| Measurement {
+            id: id.into(),
+            mean_ns,
+            throughput: Some((64.0 * 1048576.0, "bytes")),
+        };
+        let found = [
+            bytes("store_read/local/64MiB", 0.1e9),
+            bytes("store_read/s3_loopback/64MiB", 0.4e9),
+        ];
+        let memory = memory::MemoryReport {
+            build: String::new(),
+            command: String::new(),
+            runs: Vec::new(),
+            stream: Some(memory::StreamRun {
+                command: "stream_object -- 1024".into(),
+                bytes: 1 << 30,
+                seconds: 10.0,
+                peak_rss: 15 << 20,
+            }),
+        };
+        let text = report(&[], &found, &[], Some(&memory));
+        assert!(text.contains("| local file | 671 MB/s | 1.00 |"), "{text}");
+        assert!(text.contains("| S3 on loopback | 168 MB/s | 0.250 |"), "{text}");
+        assert!(text.contains("1024 MiB object") && text.contains("peak RSS 15.0 MiB"), "{text}");
     }
 
     /// The bf16 PyTorch modes are compared with aesthete-clip bf16, the fp32 ones with f32,
