@@ -147,3 +147,78 @@ fn https_style_inputs_stream_from_a_range_server() {
     assert!(result.status.success(), "{}", stderr(&result));
     assert_eq!(outputs(out.path()), local_outputs());
 }
+
+#[test]
+fn workers_split_a_run_over_urls_as_over_paths() {
+    let s = store();
+    for index in ["0", "1"] {
+        let env = s.server.env();
+        let mut args: Vec<String> = vec!["filter".into(), "s3://data/shards/*.tar".into()];
+        args.extend(["--output", "s3://out/split/", "--threshold", "5"].map(String::from));
+        args.extend(["--shard-index", index, "--num-shards", "2"].map(String::from));
+        args.extend(model_args());
+        let result = Command::new(env!("CARGO_BIN_EXE_aesthete"))
+            .args(&args)
+            .envs(env)
+            .env_remove("SLURM_ARRAY_TASK_ID")
+            .output()
+            .unwrap();
+        assert!(result.status.success(), "worker {index}: {}", stderr(&result));
+    }
+    assert_eq!(outputs(&s.root.path().join("out/split")), local_outputs());
+}
+
+#[test]
+fn a_killed_run_resumes_to_the_same_objects() {
+    let s = store();
+    // 32 shards, so that the run is still going when its first record appears.
+    let many = s.root.path().join("data/many");
+    fs::create_dir_all(&many).unwrap();
+    let locals = tempfile::tempdir().unwrap();
+    for i in 0..32 {
+        let source = &good_shards()[i % 4];
+        fs::copy(source, many.join(format!("s-{i:02}.tar"))).unwrap();
+        fs::copy(source, locals.path().join(format!("s-{i:02}.tar"))).unwrap();
+    }
+    let written = s.root.path().join("out/killed");
+    let records = || {
+        fs::read_dir(&written).map_or(0, |d| {
+            d.filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().ends_with(".done.json"))
+                .count()
+        })
+    };
+    let mut args: Vec<String> = vec!["filter".into(), "s3://data/many/".into()];
+    args.extend(
+        ["--output", "s3://out/killed/", "--threshold", "5", "--batch-size", "2", "--quiet"]
+            .map(String::from),
+    );
+    args.extend(model_args());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_aesthete"))
+        .args(&args)
+        .envs(s.server.env())
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while records() == 0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let done_at_kill = records();
+    assert!((1..32).contains(&done_at_kill), "killed with {done_at_kill} of 32 shards done");
+
+    let result = Command::new(env!("CARGO_BIN_EXE_aesthete"))
+        .args(&args)
+        .envs(s.server.env())
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .output()
+        .unwrap();
+    assert!(result.status.success(), "{}", stderr(&result));
+    let local = tempfile::tempdir().unwrap();
+    let inputs: Vec<PathBuf> =
+        (0..32).map(|i| locals.path().join(format!("s-{i:02}.tar"))).collect();
+    let reference = run_filter(&inputs, local.path(), &["--threshold", "5", "--batch-size", "2"]);
+    assert!(reference.status.success(), "{}", stderr(&reference));
+    assert_eq!(outputs(&written), outputs(local.path()));
+}

@@ -844,10 +844,8 @@ mod tests {
             mean_ns,
             throughput: Some((64.0 * 1048576.0, "bytes")),
         };
-        let found = [
-            bytes("store_read/local/64MiB", 0.1e9),
-            bytes("store_read/s3_loopback/64MiB", 0.4e9),
-        ];
+        let found =
+            [bytes("store_read/local/64MiB", 0.1e9), bytes("store_read/s3_loopback/64MiB", 0.4e9)];
         let memory = memory::MemoryReport {
             build: String::new(),
             command: String::new(),
