@@ -156,36 +156,26 @@ impl Stores {
             let prefix = prefix.to_ascii_lowercase();
             self.options.iter().filter(move |(k, _)| k.starts_with(&prefix))
         };
+        // A cloud store's builder from the options of its prefix, the URL and the retries.
+        macro_rules! cloud {
+            ($builder:ty, $prefix:literal) => {{
+                let mut builder = <$builder>::new();
+                for (key, value) in options($prefix) {
+                    if let Ok(key) = key.parse() {
+                        builder = builder.with_config(key, value);
+                    }
+                }
+                let builder = builder.with_url(url.as_str()).with_retry(retry);
+                Arc::new(builder.with_client_options(client_options()).build()?)
+            }};
+        }
         Ok(match scheme {
-            ObjectStoreScheme::AmazonS3 => {
-                let mut builder = object_store::aws::AmazonS3Builder::new();
-                for (key, value) in options("aws_") {
-                    if let Ok(key) = key.parse() {
-                        builder = builder.with_config(key, value);
-                    }
-                }
-                let builder = builder.with_url(url.as_str()).with_retry(retry);
-                Arc::new(builder.with_client_options(client_options()).build()?)
-            }
+            ObjectStoreScheme::AmazonS3 => cloud!(object_store::aws::AmazonS3Builder, "aws_"),
             ObjectStoreScheme::GoogleCloudStorage => {
-                let mut builder = object_store::gcp::GoogleCloudStorageBuilder::new();
-                for (key, value) in options("google_") {
-                    if let Ok(key) = key.parse() {
-                        builder = builder.with_config(key, value);
-                    }
-                }
-                let builder = builder.with_url(url.as_str()).with_retry(retry);
-                Arc::new(builder.with_client_options(client_options()).build()?)
+                cloud!(object_store::gcp::GoogleCloudStorageBuilder, "google_")
             }
             ObjectStoreScheme::MicrosoftAzure => {
-                let mut builder = object_store::azure::MicrosoftAzureBuilder::new();
-                for (key, value) in options("azure_") {
-                    if let Ok(key) = key.parse() {
-                        builder = builder.with_config(key, value);
-                    }
-                }
-                let builder = builder.with_url(url.as_str()).with_retry(retry);
-                Arc::new(builder.with_client_options(client_options()).build()?)
+                cloud!(object_store::azure::MicrosoftAzureBuilder, "azure_")
             }
             ObjectStoreScheme::Http => {
                 let base = &url[..url::Position::BeforePath];
