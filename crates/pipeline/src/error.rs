@@ -97,6 +97,16 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A score table written earlier (read back by `--keep-top` or `filter --scores`) cannot
+    /// be read.
+    #[error("score table {path}")]
+    ScoreTable {
+        /// The table.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A model call failed on a batch; the run stops because every later batch would too.
     #[error("scoring a batch of {images} images from {shard}")]
     Inference {

@@ -12,7 +12,7 @@ pub fn run(
     progress: &dyn Progress,
 ) -> Result<RunSummary, Error> {
     let started = Instant::now();
-    let target = final_target(config, models, Keep::Nothing);
+    let target = final_target(config, Some(models.clip.embedding_dim()), Keep::Nothing);
     let plan = plan::plan(config, &target.dir, &target.settings)?;
     tracing::info!(
         todo = plan.todo.len(),
@@ -41,14 +41,15 @@ pub fn run(
     Ok(summary)
 }
 
-/// Where `config`'s final outputs go, keeping what `keep` keeps.
-pub(crate) fn final_target(config: &RunConfig, models: &Models, keep: Keep) -> Target {
+/// Where `config`'s final outputs go, keeping what `keep` keeps; `embedding_dim` is the width
+/// of the embeddings there are to save (with [`RunConfig::save_embeddings`]).
+pub(crate) fn final_target(config: &RunConfig, embedding_dim: Option<usize>, keep: Keep) -> Target {
     Target {
         dir: config.output_dir.clone(),
         tar: config.outputs == Outputs::FilterAndScore,
         keep,
         settings: Settings::of(config),
-        embedding_dim: config.save_embeddings.then(|| models.clip.embedding_dim()),
+        embedding_dim: embedding_dim.filter(|_| config.save_embeddings),
         stream_rows: None,
     }
 }

@@ -225,36 +225,61 @@ pub(crate) struct StoredRow {
     pub result: SampleResult,
 }
 
+/// A table read back whole.
+pub(crate) struct StoredTable {
+    pub rows: Vec<StoredRow>,
+    /// The width of its `embedding` column, when it has one.
+    pub embedding_dim: Option<usize>,
+}
+
 /// Every row of the table at `path`, in order.
-pub(crate) fn read(path: &Path) -> Result<Vec<StoredRow>, Error> {
-    let err = |e: parquet::errors::ParquetError| Error::Output {
+pub(crate) fn read(path: &Path) -> Result<StoredTable, Error> {
+    let err = |source: Box<dyn std::error::Error + Send + Sync>| Error::ScoreTable {
         path: path.to_path_buf(),
-        source: std::io::Error::other(e),
+        source,
     };
-    let file = File::open(path).map_err(|source| Error::Output { path: path.into(), source })?;
-    let reader =
-        ParquetRecordBatchReaderBuilder::try_new(file).map_err(err)?.build().map_err(err)?;
+    let file = File::open(path).map_err(|e| err(e.into()))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| err(e.into()))?;
+    let embedding_dim = match builder.schema().field_with_name(columns::EMBEDDING) {
+        Ok(field) => match field.data_type() {
+            DataType::FixedSizeList(_, width) => Some(*width as usize),
+            other => {
+                return Err(err(
+                    format!("its embedding column is {other}, not a fixed-size list").into()
+                ));
+            }
+        },
+        Err(_) => None,
+    };
+    let reader = builder.build().map_err(|e| err(e.into()))?;
     let mut rows = Vec::new();
     for batch in reader {
         let batch = batch.map_err(|e| err(e.into()))?;
-        read_batch(&batch, &mut rows, path)?;
+        read_batch(&batch, &mut rows).map_err(|e| err(e.into()))?;
     }
-    Ok(rows)
+    Ok(StoredTable { rows, embedding_dim })
 }
 
-fn read_batch(batch: &RecordBatch, rows: &mut Vec<StoredRow>, path: &Path) -> Result<(), Error> {
-    let column = |name: &str| {
-        batch.column_by_name(name).ok_or_else(|| Error::Output {
-            path: path.to_path_buf(),
-            source: std::io::Error::other(format!("score table has no column {name}")),
-        })
+fn read_batch(batch: &RecordBatch, rows: &mut Vec<StoredRow>) -> Result<(), String> {
+    let column =
+        |name: &str| batch.column_by_name(name).ok_or_else(|| format!("it has no column {name}"));
+    let wrong = |name: &str| format!("its column {name} is not of the type aesthete writes");
+    let string = |name| column(name)?.as_string_opt::<i32>().ok_or_else(|| wrong(name));
+    let uint = |name| column(name)?.as_primitive_opt::<UInt32Type>().ok_or_else(|| wrong(name));
+    let keys = string(columns::KEY)?;
+    let scores = column(columns::SCORE)?
+        .as_primitive_opt::<Float32Type>()
+        .ok_or_else(|| wrong(columns::SCORE))?;
+    let errors = string(columns::ERROR)?;
+    let widths = uint(columns::WIDTH)?;
+    let heights = uint(columns::HEIGHT)?;
+    let embeddings = match batch.column_by_name(columns::EMBEDDING) {
+        None => None,
+        Some(c) => match c.as_fixed_size_list_opt() {
+            Some(list) if list.values().as_primitive_opt::<Float32Type>().is_some() => Some(list),
+            _ => return Err(wrong(columns::EMBEDDING)),
+        },
     };
-    let keys = column(columns::KEY)?.as_string::<i32>();
-    let scores = column(columns::SCORE)?.as_primitive::<Float32Type>();
-    let errors = column(columns::ERROR)?.as_string::<i32>();
-    let widths = column(columns::WIDTH)?.as_primitive::<UInt32Type>();
-    let heights = column(columns::HEIGHT)?.as_primitive::<UInt32Type>();
-    let embeddings = batch.column_by_name(columns::EMBEDDING).map(|c| c.as_fixed_size_list());
     for i in 0..batch.num_rows() {
         let size = (widths.is_valid(i) && heights.is_valid(i))
             .then(|| (widths.value(i), heights.value(i)));
