@@ -142,7 +142,8 @@ pub struct RescoreArgs {
     /// Column of clip-retrieval's metadata_N.parquet holding the keys.
     #[arg(long, default_value = "key", value_name = "NAME")]
     pub key_column: String,
-    /// Embeddings read and scored at a time, per thread.
+    /// Rows written to each output table at a time, per thread (read and scored up to 1024
+    /// at a time).
     #[arg(long, default_value_t = 8192, value_name = "ROWS")]
     pub batch_size: usize,
     /// Files scored at once (default: all cores).
