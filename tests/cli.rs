@@ -841,18 +841,241 @@ mod slurm {
     }
 }
 
-/// The default build carries the CUDA encoder but links no CUDA library: on a machine
-/// without the driver, `--device cuda` is one line naming what is missing, exit code 2.
-#[cfg(feature = "cuda")]
-/// `aesthete rescore` on the stored embeddings of `fixtures/rescore` (made with the reference,
-/// `fixtures/rescore/generate.py`) and on tables of `aesthete score --save-embeddings`.
+/// `aesthete filter --scores DIR`: a new selection from the tables of an earlier run, with no
+/// model loaded, gives the outputs of a fresh run with that selection, byte for byte.
+mod refilter {
+    use super::*;
+
+    /// The inputs: the good shards and one whose samples fail (no image, a corrupt one).
+    fn inputs() -> Vec<PathBuf> {
+        let mut inputs = good_shards();
+        inputs.push(shard("broken.tar"));
+        inputs
+    }
+
+    /// `aesthete score INPUTS --save-embeddings` into `dir`: the tables to refilter from.
+    fn score_tables(inputs: &[PathBuf], dir: &Path, extra: &[&str]) {
+        let mut args: Vec<String> = vec!["score".into()];
+        args.extend(inputs.iter().map(|p| p.display().to_string()));
+        args.extend(["--output".into(), dir.display().to_string(), "--quiet".into()]);
+        args.extend(model_args());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let run = aesthete(args);
+        assert!(run.status.success(), "{}", stderr(&run));
+    }
+
+    /// `aesthete filter INPUTS --scores SCORES`, with no model flags and no model directory
+    /// anywhere it could look (the run must not need one).
+    fn run_refilter(inputs: &[PathBuf], scores: &Path, out: &Path, extra: &[&str]) -> Output {
+        let empty = tempfile::tempdir().unwrap();
+        let mut args: Vec<String> = vec!["filter".into()];
+        args.extend(inputs.iter().map(|p| p.display().to_string()));
+        args.extend(["--scores".into(), scores.display().to_string()]);
+        args.extend(["--output".into(), out.display().to_string(), "--quiet".into()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Command::new(env!("CARGO_BIN_EXE_aesthete"))
+            .args(args)
+            .env_remove("SLURM_ARRAY_TASK_ID")
+            .env_remove("JOB_COMPLETION_INDEX")
+            .env_remove("AESTHETE_MODELS")
+            .env("HOME", empty.path())
+            .env("XDG_DATA_HOME", empty.path())
+            .env("XDG_DATA_DIRS", empty.path())
+            .output()
+            .expect("running aesthete")
+    }
+
+    fn assert_same_outputs(got: &Path, fresh: &Path) {
+        let (got, fresh) = (outputs(got), outputs(fresh));
+        assert_eq!(got.keys().collect::<Vec<_>>(), fresh.keys().collect::<Vec<_>>());
+        for (name, bytes) in &fresh {
+            assert!(&got[name] == bytes, "{name} differs from a fresh run's");
+        }
+    }
+
+    /// Tables with embeddings refilter to a fresh run's outputs with and without
+    /// `--save-embeddings`, by threshold and by keep-top; tables without embeddings cannot
+    /// give them.
+    #[test]
+    fn stored_scores_give_a_fresh_runs_outputs() {
+        let scores = tempfile::tempdir().unwrap();
+        score_tables(&inputs(), scores.path(), &["--save-embeddings"]);
+        for selection in [&["--threshold", "5"][..], &["--keep-top", "0.25"]] {
+            for embeddings in [&[][..], &["--save-embeddings"]] {
+                let extra = [selection, embeddings].concat();
+                let fresh = tempfile::tempdir().unwrap();
+                let run = run_filter(&inputs(), fresh.path(), &extra);
+                assert!(run.status.success(), "{}", stderr(&run));
+                let out = tempfile::tempdir().unwrap();
+                let run = run_refilter(&inputs(), scores.path(), out.path(), &extra);
+                assert!(run.status.success(), "{extra:?}: {}", stderr(&run));
+                assert!(
+                    stderr(&run).contains("5 shards (0 already complete, 5 processed, 0 failed)")
+                );
+                assert_same_outputs(out.path(), fresh.path());
+                let kept: usize = (0..4)
+                    .map(|i| {
+                        let table = out.path().join(format!("good-{i:06}.parquet"));
+                        read_table(&table).iter().filter(|r| r.kept).count()
+                    })
+                    .sum();
+                assert!(kept > 0 && kept < 24, "{extra:?}: the selection must split the shards");
+            }
+        }
+
+        let plain = tempfile::tempdir().unwrap();
+        score_tables(&inputs()[..1], plain.path(), &[]);
+        let out = tempfile::tempdir().unwrap();
+        let run = run_refilter(&inputs()[..1], plain.path(), out.path(), &["--save-embeddings"]);
+        assert_eq!(run.status.code(), Some(1), "{}", stderr(&run));
+        assert!(stderr(&run).contains("has no embeddings"), "{}", stderr(&run));
+    }
+
+    /// A table whose keys are not the shard's is refused, naming the table, the shard and the
+    /// first key where they part: another shard's table, a table with rows the shard lacks, a
+    /// missing table. The other shards complete.
+    #[test]
+    fn a_table_of_other_samples_fails_its_shard_by_name() {
+        let scores = tempfile::tempdir().unwrap();
+        score_tables(&good_shards(), scores.path(), &[]);
+        let other = scores.path().join("good-000000.parquet");
+        fs::copy(&other, scores.path().join("good-000001.parquet")).unwrap();
+
+        // A shard holding the first half of good-000000: its table has rows after its end.
+        let short_dir = tempfile::tempdir().unwrap();
+        let short = short_dir.path().join("good-000000.tar");
+        let mut writer = aesthete_shards::ShardWriter::create(&short).unwrap();
+        let halves = ShardReader::open(&good_shards()[0], ReadOptions::default()).unwrap();
+        let samples: Vec<_> = halves.map(|s| s.unwrap()).collect();
+        for sample in &samples[..3] {
+            writer.write_sample(sample).unwrap();
+        }
+        writer.commit().unwrap();
+        let unscored = short_dir.path().join("unscored.tar");
+        fs::copy(&good_shards()[2], &unscored).unwrap();
+
+        let out = tempfile::tempdir().unwrap();
+        let inputs = [good_shards()[1].clone(), good_shards()[3].clone(), short, unscored];
+        let run = run_refilter(&inputs, scores.path(), out.path(), &["--threshold", "5"]);
+        let err = stderr(&run);
+        assert_eq!(run.status.code(), Some(1), "{err}");
+        assert!(err.contains("4 shards (0 already complete, 4 processed, 3 failed)"), "{err}");
+        let failure = |input: &Path| {
+            let line = format!("failed shard {}: ", input.display());
+            err.lines()
+                .find(|l| l.starts_with(&format!("aesthete: {line}")))
+                .unwrap_or_else(|| panic!("{line}: {err}"))
+                .to_string()
+        };
+        let foreign = failure(&inputs[0]);
+        let first_keys = |path: &Path| read_table(path).into_iter().map(|r| r.key).next().unwrap();
+        let own_key = input_samples(&inputs[0]).into_keys().next().unwrap();
+        assert!(
+            foreign.contains(&format!(
+                "{} does not hold the samples of {}",
+                scores.path().join("good-000001.parquet").display(),
+                inputs[0].display()
+            )) && foreign.contains(&format!(
+                "the shard has sample {own_key} where the table has {}",
+                first_keys(&other)
+            )),
+            "{foreign}"
+        );
+        let longer = failure(&inputs[2]);
+        let fourth = samples[3].key();
+        assert!(
+            longer.contains(&format!("the table has a row {fourth} after the shard's last sample")),
+            "{longer}"
+        );
+        let missing = failure(&inputs[3]);
+        assert!(
+            missing.contains(&format!(
+                "{} does not exist",
+                scores.path().join("unscored.parquet").display()
+            )),
+            "{missing}"
+        );
+        assert!(!out.path().join("unscored.parquet").exists());
+        // The shard with its own table is written whole.
+        assert!(out.path().join("good-000003.done.json").is_file());
+        assert!(
+            fs::read_to_string(out.path().join("good-000001.done.json"))
+                .unwrap()
+                .contains("incomplete")
+        );
+    }
+
+    /// Completion records, resume, settings checks, `--overwrite` and partitioning work as for
+    /// a run with the models; the scores directory cannot be the output directory.
+    #[test]
+    fn refilter_resumes_and_partitions_like_a_run() {
+        let scores = tempfile::tempdir().unwrap();
+        score_tables(&good_shards(), scores.path(), &[]);
+        let out = tempfile::tempdir().unwrap();
+        let half = ["--threshold", "5", "--shard-index", "1", "--num-shards", "2"];
+        let run = run_refilter(&good_shards(), scores.path(), out.path(), &half);
+        assert!(run.status.success(), "{}", stderr(&run));
+        let tables: Vec<String> =
+            outputs(out.path()).into_keys().filter(|n| n.ends_with(".parquet")).collect();
+        assert_eq!(tables, ["good-000001.parquet", "good-000003.parquet"]);
+        let before = outputs(out.path());
+
+        let all = run_refilter(&good_shards(), scores.path(), out.path(), &["--threshold", "5"]);
+        assert!(all.status.success(), "{}", stderr(&all));
+        assert!(
+            stderr(&all).contains("4 shards (2 already complete, 2 processed, 0 failed)"),
+            "{}",
+            stderr(&all)
+        );
+        let after = outputs(out.path());
+        for (name, bytes) in &before {
+            assert!(&after[name] == bytes, "{name} was rewritten");
+        }
+        let fresh = tempfile::tempdir().unwrap();
+        let run = run_filter(&good_shards(), fresh.path(), &["--threshold", "5"]);
+        assert!(run.status.success(), "{}", stderr(&run));
+        assert_same_outputs(out.path(), fresh.path());
+        // A fresh run with the same settings resumes from these outputs: nothing to do.
+        let again = run_filter(&good_shards(), out.path(), &["--threshold", "5"]);
+        assert!(stderr(&again).contains("4 already complete"), "{}", stderr(&again));
+
+        let changed =
+            run_refilter(&good_shards(), scores.path(), out.path(), &["--threshold", "6"]);
+        assert_eq!(changed.status.code(), Some(2));
+        assert!(stderr(&changed).contains("--overwrite"), "{}", stderr(&changed));
+        let overwritten = run_refilter(
+            &good_shards(),
+            scores.path(),
+            out.path(),
+            &["--threshold", "6", "--overwrite"],
+        );
+        assert!(overwritten.status.success(), "{}", stderr(&overwritten));
+        let six: Vec<bool> =
+            read_table(&out.path().join("good-000000.parquet")).iter().map(|r| r.kept).collect();
+        let expected: Vec<bool> = read_table(&scores.path().join("good-000000.parquet"))
+            .iter()
+            .map(|r| r.score.unwrap() >= 6.0)
+            .collect();
+        assert_eq!(six, expected);
+
+        let table = fs::read(scores.path().join("good-000000.parquet")).unwrap();
+        let same = run_refilter(&good_shards(), scores.path(), scores.path(), &["--overwrite"]);
+        assert_eq!(same.status.code(), Some(2), "{}", stderr(&same));
+        assert!(stderr(&same).contains("is the output directory"), "{}", stderr(&same));
+        assert_eq!(fs::read(scores.path().join("good-000000.parquet")).unwrap(), table);
+    }
+}
+
 /// `aesthete report`, down to what a browser shows: tests/cli/report.rs.
 #[path = "cli/report.rs"]
 mod report;
 
+/// Shards and outputs in object storage: tests/cli/object_storage.rs.
 #[path = "cli/object_storage.rs"]
 mod object_storage;
 
+/// `aesthete rescore` on the stored embeddings of `fixtures/rescore` (made with the reference,
+/// `fixtures/rescore/generate.py`) and on tables of `aesthete score --save-embeddings`.
 mod rescore {
     use super::*;
 
@@ -1123,6 +1346,9 @@ mod rescore {
     }
 }
 
+/// The default build carries the CUDA encoder but links no CUDA library: on a machine
+/// without the driver, `--device cuda` is one line naming what is missing, exit code 2.
+#[cfg(feature = "cuda")]
 #[test]
 fn cuda_without_the_driver_names_what_is_missing() {
     let out = tempfile::tempdir().unwrap();

@@ -68,6 +68,13 @@ pub struct FilterArgs {
     /// (0 < FRACTION <= 1).
     #[arg(long, value_name = "FRACTION")]
     pub keep_top: Option<f32>,
+    /// Take the scores from the tables an earlier `score` or `filter` run over the same
+    /// shards wrote into DIR (DIR/NAME.parquet for NAME.tar) instead of running the models:
+    /// a new --threshold or --keep-top at the speed of copying the tars, with the same outputs
+    /// as a fresh run. No model is loaded. A shard whose table is missing or holds other
+    /// samples fails. DIR may not be the output directory.
+    #[arg(long, value_name = "DIR")]
+    pub scores: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -146,7 +153,8 @@ pub struct RescoreArgs {
     /// Column of clip-retrieval's metadata_N.parquet holding the keys.
     #[arg(long, default_value = "key", value_name = "NAME")]
     pub key_column: String,
-    /// Embeddings read and scored at a time, per thread.
+    /// Rows written to each output table at a time, per thread (read and scored up to 1024
+    /// at a time).
     #[arg(long, default_value_t = 8192, value_name = "ROWS")]
     pub batch_size: usize,
     /// Files scored at once (default: all cores).
@@ -264,9 +272,15 @@ pub struct WorkerArgs {
 /// Everything a run needs, validated.
 pub struct RunPlan {
     pub config: RunConfig,
-    pub models: ModelPaths,
-    pub device: Device,
-    pub dtype: DType,
+    pub scores: ScoreSource,
+}
+
+/// Where a run's scores come from.
+pub enum ScoreSource {
+    /// The models, run on the images.
+    Models { paths: ModelPaths, device: Device, dtype: DType },
+    /// The tables of an earlier run, in this directory (`--scores`).
+    Tables(PathBuf),
 }
 
 /// Environment variables that choose a worker's part of a run.
@@ -292,10 +306,12 @@ impl WorkerEnv {
 }
 
 impl RunArgs {
+    /// The run's plan; with `scores`, from the tables there, and no model is looked for.
     pub fn into_plan(
         self,
         outputs: Outputs,
         selection: Selection,
+        scores: Option<PathBuf>,
         env: &WorkerEnv,
     ) -> anyhow::Result<RunPlan> {
         let partition = partition(self.workers.shard_index, self.workers.num_shards, env)?;
@@ -319,6 +335,9 @@ impl RunArgs {
         if let Some(threads) = self.decode_threads {
             config = config.decode_threads(threads);
         }
+        if let Some(dir) = scores {
+            return Ok(RunPlan { config, scores: ScoreSource::Tables(dir) });
+        }
         let models = match (self.clip, self.head, self.models) {
             (Some(clip_dir), Some(head_file), _) => ModelPaths { clip_dir, head_file },
             (_, _, Some(dir)) => ModelPaths::in_dir(&dir),
@@ -329,7 +348,7 @@ impl RunArgs {
         let dtype: DType = self.dtype.into();
         aesthete_clip::check_dtype(&device, dtype)
             .with_context(|| format!("--dtype {} --device {}", dtype.as_str(), self.device))?;
-        Ok(RunPlan { config, models, device, dtype })
+        Ok(RunPlan { config, scores: ScoreSource::Models { paths: models, device, dtype } })
     }
 }
 
@@ -344,11 +363,12 @@ impl From<DTypeArg> for DType {
 }
 
 impl FilterArgs {
-    pub fn selection(&self) -> Selection {
-        match self.keep_top {
+    pub fn into_plan(self, outputs: Outputs, env: &WorkerEnv) -> anyhow::Result<RunPlan> {
+        let selection = match self.keep_top {
             Some(fraction) => Selection::KeepTop(fraction),
             None => Selection::Threshold(self.threshold),
-        }
+        };
+        self.run.into_plan(outputs, selection, self.scores, env)
     }
 }
 

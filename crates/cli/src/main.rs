@@ -13,7 +13,7 @@ mod args;
 mod embed_raw;
 mod progress;
 
-use args::{Cli, Command, WorkerEnv};
+use args::{Cli, Command, ScoreSource, WorkerEnv};
 use progress::TerminalProgress;
 
 // The binary chooses the allocator: the model allocates large short-lived tensors, which
@@ -39,14 +39,8 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let env = WorkerEnv::from_process();
     let plan = match cli.command {
-        Command::Filter(args) => {
-            let selection = args.selection();
-            args.run.into_plan(Outputs::FilterAndScore, selection, &env)?
-        }
-        Command::Score(args) => {
-            let selection = args.selection();
-            args.run.into_plan(Outputs::ScoresOnly, selection, &env)?
-        }
+        Command::Filter(args) => args.into_plan(Outputs::FilterAndScore, &env)?,
+        Command::Score(args) => args.into_plan(Outputs::ScoresOnly, &env)?,
         Command::Rescore(args) => {
             let plan = args.into_plan(&env)?;
             let head = AestheticHead::load(&plan.head)
@@ -75,9 +69,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     };
-    let models = Models::load(&plan.models, &plan.device, plan.dtype).context("loading models")?;
     let progress = TerminalProgress::new(!cli.quiet);
-    let summary = aesthete_pipeline::run(&plan.config, &models, &progress);
+    let summary = match &plan.scores {
+        ScoreSource::Models { paths, device, dtype } => {
+            let models = Models::load(paths, device, *dtype).context("loading models")?;
+            aesthete_pipeline::run(&plan.config, &models, &progress)
+        }
+        ScoreSource::Tables(dir) => aesthete_pipeline::refilter(&plan.config, dir, &progress),
+    };
     progress.finish();
     let summary = summary?;
     print_summary(&summary, "shards", "images")?;

@@ -7,6 +7,7 @@ use aesthete_tensor::NormalizedEmbeddings;
 use candle_core::{DType, Device, Module, Tensor};
 use candle_nn::{Linear, VarBuilder};
 
+use crate::affine::{Affine, RowProblem};
 use crate::layout::{Layer, Layers};
 use crate::{Error, HeadKind, checkpoint};
 
@@ -90,17 +91,60 @@ impl AestheticHead {
         if embeddings.is_empty() {
             return Ok(Vec::new());
         }
-        let x = Tensor::from_slice(
-            embeddings.as_slice(),
-            (embeddings.len(), self.input_dim),
-            &Device::Cpu,
-        )
-        .map_err(Error::compute)?;
-        let y = match &self.model {
-            Model::Folded(m) => m.forward(&x),
-            Model::Relu(m) => m.forward(&x),
-        };
-        y.and_then(|y| y.flatten_all()?.to_vec1::<f32>()).map_err(Error::compute)
+        let rows = embeddings.as_slice();
+        match &self.model {
+            Model::Folded(m) => {
+                Ok(rows.chunks_exact(self.input_dim).map(|row| m.affine.score_unit(row)).collect())
+            }
+            Model::Relu(m) => {
+                let x = Tensor::from_slice(rows, (embeddings.len(), self.input_dim), &Device::Cpu);
+                x.and_then(|x| m.forward(&x)?.flatten_all()?.to_vec1::<f32>())
+                    .map_err(Error::compute)
+            }
+        }
+    }
+
+    /// Scores each row of `rows` (`input_dim` values a row) as the row divided by its L2
+    /// norm, whatever its norm, into `scores` (cleared first), one entry per row; a row with a
+    /// NaN or infinite value, or all zeros, gets its [`RowProblem`].
+    ///
+    /// A linear head reads each row once, straight from `rows`, and allocates nothing: this is
+    /// `aesthete rescore`'s hot path. A relu head normalizes the good rows into a copy and runs
+    /// its layers as [`AestheticHead::score`] does.
+    pub fn score_rows(
+        &self,
+        rows: &[f32],
+        scores: &mut Vec<Result<f32, RowProblem>>,
+    ) -> Result<(), Error> {
+        if !rows.len().is_multiple_of(self.input_dim) {
+            return Err(Error::InputDim { expected: self.input_dim, actual: rows.len() });
+        }
+        scores.clear();
+        let rows = rows.chunks_exact(self.input_dim);
+        match &self.model {
+            Model::Folded(m) => scores.extend(rows.map(|row| m.affine.score_normalizing(row))),
+            Model::Relu(_) => {
+                let mut good = Vec::new();
+                for row in rows {
+                    let squares: f64 = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
+                    scores.push(if !squares.is_finite() {
+                        Err(RowProblem::NotFinite)
+                    } else if squares == 0.0 {
+                        Err(RowProblem::ZeroNorm)
+                    } else {
+                        good.extend_from_slice(row);
+                        Ok(0.0)
+                    });
+                }
+                let good = NormalizedEmbeddings::normalize(good, self.input_dim)
+                    .expect("rows with a finite, non-zero norm");
+                let mut good_scores = self.score(&good)?.into_iter();
+                for score in scores.iter_mut().filter(|s| s.is_ok()) {
+                    *score = Ok(good_scores.next().expect("a score per good row"));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -110,7 +154,7 @@ impl AestheticHead {
 /// computed from the last layer back so every product is a row vector times a matrix.
 #[derive(Debug, Clone)]
 struct FoldedLinear {
-    linear: Linear,
+    affine: Affine,
 }
 
 impl FoldedLinear {
@@ -124,15 +168,9 @@ impl FoldedLinear {
             offset = (offset + row.matmul(&bias)?.flatten_all()?)?;
             row = row.matmul(&f64_of(&layer.weight)?)?;
         }
-        let weight = row.to_dtype(DType::F32)?;
-        let bias = offset.to_dtype(DType::F32)?;
-        Ok(FoldedLinear { linear: Linear::new(weight, Some(bias)) })
-    }
-}
-
-impl Module for FoldedLinear {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.linear.forward(x)
+        let weight = row.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        let bias = offset.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(FoldedLinear { affine: Affine::new(weight, bias[0]) })
     }
 }
 

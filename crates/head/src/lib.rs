@@ -29,12 +29,14 @@
 //! ```
 #![deny(missing_docs)]
 
+mod affine;
 mod checkpoint;
 mod convert;
 mod error;
 mod head;
 mod layout;
 
+pub use affine::RowProblem;
 pub use convert::convert_pth_to_safetensors;
 pub use error::Error;
 pub use head::AestheticHead;

@@ -18,6 +18,9 @@
 //! Key types: [`RunConfig`] (validated settings), [`Models`] (loaded with [`ModelPaths`]),
 //! [`run`], [`Progress`] and [`RunSummary`].
 //!
+//! [`refilter`] writes the same outputs for a new threshold or `--keep-top` from the tables
+//! of an earlier run, with no model.
+//!
 //! [`rescore`] scores embeddings stored earlier (aesthete tables written with
 //! [`RunConfig::save_embeddings`], clip-retrieval's `img_emb/*.npy`, `.npy` with a key list,
 //! `.npz`) with the head alone, configured by [`RescoreConfig`], writing the same tables.
@@ -50,8 +53,10 @@ mod plan;
 mod progress;
 mod publish;
 mod record;
+mod refilter;
 mod report;
 mod rescore;
+mod rewrite;
 mod run;
 mod stages;
 mod table;
@@ -67,6 +72,7 @@ pub use config::{Outputs, Partition, RunConfig, Selection};
 pub use error::Error;
 pub use models::{CLIP_DIR_NAME, HEAD_FILE_NAME, ModelPaths, Models, default_model_dirs};
 pub use progress::{NoProgress, Progress, RunSummary, ShardError, ShardReport};
+pub use refilter::refilter;
 pub use report::{ReportConfig, ReportSummary, report};
 pub use rescore::{RescoreConfig, rescore};
 pub use run::run;

@@ -21,7 +21,7 @@ pub fn run(
         )));
     }
     let place = OutputPlace::prepare(config)?;
-    let target = final_target(config, models, &place, Keep::Nothing);
+    let target = final_target(config, Some(models.clip.embedding_dim()), &place, Keep::Nothing);
     let plan = plan::plan(config, &target.dir, &target.settings, target.publish.as_ref())?;
     tracing::info!(
         todo = plan.todo.len(),
@@ -50,10 +50,11 @@ pub fn run(
     Ok(summary)
 }
 
-/// Where `config`'s final outputs go (`place`), keeping what `keep` keeps.
+/// Where `config`'s final outputs go (`place`), keeping what `keep` keeps; `embedding_dim` is
+/// the width of the embeddings there are to save (with [`RunConfig::save_embeddings`]).
 pub(crate) fn final_target(
     config: &RunConfig,
-    models: &Models,
+    embedding_dim: Option<usize>,
     place: &OutputPlace,
     keep: Keep,
 ) -> Target {
@@ -63,7 +64,7 @@ pub(crate) fn final_target(
         tar: config.outputs == Outputs::FilterAndScore,
         keep,
         settings: Settings::of(config),
-        embedding_dim: config.save_embeddings.then(|| models.clip.embedding_dim()),
+        embedding_dim: embedding_dim.filter(|_| config.save_embeddings),
         stream_rows: None,
     }
 }

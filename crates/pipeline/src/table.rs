@@ -228,16 +228,24 @@ pub(crate) struct StoredRow {
     pub result: SampleResult,
 }
 
+/// A table read back whole.
+pub(crate) struct StoredTable {
+    pub rows: Vec<StoredRow>,
+    /// The width of its `embedding` column, when it has one.
+    pub embedding_dim: Option<usize>,
+}
+
 /// Every row of the table at `path`, in order.
-pub(crate) fn read(path: &Path) -> Result<Vec<StoredRow>, Error> {
+pub(crate) fn read(path: &Path) -> Result<StoredTable, Error> {
     let mut reader = TableReader::open(path, ReadColumns { embedding: true }, 8192)?;
+    let embedding_dim = reader.embedding_dim;
     let mut rows = Vec::new();
     while let Some(batch) = reader.next_batch()? {
         for i in 0..batch.len() {
             rows.push(stored_row(&batch.row(i)));
         }
     }
-    Ok(rows)
+    Ok(StoredTable { rows, embedding_dim })
 }
 
 fn stored_row(row: &Row<'_>) -> StoredRow {
@@ -269,6 +277,8 @@ pub(crate) struct ReadColumns {
 pub(crate) struct TableReader {
     path: PathBuf,
     reader: ParquetRecordBatchReader,
+    /// The width of the `embedding` column read, when one is.
+    pub embedding_dim: Option<usize>,
 }
 
 impl TableReader {
@@ -306,11 +316,13 @@ impl TableReader {
                 None => {}
             }
         }
+        let mut embedding_dim = None;
         if columns.embedding
             && let Some(index) = schema.fields().iter().position(|f| f.name() == columns::EMBEDDING)
         {
             match schema.field(index).data_type() {
-                DataType::FixedSizeList(item, _) if *item.data_type() == DataType::Float32 => {
+                DataType::FixedSizeList(item, width) if *item.data_type() == DataType::Float32 => {
+                    embedding_dim = Some(*width as usize);
                     roots.push(index)
                 }
                 other => {
@@ -327,7 +339,7 @@ impl TableReader {
             .with_batch_size(batch_rows.max(1))
             .build()
             .map_err(|e| fail(e.to_string()))?;
-        Ok(TableReader { path: path.to_path_buf(), reader })
+        Ok(TableReader { path: path.to_path_buf(), reader, embedding_dim })
     }
 
     /// The next rows, `None` after the last.
@@ -465,6 +477,8 @@ mod tests {
             assert_eq!(got, want, "embedding {embedding}, {batch_rows} rows a batch");
         }
         let stored = read(&path).unwrap();
+        assert_eq!(stored.embedding_dim, Some(3));
+        let stored = stored.rows;
         assert_eq!(stored.len(), 7);
         assert_eq!(stored[2].result.score(), None);
         assert_eq!(stored[3].result.score(), Some(1.5));

@@ -15,9 +15,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-use aesthete_head::AestheticHead;
+use aesthete_head::{AestheticHead, RowProblem};
 use aesthete_store::Location;
-use aesthete_tensor::NormalizedEmbeddings;
 
 use crate::done::{OutputsSetting, SelectionSetting, Settings};
 use crate::inputs::{DirFiles, expand_files};
@@ -87,8 +86,8 @@ impl RescoreConfig {
         Ok(self)
     }
 
-    /// Rows read and scored at a time (default 8192); memory per worker thread is about
-    /// this many embeddings.
+    /// Rows written to the output table at a time (default 8192), and read and scored at a
+    /// time up to 1024; memory per worker thread is about this many rows.
     pub fn batch_size(mut self, rows: usize) -> Result<Self, Error> {
         if rows == 0 {
             return Err(Error::Config("batch size must be at least 1".into()));
@@ -222,13 +221,13 @@ pub fn rescore(
 /// Buffers a worker thread reuses from batch to batch and file to file.
 struct Work {
     batch: Batch,
-    /// Rows of the batch that are scored, in order.
-    valid: Vec<usize>,
+    /// The batch's scores, or why a row has none.
+    scores: Vec<Result<f32, RowProblem>>,
 }
 
 impl Work {
     fn new(dim: usize) -> Self {
-        Work { batch: Batch::new(dim), valid: Vec::new() }
+        Work { batch: Batch::new(dim), scores: Vec::new() }
     }
 }
 
@@ -244,7 +243,7 @@ fn rescore_file(
     let _span = tracing::debug_span!("rescore", file = %job.input).entered();
     let path = local_input(job);
     let mut source =
-        match Source::open(path, head.input_dim(), &config.key_column, config.batch_size) {
+        match Source::open(path, head.input_dim(), &config.key_column, rows_per_read(config)) {
             Ok(source) => source,
             Err(reason) => {
                 // Refused whole: nothing is written, and a rerun tries it again.
@@ -262,10 +261,10 @@ fn rescore_file(
         };
     let mut out = ShardOutput::open(target, job);
     let mut read_error = None;
-    let Work { batch, valid } = work;
+    let Work { batch, scores } = work;
     loop {
         batch.clear();
-        match source.read(batch, config.batch_size) {
+        match source.read(batch, rows_per_read(config)) {
             Ok(0) => break,
             Ok(_) => {}
             Err(reason) => {
@@ -273,74 +272,47 @@ fn rescore_file(
                 break;
             }
         }
-        let scores = score_batch(head, batch, valid).map_err(|e| Error::Inference {
-            images: valid.len(),
+        head.score_rows(&batch.values, scores).map_err(|e| Error::Inference {
+            images: batch.len(),
             shard: job.input.clone(),
             source: Box::new(e),
         })?;
-        let mut scores = scores.into_iter();
         let mut failed = 0;
-        for row in 0..batch.len() {
+        for (row, scored) in scores.iter().enumerate() {
             let info = &mut batch.rows[row];
-            let result = match info.problem.take() {
-                None => SampleResult::Scored {
-                    size: info.size,
-                    score: scores.next().expect("a score per valid row"),
-                    embedding: None,
-                },
-                Some(problem) => {
-                    failed += 1;
-                    SampleResult::Failed { size: info.size, error: SampleError::Recorded(problem) }
-                }
-            };
+            let result = settle(info.size, info.problem.take(), *scored);
+            if result.score().is_none() {
+                failed += 1;
+            }
             out.push_row(target, batch.key(row), &result);
         }
-        progress.batch_scored(valid.len(), failed);
+        progress.batch_scored(batch.len() - failed, failed);
     }
     Ok(out.finish(target, job, read_error))
 }
 
-/// Checks each row of `batch` (finite values, non-zero norm), moves the good ones to the
-/// front, L2-normalizes and scores them. Rows found bad get their problem; `valid` lists the
-/// scored rows.
-fn score_batch(
-    head: &AestheticHead,
-    batch: &mut Batch,
-    valid: &mut Vec<usize>,
-) -> Result<Vec<f32>, aesthete_head::Error> {
-    let dim = batch.dim;
-    valid.clear();
-    for row in 0..batch.len() {
-        if batch.rows[row].problem.is_some() {
-            continue;
-        }
-        let values = &batch.values[row * dim..(row + 1) * dim];
-        let sum: f64 = values.iter().map(|&v| f64::from(v) * f64::from(v)).sum();
-        if !sum.is_finite() {
-            batch.rows[row].problem = Some("embedding has values that are not finite".into());
-            continue;
-        }
-        if sum == 0.0 {
-            batch.rows[row].problem = Some("embedding has zero norm".into());
-            continue;
-        }
-        if valid.len() != row {
-            let to = valid.len() * dim;
-            batch.values.copy_within(row * dim..(row + 1) * dim, to);
-        }
-        valid.push(row);
-    }
-    let mut values = std::mem::take(&mut batch.values);
-    values.truncate(valid.len() * dim);
-    if values.is_empty() {
-        batch.values = values;
-        return Ok(Vec::new());
-    }
-    let embeddings = NormalizedEmbeddings::normalize(values, dim)
-        .expect("rows were checked to have a finite, non-zero norm");
-    let scores = head.score(&embeddings);
-    batch.values = embeddings.into_vec();
-    scores
+/// Most rows read and scored at a time, whatever the batch size: 1024 rows of 768 `f32` are
+/// 3 MiB, which stay in cache from the decoder to the head, where 8192 rows (25 MiB) went to
+/// memory and back, and were allocated and page-faulted anew for every batch.
+const MAX_ROWS_PER_READ: usize = 1024;
+
+fn rows_per_read(config: &RescoreConfig) -> usize {
+    config.batch_size.min(MAX_ROWS_PER_READ)
+}
+
+/// A row's result: the `problem` its source found, else its score or why it has none.
+fn settle(
+    size: Option<(u32, u32)>,
+    problem: Option<String>,
+    scored: Result<f32, RowProblem>,
+) -> SampleResult {
+    let problem = match (problem, scored) {
+        (Some(problem), _) => problem,
+        (None, Ok(score)) => return SampleResult::Scored { size, score, embedding: None },
+        (None, Err(RowProblem::ZeroNorm)) => "embedding has zero norm".into(),
+        (None, Err(_)) => "embedding has values that are not finite".into(),
+    };
+    SampleResult::Failed { size, error: SampleError::Recorded(problem) }
 }
 
 /// Every input file: [`aesthete_shards::expand_inputs`], with directories read as embedding
@@ -409,28 +381,32 @@ mod tests {
         assert_eq!(source::clip_retrieval_metadata(Path::new("out/emb/img_emb_12.npy")), None);
     }
 
-    /// Raw and normalized rows score the same; bad rows are set aside, not scored.
+    /// Raw and normalized rows score the same; bad rows get their problem, and a problem the
+    /// source found wins over the score.
     #[test]
     fn rows_are_checked_normalized_and_scored() {
         let head_path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../fixtures/head/tiny-linear.safetensors");
         let head = AestheticHead::load(&head_path).unwrap();
         let dim = head.input_dim();
-        let mut batch = Batch::new(dim);
         let row: Vec<f32> = (0..dim).map(|i| (i as f32 * 0.37).sin()).collect();
         let scaled: Vec<f32> = row.iter().map(|v| v * 40.0).collect();
         let mut nan = row.clone();
         nan[1] = f32::NAN;
-        for values in [&row, &vec![0.0; dim], &scaled, &nan] {
-            batch.values.extend_from_slice(values);
-            batch.rows.push(Default::default());
-        }
-        let mut valid = Vec::new();
-        let scores = score_batch(&head, &mut batch, &mut valid).unwrap();
-        assert_eq!(valid, [0, 2]);
-        assert_eq!(scores.len(), 2);
-        assert!((scores[0] - scores[1]).abs() <= 1e-6, "{scores:?}");
-        assert_eq!(batch.rows[1].problem.as_deref(), Some("embedding has zero norm"));
-        assert!(batch.rows[3].problem.as_deref().unwrap().contains("not finite"));
+        let values = [row.clone(), vec![0.0; dim], scaled, nan].concat();
+        let mut scores = Vec::new();
+        head.score_rows(&values, &mut scores).unwrap();
+        let results: Vec<SampleResult> =
+            scores.iter().map(|scored| settle(None, None, *scored)).collect();
+        let (a, b) = (results[0].score().unwrap(), results[2].score().unwrap());
+        assert!((a - b).abs() <= 1e-6, "{a} vs {b}");
+        let error = |r: &SampleResult| match r {
+            SampleResult::Failed { error, .. } => error.to_string(),
+            SampleResult::Scored { .. } => panic!("scored"),
+        };
+        assert_eq!(error(&results[1]), "embedding has zero norm");
+        assert!(error(&results[3]).contains("not finite"));
+        let recorded = settle(Some((1, 2)), Some("a.jpg: corrupt".into()), scores[0]);
+        assert_eq!(error(&recorded), "a.jpg: corrupt");
     }
 }
