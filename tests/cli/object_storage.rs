@@ -222,3 +222,24 @@ fn a_killed_run_resumes_to_the_same_objects() {
     assert!(reference.status.success(), "{}", stderr(&reference));
     assert_eq!(outputs(&written), outputs(local.path()));
 }
+
+#[test]
+fn keep_top_into_s3_equals_keep_top_on_local_files() {
+    let s = store();
+    let mut args: Vec<String> = vec!["filter".into(), "s3://data/shards/*.tar".into()];
+    args.extend(["--output", "s3://out/top/", "--keep-top", "0.4"].map(String::from));
+    args.extend(model_args());
+    let result = Command::new(env!("CARGO_BIN_EXE_aesthete"))
+        .args(&args)
+        .envs(s.server.env())
+        .env_remove("SLURM_ARRAY_TASK_ID")
+        .output()
+        .unwrap();
+    assert!(result.status.success(), "{}", stderr(&result));
+    let local = tempfile::tempdir().unwrap();
+    let reference = run_filter(&inputs(), local.path(), &["--keep-top", "0.4"]);
+    assert!(reference.status.success(), "{}", stderr(&reference));
+    assert_eq!(outputs(&s.root.path().join("out/top")), outputs(local.path()));
+    // Pass one's tables stay in the staging directory: only final outputs are in the store.
+    assert!(!s.root.path().join("out/top/.aesthete-keep-top").exists());
+}

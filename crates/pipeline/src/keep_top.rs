@@ -2,7 +2,8 @@
 //!
 //! Pass one streams every shard through the model into score tables under
 //! `OUTPUT/.aesthete-keep-top/` (resumable like any run, and reused by a rerun with another
-//! fraction). Pass two finds the score at the cut over all of this worker's tables, then
+//! fraction; for an object-store output, in the run's staging directory, scored again by a
+//! rerun). Pass two finds the score at the cut over all of this worker's tables, then
 //! re-reads each input shard and writes its final tar and table from its scores, keeping
 //! what reaches the cut ([`crate::rewrite`]). Only pass one runs the model.
 use crate::done::Settings;
@@ -27,8 +28,9 @@ pub(crate) fn run(
         return Ok(());
     }
     let embedding_dim = models.clip.embedding_dim();
-    // Keep-top runs write to local directories only (`run` refuses others): `place.dir` is
-    // the output directory.
+    // Pass one's tables go beside the outputs: in the output directory, or, for an object
+    // store, in the run's staging directory (not uploaded: a rerun scores again the shards
+    // whose final outputs are not yet in the store, and those of its other shards, for the cut).
     let scoring = Target {
         dir: place.dir.join(SCRATCH_DIR),
         tar: false,

@@ -14,12 +14,6 @@ pub fn run(
 ) -> Result<RunSummary, Error> {
     let started = Instant::now();
     let config = &config.with_stores()?;
-    if config.output_dir.is_remote() && matches!(config.selection, Selection::KeepTop(_)) {
-        return Err(Error::Config(format!(
-            "--keep-top writes to a local directory only, not to {}; score into the store, then cut from the tables (or use --threshold)",
-            config.output_dir
-        )));
-    }
     let place = OutputPlace::prepare(config)?;
     let target = final_target(config, Some(models.clip.embedding_dim()), &place, Keep::Nothing);
     let plan = plan::plan(config, &target.dir, &target.settings, target.publish.as_ref())?;

@@ -116,7 +116,7 @@ pub fn measure(
     let command = format!(
         "{shown} filter @shards-N.txt --output out-N --clip {CLIP_DIR} --head {HEAD_FILE} --quiet"
     );
-    let stream = Some(stream_object(root, target, cargo, if quick { 256 } else { 1024 })?);
+    let stream = Some(stream_object(root, target, cargo, 1024)?);
     Ok(MemoryReport { build, command, runs, stream })
 }
 
