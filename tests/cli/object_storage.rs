@@ -29,18 +29,21 @@ fn inputs() -> Vec<PathBuf> {
     inputs
 }
 
+/// The `aesthete` command with `args` and `env` added (no worker variables).
+fn aesthete_with(args: &[String], env: &[(String, String)]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_aesthete"));
+    command.args(args).env_remove("SLURM_ARRAY_TASK_ID").env_remove("JOB_COMPLETION_INDEX");
+    command.envs(env.iter().map(|(k, v)| (k, v)));
+    command
+}
+
 /// `aesthete filter` with `env` added, from `inputs` into `output`.
 fn filter(inputs: &[&str], output: &str, env: &[(String, String)]) -> Output {
     let mut args: Vec<String> = vec!["filter".into()];
     args.extend(inputs.iter().map(|s| s.to_string()));
     args.extend(["--output".into(), output.into(), "--threshold".into(), "5".into()]);
     args.extend(model_args());
-    let mut command = Command::new(env!("CARGO_BIN_EXE_aesthete"));
-    command.args(&args).env_remove("SLURM_ARRAY_TASK_ID").env_remove("JOB_COMPLETION_INDEX");
-    for (key, value) in env {
-        command.env(key, value);
-    }
-    command.output().expect("running aesthete")
+    aesthete_with(&args, env).output().expect("running aesthete")
 }
 
 /// The same run on local files, for comparison.
@@ -157,12 +160,7 @@ fn workers_split_a_run_over_urls_as_over_paths() {
         args.extend(["--output", "s3://out/split/", "--threshold", "5"].map(String::from));
         args.extend(["--shard-index", index, "--num-shards", "2"].map(String::from));
         args.extend(model_args());
-        let result = Command::new(env!("CARGO_BIN_EXE_aesthete"))
-            .args(&args)
-            .envs(env)
-            .env_remove("SLURM_ARRAY_TASK_ID")
-            .output()
-            .unwrap();
+        let result = aesthete_with(&args, &env).output().unwrap();
         assert!(result.status.success(), "worker {index}: {}", stderr(&result));
     }
     assert_eq!(outputs(&s.root.path().join("out/split")), local_outputs());
@@ -193,12 +191,7 @@ fn a_killed_run_resumes_to_the_same_objects() {
             .map(String::from),
     );
     args.extend(model_args());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_aesthete"))
-        .args(&args)
-        .envs(s.server.env())
-        .env_remove("SLURM_ARRAY_TASK_ID")
-        .spawn()
-        .unwrap();
+    let mut child = aesthete_with(&args, &s.server.env()).spawn().unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
     while records() == 0 && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(2));
@@ -208,12 +201,7 @@ fn a_killed_run_resumes_to_the_same_objects() {
     let done_at_kill = records();
     assert!((1..32).contains(&done_at_kill), "killed with {done_at_kill} of 32 shards done");
 
-    let result = Command::new(env!("CARGO_BIN_EXE_aesthete"))
-        .args(&args)
-        .envs(s.server.env())
-        .env_remove("SLURM_ARRAY_TASK_ID")
-        .output()
-        .unwrap();
+    let result = aesthete_with(&args, &s.server.env()).output().unwrap();
     assert!(result.status.success(), "{}", stderr(&result));
     let local = tempfile::tempdir().unwrap();
     let inputs: Vec<PathBuf> =
@@ -229,12 +217,7 @@ fn keep_top_into_s3_equals_keep_top_on_local_files() {
     let mut args: Vec<String> = vec!["filter".into(), "s3://data/shards/*.tar".into()];
     args.extend(["--output", "s3://out/top/", "--keep-top", "0.4"].map(String::from));
     args.extend(model_args());
-    let result = Command::new(env!("CARGO_BIN_EXE_aesthete"))
-        .args(&args)
-        .envs(s.server.env())
-        .env_remove("SLURM_ARRAY_TASK_ID")
-        .output()
-        .unwrap();
+    let result = aesthete_with(&args, &s.server.env()).output().unwrap();
     assert!(result.status.success(), "{}", stderr(&result));
     let local = tempfile::tempdir().unwrap();
     let reference = run_filter(&inputs(), local.path(), &["--keep-top", "0.4"]);
