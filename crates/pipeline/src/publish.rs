@@ -70,17 +70,12 @@ impl Publish {
         self.records.contains(&record_name(job))
     }
 
-    /// Copies `job`'s completion record from the store into `dir`, where planning reads it;
-    /// removes a local copy that the store does not have.
+    /// Copies `job`'s completion record from the store into `dir` (the run's fresh staging
+    /// directory), where planning reads it, when the store has one.
     pub fn fetch_record(&self, job: &ShardJob, dir: &Path) -> Result<(), Error> {
         let local = job.record_path(dir);
         if !self.has_record(job) {
-            return match std::fs::remove_file(&local) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    Err(Error::Output { path: local, source: e })
-                }
-                _ => Ok(()),
-            };
+            return Ok(());
         }
         let remote = self.prefix.join(&record_name(job));
         match self.stores.read(&remote).map_err(Error::Store)? {

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::TryStreamExt;
@@ -73,7 +73,8 @@ impl RetryPolicy {
 /// `~/.aws/credentials` and `~/.aws/config`), `GOOGLE_*` (`GOOGLE_APPLICATION_CREDENTIALS`),
 /// `AZURE_*` (`AZURE_STORAGE_ACCOUNT_NAME`, `AZURE_STORAGE_ACCOUNT_KEY`, ...).
 pub struct Stores {
-    runtime: Arc<tokio::runtime::Runtime>,
+    /// Started by the first object-store request: runs over local files start no threads.
+    runtime: OnceLock<Arc<tokio::runtime::Runtime>>,
     clients: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
     options: Vec<(String, String)>,
     retry: RetryPolicy,
@@ -105,22 +106,31 @@ impl Stores {
     /// `google_service_account`, `azure_storage_account_name`, ... as the environment
     /// variables of the same names, lowercased), not the environment.
     pub fn with_options(options: Vec<(String, String)>) -> Result<Stores, Error> {
+        let allow_http = options
+            .iter()
+            .any(|(k, v)| k.ends_with("allow_http") && v.eq_ignore_ascii_case("true"));
+        Ok(Stores {
+            runtime: OnceLock::new(),
+            clients: Mutex::new(HashMap::new()),
+            options,
+            retry: RetryPolicy::default(),
+            allow_http,
+        })
+    }
+
+    /// The runtime that drives the clients, started on first use.
+    fn runtime(&self) -> Result<&Arc<tokio::runtime::Runtime>, Error> {
+        if let Some(runtime) = self.runtime.get() {
+            return Ok(runtime);
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("aesthete-store")
             .enable_all()
             .build()
             .map_err(Error::Runtime)?;
-        let allow_http = options
-            .iter()
-            .any(|(k, v)| k.ends_with("allow_http") && v.eq_ignore_ascii_case("true"));
-        Ok(Stores {
-            runtime: Arc::new(runtime),
-            clients: Mutex::new(HashMap::new()),
-            options,
-            retry: RetryPolicy::default(),
-            allow_http,
-        })
+        // Another thread may have set it first: theirs is used and this one dropped.
+        Ok(self.runtime.get_or_init(|| Arc::new(runtime)))
     }
 
     /// Retries of every request and read made from now on (clients already made keep theirs).
@@ -201,7 +211,7 @@ impl Stores {
             }
             Location::Url(url) => {
                 let (client, path) = self.client(url)?;
-                let reader = ObjectReader::open(&self.runtime, client, path, url, self.retry)?;
+                let reader = ObjectReader::open(self.runtime()?, client, path, url, self.retry)?;
                 Ok(Box::new(reader))
             }
         }
@@ -217,7 +227,7 @@ impl Stores {
             },
             Location::Url(url) => {
                 let (client, path) = self.client(url)?;
-                let got = self.runtime.block_on(async {
+                let got = self.runtime()?.block_on(async {
                     let result = client.get(&path).await?;
                     result.bytes().await
                 });
@@ -251,10 +261,10 @@ impl Stores {
                 if len <= PART_SIZE as u64 {
                     let mut bytes = Vec::with_capacity(len as usize);
                     file.read_to_end(&mut bytes).map_err(|e| io_error(from, e))?;
-                    let put = self.runtime.block_on(client.put(&path, PutPayload::from(bytes)));
+                    let put = self.runtime()?.block_on(client.put(&path, PutPayload::from(bytes)));
                     return put.map(drop).map_err(|e| Error::from_store(url, "write", e));
                 }
-                self.runtime.block_on(async {
+                self.runtime()?.block_on(async {
                     let upload = client
                         .put_multipart(&path)
                         .await
@@ -305,7 +315,7 @@ impl Stores {
                 let prefix = if url.ends_with('/') { url.clone() } else { format!("{url}/") };
                 let (client, path) = self.client(&prefix)?;
                 let listed = self
-                    .runtime
+                    .runtime()?
                     .block_on(client.list_with_delimiter(Some(&path)))
                     .map_err(|e| Error::from_store(&prefix, "list", e))?;
                 Ok(listed
@@ -323,7 +333,7 @@ impl Stores {
         let (client, path) = self.client(prefix)?;
         let base = prefix_base(prefix, path.as_ref());
         let listed: Vec<object_store::ObjectMeta> = self
-            .runtime
+            .runtime()?
             .block_on(client.list(Some(&path)).try_collect())
             .map_err(|e| Error::from_store(prefix, "list", e))?;
         Ok(listed.into_iter().map(|meta| format!("{base}{}", meta.location)).collect())
