@@ -134,12 +134,16 @@ impl ClipVision {
                 .map_err(|reason| Error::Cuda { device: self.device().to_string(), reason })?;
             return NormalizedEmbeddings::normalize(rows, dim).map_err(Error::Embeddings);
         }
-        let pixels = candle_core::Tensor::from_slice(
-            batch.as_slice(),
-            &batch.shape()[..],
-            &candle_core::Device::Cpu,
-        )?;
-        let rows = self.forward_tensor(&pixels)?.flatten_all()?.to_vec1::<f32>()?;
+        let rows = if self.runs_cpu_encoder() {
+            self.forward_cpu(batch.as_slice(), batch.len())?
+        } else {
+            let pixels = candle_core::Tensor::from_slice(
+                batch.as_slice(),
+                &batch.shape()[..],
+                &candle_core::Device::Cpu,
+            )?;
+            self.forward_tensor(&pixels)?.flatten_all()?.to_vec1::<f32>()?
+        };
         NormalizedEmbeddings::from_normalized(rows, dim).map_err(Error::Embeddings)
     }
 }

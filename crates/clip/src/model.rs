@@ -384,16 +384,17 @@ impl ClipVision {
             );
         }
         let _span = tracing::trace_span!("clip_forward", images = n).entered();
+        if cpu_encoder {
+            let pixels = pixel_values.to_dtype(DType::F32)?.contiguous()?;
+            let rows = cpu::with_f32_slices([&pixels], |[pixels]| self.forward_cpu(pixels, n))?;
+            return Tensor::from_vec(rows, (n, self.config.projection_dim), pixel_values.device());
+        }
         let x = self.embeddings.forward(&pixel_values.to_dtype(self.tensor_dtype())?)?;
         let tokens = x.dim(1)?;
         let mut x =
             self.pre_layrnorm.forward(&x)?.reshape((n * tokens, self.config.hidden_size))?;
-        if cpu_encoder {
-            x = self.encode_cpu(&x, n, tokens)?;
-        } else {
-            for layer in &self.layers {
-                x = layer.forward(&x, n, tokens)?;
-            }
+        for layer in &self.layers {
+            x = layer.forward(&x, n, tokens)?;
         }
         let class = x.reshape((n, tokens, self.config.hidden_size))?.i((.., 0))?;
         let pooled = self.post_layernorm.forward(&class.contiguous()?)?;
@@ -402,31 +403,72 @@ impl ClipVision {
         projected.broadcast_div(&norm)
     }
 
-    fn encode_cpu(&self, x: &Tensor, n: usize, tokens: usize) -> Result<Tensor> {
+    /// Whether [`ClipVision::forward_cpu`] runs this model: on CPU in f32, or in bf16 with
+    /// packed layers.
+    pub(crate) fn runs_cpu_encoder(&self) -> bool {
+        self.tensor_dtype() == DType::F32
+    }
+
+    /// The CPU forward pass of `n` images of f32 pixels, `(n, channels, size, size)` in a
+    /// row, to `n × projection_dim` normalized embeddings, over the workspace's buffers.
+    pub(crate) fn forward_cpu(&self, pixels: &[f32], n: usize) -> Result<Vec<f32>> {
+        self.forward_cpu_spread(pixels, n, cpu::Spread::BySize)
+    }
+
+    fn forward_cpu_spread(
+        &self,
+        pixels: &[f32],
+        n: usize,
+        spread: cpu::Spread,
+    ) -> Result<Vec<f32>> {
+        let cfg = &self.config;
         let dims = cpu::Dims {
             n,
-            s: tokens,
-            hidden: self.config.hidden_size,
-            heads: self.config.num_attention_heads,
-            intermediate: self.config.intermediate_size,
-            eps: self.config.layer_norm_eps as f32,
-            act: self.config.hidden_act,
+            s: cfg.num_positions(),
+            hidden: cfg.hidden_size,
+            heads: cfg.num_attention_heads,
+            intermediate: cfg.intermediate_size,
+            eps: cfg.layer_norm_eps as f32,
+            act: cfg.hidden_act,
         };
-        let mut stream = x.flatten_all()?.to_vec1::<f32>()?;
+        let patches = cpu::Patches {
+            channels: cfg.num_channels,
+            size: cfg.image_size,
+            patch: cfg.patch_size,
+            grid: cfg.grid_size(),
+        };
         let mut fresh = cpu::Workspace::default();
         let mut guard = self.workspace.try_lock();
         let ws = match &mut guard {
             Ok(ws) => &mut **ws,
             Err(_) => &mut fresh,
         };
-        match &self.packed {
-            Some(packed) => cpu::run_packed_layers(&mut stream, packed, &dims, ws)?,
-            None => {
-                let layers = self.layers.iter().map(EncoderLayer::cpu_tensors);
-                cpu::run_layers(&mut stream, layers, &dims, ws)?
-            }
-        }
-        Tensor::from_vec(stream, x.shape(), x.device())
+        let layers = match &self.packed {
+            Some(packed) => cpu::Layers::Packed(packed),
+            None => cpu::Layers::F32(self.layers.iter().map(EncoderLayer::cpu_tensors).collect()),
+        };
+        let (e, pre, post) = (&self.embeddings, &self.pre_layrnorm, &self.post_layernorm);
+        let outer = [
+            &e.patch,
+            &e.class,
+            &e.position,
+            &pre.weight,
+            &pre.bias,
+            &post.weight,
+            &post.bias,
+            &self.visual_projection,
+        ];
+        cpu::with_f32_slices(outer, |[patch, class, position, pw, pb, qw, qb, projection]| {
+            let outer = cpu::OuterWeights {
+                patch,
+                class,
+                position,
+                pre_norm: [pw, pb],
+                post_norm: [qw, qb],
+                projection,
+            };
+            cpu::forward(pixels, &patches, &outer, layers, &dims, cfg.projection_dim, spread, ws)
+        })
     }
 }
 
@@ -476,5 +518,38 @@ impl ClipVision {
             post_norm: pair(&self.post_layernorm)?,
             projection: values(&self.visual_projection)?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{DType, Device};
+
+    /// Small models run on one thread (`cpu::Spread::BySize`), so the fixtures' parity tests
+    /// no longer reach the parallel loops: each fixture on all threads against one thread,
+    /// bit for bit (every loop splits rows, columns or heads, never a sum), f32 and bf16.
+    #[test]
+    fn all_threads_and_one_thread_agree_bit_for_bit() {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/clip");
+        let mut dtypes = vec![DType::F32];
+        match cpu::bf16::Kernel::detect() {
+            Ok(_) => dtypes.push(DType::BF16),
+            Err(why) => {
+                eprintln!("all_threads_and_one_thread_agree_bit_for_bit: bf16 skipped: {why}")
+            }
+        }
+        for name in ["tiny-vit-224-768", "tiny-gelu-28", "tiny-vision-32"] {
+            for &dtype in &dtypes {
+                let model =
+                    crate::ClipVision::load(&fixtures.join(name), &Device::Cpu, dtype).unwrap();
+                let (n, s) = (3, model.image_size());
+                let pixels: Vec<f32> =
+                    (0..n * 3 * s * s).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+                let one = model.forward_cpu_spread(&pixels, n, cpu::Spread::BySize).unwrap();
+                let all = model.forward_cpu_spread(&pixels, n, cpu::Spread::AllThreads).unwrap();
+                assert_eq!(one, all, "{name} {dtype:?}");
+            }
+        }
     }
 }

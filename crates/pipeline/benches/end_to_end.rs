@@ -7,7 +7,9 @@
 //!   can overlap the model (one batch cannot show it). Slow: about 40 s per iteration on 2
 //!   cores. `AESTHETE_BENCH_SKIP_VIT_L=1` skips it.
 //! - `tiny`: the tiny fixture CLIP, where the model costs almost nothing, so the figure is the
-//!   pipeline's own ceiling (read, decode, preprocess, write): 8 batches of 8. Beside it,
+//!   pipeline's own ceiling (read, decode, preprocess, write): 16 batches of 32, the default
+//!   batch size (8 batches of 8 left a run's fixed costs, filling and draining the stages,
+//!   starting threads, committing files, a fifth of the figure). Beside it,
 //!   `preprocess_one_core`: the same images decoded and preprocessed on one thread, so that
 //!   `cargo xtask bench` can hold the pipeline to cores × one core's rate (feeding a GPU).
 use std::path::{Path, PathBuf};
@@ -123,7 +125,7 @@ fn bench_model(c: &mut Criterion, name: &str, clip_dir: &Path, batch_size: usize
 }
 
 fn end_to_end(c: &mut Criterion) {
-    bench_model(c, "tiny", &fixtures().join("clip/tiny-vit-224-768"), 8, 8);
+    bench_model(c, "tiny", &fixtures().join("clip/tiny-vit-224-768"), 32, 16);
     if std::env::var_os("AESTHETE_BENCH_SKIP_VIT_L").is_none() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = random_vit_l14(tmp.path());

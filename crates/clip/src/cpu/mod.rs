@@ -21,8 +21,10 @@ use crate::ops::kernels;
 
 mod aligned;
 pub(crate) mod bf16;
+mod outer;
 
 use aligned::AlignedF32;
+pub(crate) use outer::{OuterWeights, Patches};
 
 /// Sizes of one forward pass.
 #[derive(Debug, Clone, Copy)]
@@ -51,8 +53,10 @@ impl Dims {
 /// Scratch buffers, grown on demand and kept for the next call.
 #[derive(Default)]
 pub(crate) struct Workspace {
-    /// The residual stream, copied in and out so that it starts on a cache line too.
+    /// The residual stream, on a cache line.
     stream: AlignedF32,
+    /// The images' patches, flattened for the patch embedding's product.
+    patches: AlignedF32,
     normed: AlignedF32,
     qkv: AlignedF32,
     attn: AlignedF32,
@@ -73,6 +77,7 @@ pub(crate) struct Workspace {
 impl std::fmt::Debug for Workspace {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let floats = self.stream.len()
+            + self.patches.len()
             + self.normed.len()
             + self.qkv.len()
             + self.attn.len()
@@ -92,12 +97,13 @@ impl Workspace {
         self.stream.grow(m * d.hidden);
         self.qkv.grow(m * 3 * d.hidden);
         self.attn.grow(m * d.hidden);
-        // `normed` and `mlp` only where an f32 product needs them (`run_layer`): bf16
-        // layers norm while packing and never write the MLP's f32 intermediate.
+        // `normed` and `mlp` only where something needs them (the tokens before the
+        // pre-norm, f32 products in `run_layer`): bf16 layers norm while packing and never
+        // write the MLP's f32 intermediate.
     }
 }
 
-/// The tensors of one encoder layer, in the order [`PackedLayer::pack`] and [`run_layers`] read them:
+/// The tensors of one encoder layer, in the order [`PackedLayer::pack`] and [`forward`] read them:
 /// layer_norm1 weight and bias, fused qkv weight `(3h, h)` and bias, out_proj weight and bias,
 /// layer_norm2 weight and bias, fc1 weight and bias, fc2 weight and bias.
 pub(crate) type LayerTensors<'a> = [&'a Tensor; 12];
@@ -183,7 +189,7 @@ fn check_packed(w: &bf16::PackedWeight, n: usize, k: usize) {
     assert!(w.n() == n && w.k() == k, "packed weight is {} × {}, not {n} × {k}", w.n(), w.k());
 }
 
-/// The weights of one encoder layer as [`run_layers`] reads them.
+/// The weights of one encoder layer as [`run_layer`] reads them.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LayerWeights<'a> {
     ln1: [&'a [f32]; 2],
@@ -279,72 +285,108 @@ impl PackedLayer {
     }
 }
 
-/// Runs f32 encoder layers over the residual stream `x` (`n · s × hidden`, row-major) in place.
-pub(crate) fn run_layers<'a>(
-    x: &mut [f32],
-    layers: impl Iterator<Item = LayerTensors<'a>>,
-    dims: &Dims,
-    ws: &mut Workspace,
-) -> Result<()> {
-    check_stream(x, dims)?;
-    ws.fit(dims);
-    ws.scores.grow(dims.n * dims.heads * dims.s * dims.s);
-    with_aligned_stream(x, ws, |x, ws| {
-        for tensors in layers {
-            with_f32_slices(tensors, |w| run_layer(x, &LayerWeights::from_slices(w), dims, ws))?;
-        }
-        Ok(())
+/// A call of fewer floating-point operations than this runs on one thread: about 10 ms of
+/// one core's work, against which the hand-offs of a parallel loop (several per layer) and
+/// the spinning of idle pool threads cost more than they save. A tiny model (the pipeline's
+/// benchmarks, a small CLIP in a pipeline whose other cores decode) then takes one core,
+/// not all of them in turns.
+const ONE_THREAD_BELOW_FLOPS: f64 = 1e9;
+
+/// Floating-point operations of one forward pass (multiply-adds count two).
+fn flops(d: &Dims, patches: &Patches, layers: usize) -> f64 {
+    let (s, h, i) = (d.s as f64, d.hidden as f64, d.intermediate as f64);
+    let per_layer = s * (2.0 * 4.0 * h * h + 2.0 * 2.0 * h * i) + 2.0 * 2.0 * s * s * h;
+    let patch = (s - 1.0) * 2.0 * h * (patches.channels * patches.patch * patches.patch) as f64;
+    d.n as f64 * (layers as f64 * per_layer + patch)
+}
+
+/// Which threads a forward pass runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Spread {
+    /// One thread below [`ONE_THREAD_BELOW_FLOPS`], all of rayon's above.
+    BySize,
+    /// All of rayon's whatever the size (tests hold the two paths to each other).
+    #[cfg_attr(not(test), allow(dead_code))]
+    AllThreads,
+}
+
+/// The pool small calls run in: one thread, so that their parallel loops run inline.
+fn one_thread() -> &'static rayon::ThreadPool {
+    static POOL: std::sync::OnceLock<rayon::ThreadPool> = std::sync::OnceLock::new();
+    POOL.get_or_init(|| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .thread_name(|_| "aesthete-clip-small".to_string())
+            .build()
+            .expect("a one-thread rayon pool")
     })
 }
 
-/// Runs packed bf16 encoder layers over the residual stream `x` in place.
-pub(crate) fn run_packed_layers(
-    x: &mut [f32],
-    layers: &[PackedLayer],
-    dims: &Dims,
-    ws: &mut Workspace,
-) -> Result<()> {
-    check_stream(x, dims)?;
-    ws.fit(dims);
-    with_aligned_stream(x, ws, |x, ws| {
-        for layer in layers {
-            run_layer(x, &layer.weights(), dims, ws)?;
-        }
-        Ok(())
-    })
+/// The encoder layers of a model: f32 tensors read in place, or packed for bf16 products.
+pub(crate) enum Layers<'a> {
+    F32(Vec<LayerTensors<'a>>),
+    Packed(&'a [PackedLayer]),
 }
 
-/// Runs `f` over a copy of `x` that starts on a cache line (the workspace's), then copies
-/// the result back.
-fn with_aligned_stream(
-    x: &mut [f32],
+/// The whole forward pass of `dims.n` images (`pixels`, cut as `patches` says) to their
+/// L2-normalized embeddings (`n × projection_dim`), every large buffer the workspace's.
+pub(crate) fn forward(
+    pixels: &[f32],
+    patches: &Patches,
+    outer: &OuterWeights<'_>,
+    layers: Layers<'_>,
+    dims: &Dims,
+    projection_dim: usize,
+    spread: Spread,
     ws: &mut Workspace,
-    f: impl FnOnce(&mut [f32], &mut Workspace) -> Result<()>,
-) -> Result<()> {
+) -> Result<Vec<f32>> {
+    ws.fit(dims);
+    let layer_count = match &layers {
+        Layers::F32(layers) => layers.len(),
+        Layers::Packed(layers) => layers.len(),
+    };
     let mut stream = std::mem::take(&mut ws.stream);
-    stream.grow(x.len());
-    let aligned = &mut stream.as_mut_slice()[..x.len()];
-    aligned.copy_from_slice(x);
-    let result = f(aligned, ws);
-    x.copy_from_slice(aligned);
+    let x = &mut stream.as_mut_slice()[..dims.rows() * dims.hidden];
+    let run = || {
+        outer::tokens(
+            pixels,
+            patches,
+            outer,
+            dims,
+            projection_dim,
+            [&mut ws.patches, &mut ws.normed],
+            x,
+        )?;
+        match layers {
+            Layers::F32(layers) => {
+                ws.scores.grow(dims.n * dims.heads * dims.s * dims.s);
+                for tensors in layers {
+                    with_f32_slices(tensors, |w| {
+                        run_layer(x, &LayerWeights::from_slices(w), dims, ws)
+                    })?;
+                }
+            }
+            Layers::Packed(layers) => {
+                for layer in layers {
+                    run_layer(x, &layer.weights(), dims, ws)?;
+                }
+            }
+        }
+        Ok(outer::embeddings(x, outer, dims, projection_dim))
+    };
+    let small = flops(dims, patches, layer_count) < ONE_THREAD_BELOW_FLOPS;
+    let result = if spread == Spread::BySize && small { one_thread().install(run) } else { run() };
     ws.stream = stream;
     result
 }
 
-fn check_stream(x: &[f32], dims: &Dims) -> Result<()> {
-    if x.len() != dims.rows() * dims.hidden {
-        bail!("residual stream has {} values, expected {}", x.len(), dims.rows() * dims.hidden);
-    }
-    Ok(())
-}
-
 /// Runs `f` over the layer tensors' f32 values, read in place.
-fn with_f32_slices<R>(
-    tensors: LayerTensors<'_>,
-    f: impl FnOnce([&[f32]; 12]) -> Result<R>,
+pub(crate) fn with_f32_slices<R, const N: usize>(
+    tensors: [&Tensor; N],
+    f: impl FnOnce([&[f32]; N]) -> Result<R>,
 ) -> Result<R> {
     let guards = tensors.map(|t| t.storage_and_layout());
-    let mut slices = [&[][..]; 12];
+    let mut slices = [&[][..]; N];
     for (slot, (storage, layout)) in slices.iter_mut().zip(&guards) {
         *slot = f32_data(storage, layout)?;
     }
