@@ -466,8 +466,9 @@ impl ClipVision {
                 pre_norm: [pw, pb],
                 post_norm: [qw, qb],
                 projection,
+                projection_dim: cfg.projection_dim,
             };
-            cpu::forward(pixels, &patches, &outer, layers, &dims, cfg.projection_dim, spread, ws)
+            cpu::forward(pixels, &patches, &outer, layers, &dims, spread, ws)
         })
     }
 }

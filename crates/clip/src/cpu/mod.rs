@@ -329,14 +329,13 @@ pub(crate) enum Layers<'a> {
 }
 
 /// The whole forward pass of `dims.n` images (`pixels`, cut as `patches` says) to their
-/// L2-normalized embeddings (`n × projection_dim`), every large buffer the workspace's.
+/// L2-normalized embeddings (`n × outer.projection_dim`), every large buffer the workspace's.
 pub(crate) fn forward(
     pixels: &[f32],
     patches: &Patches,
     outer: &OuterWeights<'_>,
     layers: Layers<'_>,
     dims: &Dims,
-    projection_dim: usize,
     spread: Spread,
     ws: &mut Workspace,
 ) -> Result<Vec<f32>> {
@@ -348,15 +347,7 @@ pub(crate) fn forward(
     let mut stream = std::mem::take(&mut ws.stream);
     let x = &mut stream.as_mut_slice()[..dims.rows() * dims.hidden];
     let run = || {
-        outer::tokens(
-            pixels,
-            patches,
-            outer,
-            dims,
-            projection_dim,
-            [&mut ws.patches, &mut ws.normed],
-            x,
-        )?;
+        outer::tokens(pixels, patches, outer, dims, [&mut ws.patches, &mut ws.normed], x)?;
         match layers {
             Layers::F32(layers) => {
                 ws.scores.grow(dims.n * dims.heads * dims.s * dims.s);
@@ -372,7 +363,7 @@ pub(crate) fn forward(
                 }
             }
         }
-        Ok(outer::embeddings(x, outer, dims, projection_dim))
+        Ok(outer::embeddings(x, outer, dims))
     };
     let small = flops(dims, patches, layer_count) < ONE_THREAD_BELOW_FLOPS;
     let result = if spread == Spread::BySize && small { one_thread().install(run) } else { run() };

@@ -27,6 +27,7 @@ pub(crate) struct OuterWeights<'a> {
     pub(crate) post_norm: [&'a [f32]; 2],
     /// `visual_projection.weight`, `(projection_dim, hidden)`.
     pub(crate) projection: &'a [f32],
+    pub(crate) projection_dim: usize,
 }
 
 /// How pixels cut into patches: `(n, channels, size, size)` images, `grid × grid` patches of
@@ -65,7 +66,7 @@ impl Patches {
 }
 
 impl OuterWeights<'_> {
-    fn check(&self, d: &Dims, patches: &Patches, projection_dim: usize) -> Result<()> {
+    fn check(&self, d: &Dims, patches: &Patches) -> Result<()> {
         let h = d.hidden;
         let got = [
             self.patch.len(),
@@ -77,7 +78,7 @@ impl OuterWeights<'_> {
             self.post_norm[1].len(),
             self.projection.len(),
         ];
-        let expect = [h * patches.len(), h, d.s * h, h, h, h, h, projection_dim * h];
+        let expect = [h * patches.len(), h, d.s * h, h, h, h, h, self.projection_dim * h];
         if got != expect || d.s != patches.grid * patches.grid + 1 {
             bail!("cpu encoder: embedding weights do not match hidden {h} and {} tokens", d.s);
         }
@@ -93,11 +94,10 @@ pub(crate) fn tokens(
     patches: &Patches,
     w: &OuterWeights<'_>,
     d: &Dims,
-    projection_dim: usize,
     scratch: [&mut super::AlignedF32; 2],
     stream: &mut [f32],
 ) -> Result<()> {
-    w.check(d, patches, projection_dim)?;
+    w.check(d, patches)?;
     let (n, s, h, len) = (d.n, d.s, d.hidden, patches.len());
     let grid2 = patches.grid * patches.grid;
     let image_len = patches.channels * patches.size * patches.size;
@@ -156,13 +156,8 @@ pub(crate) fn tokens(
 
 /// Each image's embedding from the encoder's output `stream`: its class token through
 /// `post_layernorm` and the projection, scaled to unit L2 norm; `n × projection_dim` values.
-pub(crate) fn embeddings(
-    stream: &[f32],
-    w: &OuterWeights<'_>,
-    d: &Dims,
-    projection_dim: usize,
-) -> Vec<f32> {
-    let h = d.hidden;
+pub(crate) fn embeddings(stream: &[f32], w: &OuterWeights<'_>, d: &Dims) -> Vec<f32> {
+    let (h, projection_dim) = (d.hidden, w.projection_dim);
     let mut pooled = vec![0f32; d.n * h];
     for (image, out) in pooled.chunks_exact_mut(h).enumerate() {
         let class = &stream[image * d.s * h..][..h];
