@@ -439,9 +439,25 @@ fn run_layer(x: &mut [f32], w: &LayerWeights<'_>, d: &Dims, ws: &mut Workspace) 
     ws.mlp.grow(m * i);
     let normed = &mut ws.normed.as_mut_slice()[..m * h];
     let mlp = &mut ws.mlp.as_mut_slice()[..m * i];
-    fill_rows(mlp, w.fc1.1);
-    w.fc1.0.product_of_norm(mlp, x, w.ln2, d.eps, normed, (m, i, h), rounded);
-    mlp.par_chunks_mut(16 * 1024).for_each(act);
+    match w.fc1.0 {
+        Weight::F32(fc1) => {
+            // The product stored over `mlp` (never read first), then the bias and the
+            // activation in one pass over each row: one pass over the m × intermediate
+            // matrix less than a bias written first and read back by the product.
+            layer_norm(x, normed, w.ln2[0], w.ln2[1], h, d.eps);
+            matmul_store(mlp, normed, fc1, m, i, h);
+            let bias = w.fc1.1;
+            mlp.par_chunks_mut(i).with_min_len(4).for_each(|row| {
+                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+                act(row)
+            });
+        }
+        Weight::Bf16(..) => {
+            fill_rows(mlp, w.fc1.1);
+            w.fc1.0.product_of_norm(mlp, x, w.ln2, d.eps, normed, (m, i, h), rounded);
+            mlp.par_chunks_mut(16 * 1024).for_each(act);
+        }
+    }
     w.fc2.0.product(x, mlp, w.fc2.1, m, h, i, rounded);
     Ok(())
 }
@@ -455,6 +471,15 @@ fn parallelism() -> Parallelism {
 
 /// `dst (m × n) += a (m × k) · wᵀ` for `w` stored `n × k` row-major (a Linear weight).
 fn matmul_acc(dst: &mut [f32], a: &[f32], w: &[f32], m: usize, n: usize, k: usize) {
+    matmul(dst, a, w, (m, n, k), true)
+}
+
+/// `dst (m × n) = a (m × k) · wᵀ` (what `dst` held is never read).
+fn matmul_store(dst: &mut [f32], a: &[f32], w: &[f32], m: usize, n: usize, k: usize) {
+    matmul(dst, a, w, (m, n, k), false)
+}
+
+fn matmul(dst: &mut [f32], a: &[f32], w: &[f32], (m, n, k): (usize, usize, usize), add: bool) {
     assert!(dst.len() == m * n && a.len() == m * k && w.len() == n * k);
     // SAFETY: the asserts above keep every access of the three row-major matrices in bounds;
     // `dst` is borrowed mutably and does not overlap the inputs.
@@ -466,14 +491,14 @@ fn matmul_acc(dst: &mut [f32], a: &[f32], w: &[f32], m: usize, n: usize, k: usiz
             dst.as_mut_ptr(),
             1,
             n as isize,
-            true,
+            add,
             a.as_ptr(),
             1,
             k as isize,
             w.as_ptr(),
             k as isize,
             1,
-            1.0,
+            if add { 1.0 } else { 0.0 },
             1.0,
             false,
             false,
