@@ -1,5 +1,5 @@
 //! Embeddings/s of `aesthete rescore` from aesthete's own Parquet tables (`--save-embeddings`:
-//! snappy-compressed, 768 float32 values per row), scored by a 768-d linear head.
+//! 768 float32 values per row, stored PLAIN and uncompressed), scored by a 768-d linear head.
 //!
 //! `cargo bench -p aesthete-pipeline --bench rescore`. Two tables of 32768 rows each (random
 //! unit vectors, about 100 MB apiece) are rescored with one thread per table, so a 2-core
@@ -17,6 +17,7 @@ use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_m
 use parquet::arrow::ArrowWriter;
 use parquet::basic::Compression;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
 const DIM: usize = 768;
 const ROWS_PER_FILE: usize = 32768;
@@ -26,8 +27,9 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fixtures")
 }
 
-/// A table laid out as `aesthete score --save-embeddings` writes it, `rows` rows, written in
-/// blocks of 4096 rows.
+/// A table laid out as `aesthete score --save-embeddings` writes it (`table::open_writer`'s
+/// properties: snappy, but the embedding values PLAIN and uncompressed), `rows` rows,
+/// written in blocks of 4096 rows.
 fn write_table(path: &Path, rows: usize, seed: u64) {
     let item = Arc::new(Field::new("item", DataType::Float32, false));
     let schema = Arc::new(Schema::new(vec![
@@ -39,7 +41,12 @@ fn write_table(path: &Path, rows: usize, seed: u64) {
         Field::new("height", DataType::UInt32, true),
         Field::new("embedding", DataType::FixedSizeList(item.clone(), DIM as i32), true),
     ]));
-    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+    let values = ColumnPath::from(vec!["embedding".into(), "list".into(), "item".into()]);
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_column_dictionary_enabled(values.clone(), false)
+        .set_column_compression(values, Compression::UNCOMPRESSED)
+        .build();
     let mut writer =
         ArrowWriter::try_new(File::create(path).unwrap(), schema.clone(), Some(props)).unwrap();
     let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

@@ -21,6 +21,7 @@ use parquet::arrow::{ArrowWriter, ProjectionMask};
 use parquet::basic::Compression;
 use parquet::errors::ParquetError;
 use parquet::file::properties::WriterProperties;
+use parquet::schema::types::ColumnPath;
 
 use crate::Error;
 use crate::record::{SampleError, SampleResult};
@@ -213,11 +214,22 @@ impl TableBuilder {
 }
 
 /// A Parquet writer into the temporary file that becomes `path`.
+///
+/// Columns are snappy-compressed, but for the embedding values, stored PLAIN and
+/// uncompressed. Float32 embedding values hardly ever repeat: the writer's dictionary
+/// (which it keeps until it passes 1 MiB, then falls back to PLAIN) made 4096 rows of 768
+/// values 0.6 MB (5%) bigger and a third slower to write, and snappy saved 0.2% of them
+/// while reading through it cost a copy and a zeroed buffer per page.
 fn open_writer(
     path: &Path,
     schema: SchemaRef,
 ) -> Result<(ArrowWriter<File>, Pending), ParquetError> {
-    let props = WriterProperties::builder().set_compression(Compression::SNAPPY).build();
+    let values = ColumnPath::from(vec![columns::EMBEDDING.into(), "list".into(), "item".into()]);
+    let props = WriterProperties::builder()
+        .set_compression(Compression::SNAPPY)
+        .set_column_dictionary_enabled(values.clone(), false)
+        .set_column_compression(values, Compression::UNCOMPRESSED)
+        .build();
     let (file, pending) = aesthete_atomic::AtomicFile::create(path)?.into_parts();
     Ok((ArrowWriter::try_new(file, schema, Some(props))?, pending))
 }

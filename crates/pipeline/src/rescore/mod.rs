@@ -7,6 +7,8 @@
 //! (`NAME.parquet`, the same columns as `aesthete score` writes) and completion record
 //! (`NAME.done.json`) appear atomically in the output directory. Files are spread over worker
 //! threads; a rerun skips complete files.
+mod float_lists;
+mod hybrid;
 mod npy;
 mod source;
 

@@ -10,6 +10,7 @@
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use arrow_array::cast::AsArray;
 use arrow_array::types::{Float16Type, Float32Type, Int32Type, Int64Type, UInt32Type, UInt64Type};
@@ -18,6 +19,7 @@ use arrow_schema::DataType;
 use parquet::arrow::ProjectionMask;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 
+use super::float_lists::{FloatLists, ListLayout, ListRow};
 use super::npy::{self, FloatRows, StringRows};
 use crate::table::columns;
 
@@ -413,14 +415,38 @@ fn push_keys(array: &ArrayRef, at: usize, count: usize, batch: &mut Batch) {
 
 /// An aesthete score table with an `embedding` column.
 pub(crate) struct TableSource {
+    /// The table's columns but the embeddings when `lists` reads them.
     reader: ParquetRecordBatchReader,
+    /// The embedding column, when it has the usual layout (see `float_lists`).
+    lists: Option<Box<FloatLists>>,
+    /// What `lists` found in the rows being appended.
+    list_rows: Vec<ListRow>,
     dim: usize,
     pending: Option<RecordBatch>,
     at: usize,
 }
 
+/// Which reader takes an aesthete table's embedding column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum EmbeddingReader {
+    /// `float_lists` when the column's layout is one it reads, else arrow's.
+    OursWhereItCan,
+    /// Arrow's, whatever the layout: what `float_lists` is checked against.
+    #[cfg(test)]
+    Arrow,
+}
+
 impl TableSource {
     fn open(path: &Path, dim: usize, batch_rows: usize) -> Result<Self, String> {
+        Self::open_with(path, dim, batch_rows, EmbeddingReader::OursWhereItCan)
+    }
+
+    pub(crate) fn open_with(
+        path: &Path,
+        dim: usize,
+        batch_rows: usize,
+        embeddings: EmbeddingReader,
+    ) -> Result<Self, String> {
         let builder = ParquetRecordBatchReaderBuilder::try_new(open(path)?)
             .map_err(|e| format!("not a readable Parquet file: {e}"))?;
         let schema = builder.schema().clone();
@@ -455,7 +481,25 @@ impl TableSource {
                 "its `embedding` column holds {item}; float32 or float16 expected"
             ));
         }
-        let mut roots = vec![key, embedding];
+        let layout = match embeddings {
+            EmbeddingReader::OursWhereItCan => {
+                ListLayout::of(builder.metadata(), columns::EMBEDDING)
+            }
+            #[cfg(test)]
+            EmbeddingReader::Arrow => None,
+        };
+        let lists = match (&item, layout) {
+            (DataType::Float32, Some(layout)) => {
+                // A file of its own, so that its offset is not shared with arrow's reader.
+                let file = Arc::new(open(path)?);
+                Some(Box::new(FloatLists::new(file, builder.metadata().clone(), layout, dim)))
+            }
+            _ => None,
+        };
+        let mut roots = vec![key];
+        if lists.is_none() {
+            roots.push(embedding);
+        }
         for name in [columns::ERROR, columns::WIDTH, columns::HEIGHT] {
             roots.extend(index(name));
         }
@@ -465,10 +509,16 @@ impl TableSource {
             .with_batch_size(batch_rows.max(1))
             .build()
             .map_err(|e| e.to_string())?;
-        Ok(TableSource { reader, dim, pending: None, at: 0 })
+        Ok(TableSource { reader, lists, list_rows: Vec::new(), dim, pending: None, at: 0 })
     }
 
-    fn read(&mut self, batch: &mut Batch, max: usize) -> Result<usize, String> {
+    /// Whether `float_lists` reads the embedding column.
+    #[cfg(test)]
+    pub(crate) fn reads_lists_itself(&self) -> bool {
+        self.lists.is_some()
+    }
+
+    pub(crate) fn read(&mut self, batch: &mut Batch, max: usize) -> Result<usize, String> {
         let mut read = 0;
         while read < max {
             let record = match &self.pending {
@@ -482,7 +532,22 @@ impl TableSource {
                 },
             };
             let take = (max - read).min(record.num_rows() - self.at);
-            append_table_rows(record, self.at, take, self.dim, batch)?;
+            let lists = match &mut self.lists {
+                Some(lists) => {
+                    self.list_rows.clear();
+                    let got = lists
+                        .read(take, &mut batch.values, &mut self.list_rows)
+                        .map_err(|e| format!("reading rows: {e}"))?;
+                    if got != take {
+                        return Err(
+                            "reading rows: the embedding column ends before the table".into()
+                        );
+                    }
+                    Some(&mut self.list_rows[..])
+                }
+                None => None,
+            };
+            append_table_rows(record, self.at, take, self.dim, lists, batch)?;
             self.at += take;
             read += take;
         }
@@ -490,21 +555,46 @@ impl TableSource {
     }
 }
 
-/// Appends rows `at..at + count` of an aesthete table's record batch to `batch`.
+/// Appends rows `at..at + count` of an aesthete table's record batch to `batch`. With
+/// `lists`, the rows' values are in `batch` already and `lists` says what each holds; else
+/// they come from the record's embedding column.
 fn append_table_rows(
     record: &RecordBatch,
     at: usize,
     count: usize,
     dim: usize,
+    lists: Option<&mut [ListRow]>,
     batch: &mut Batch,
 ) -> Result<(), String> {
     let keys = record.column_by_name(columns::KEY).expect("projected").as_string::<i32>();
-    let embeddings = record.column_by_name(columns::EMBEDDING).expect("projected");
     let errors = record.column_by_name(columns::ERROR).and_then(|c| c.as_string_opt::<i32>());
     let widths =
         record.column_by_name(columns::WIDTH).and_then(|c| c.as_primitive_opt::<UInt32Type>());
     let heights =
         record.column_by_name(columns::HEIGHT).and_then(|c| c.as_primitive_opt::<UInt32Type>());
+    let no_embedding = |i: usize| {
+        let recorded = errors.filter(|e| e.is_valid(i)).map(|e| e.value(i).to_string());
+        recorded.unwrap_or_else(|| "no embedding in the input table".into())
+    };
+    if let Some(lists) = lists {
+        for (i, row) in (at..at + count).zip(lists) {
+            batch.push_key(keys.value(i));
+            let size = match (widths, heights) {
+                (Some(w), Some(h)) if w.is_valid(i) && h.is_valid(i) => {
+                    Some((w.value(i), h.value(i)))
+                }
+                _ => None,
+            };
+            let problem = match std::mem::replace(row, ListRow::Values) {
+                ListRow::Values => None,
+                ListRow::Null => Some(no_embedding(i)),
+                ListRow::Problem(problem) => Some(problem),
+            };
+            batch.rows.push(RowInfo { size, problem });
+        }
+        return Ok(());
+    }
+    let embeddings = record.column_by_name(columns::EMBEDDING).expect("projected");
     // The common case, an aesthete table's fixed-width float32 column without null items: rows
     // are slices of one buffer, with no array made per row.
     let flat = match embeddings.data_type() {
@@ -539,11 +629,7 @@ fn append_table_rows(
             })
         };
         let Some(values) = values else {
-            let recorded = errors.filter(|e| e.is_valid(i)).map(|e| e.value(i).to_string());
-            batch.push_problem(
-                size,
-                recorded.unwrap_or_else(|| "no embedding in the input table".into()),
-            );
+            batch.push_problem(size, no_embedding(i));
             continue;
         };
         if values.len() != dim {
