@@ -355,8 +355,7 @@ impl ClipVision {
     /// operands with f32 sums). Part of the [candle door](crate::candle);
     /// [`ClipVision::embed`] is the plain way to embed.
     pub fn forward_tensor(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        let fast = self.tensor_dtype() == DType::F32;
-        self.forward_with(pixel_values, fast)
+        self.forward_with(pixel_values, self.runs_cpu_encoder())
     }
 
     /// [`ClipVision::forward_tensor`] written a second way, with candle's own tensor

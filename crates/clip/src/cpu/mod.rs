@@ -142,9 +142,10 @@ impl Weight<'_> {
         }
     }
 
-    /// `dst (m × n) += layer_norm(x) · wᵀ`, the norm's weight and bias `ln`: f32 writes the
-    /// normed rows into `normed` first; bf16 norms each row as it is rounded, in the same
-    /// pass (`normed` unused).
+    /// `dst (m × n) = layer_norm(x) · wᵀ`, stored over `dst` (what it held is never read),
+    /// the norm's weight and bias `ln`: f32 writes the normed rows into `normed` first; bf16
+    /// norms each row as it is rounded, in the same pass (`normed` unused). The caller adds
+    /// the layer's bias in a pass of its own, with whatever else that pass does.
     #[allow(clippy::too_many_arguments)]
     fn product_of_norm(
         self,
@@ -159,12 +160,13 @@ impl Weight<'_> {
         match self {
             Weight::F32(w) => {
                 layer_norm(x, normed, ln[0], ln[1], k, eps);
-                matmul_acc(dst, normed, w, m, n, k);
+                matmul_store(dst, normed, w, m, n, k);
             }
             Weight::Bf16(kernel, w) => {
                 check_packed(w, n, k);
                 fill_normed(ws, x, ln, eps, m, k);
-                bf16::matmul_acc(kernel, dst, ws, w, None);
+                let layout = bf16::Output::rows(n);
+                bf16::matmul_to(kernel, dst, layout, ws, w, bf16::Write::Store, None);
             }
         }
     }
@@ -402,8 +404,8 @@ fn run_layer(x: &mut [f32], w: &LayerWeights<'_>, d: &Dims, ws: &mut Workspace) 
         Weight::F32(_) => {
             ws.normed.grow(m * h);
             let normed = &mut ws.normed.as_mut_slice()[..m * h];
-            fill_rows(qkv, w.qkv.1);
             w.qkv.0.product_of_norm(qkv, x, w.ln1, d.eps, normed, (m, 3 * h, h), rounded);
+            add_rows(qkv, w.qkv.1);
             let scores = &mut ws.scores.as_mut_slice()[..d.n * d.heads * d.s * d.s];
             attention(qkv, attn, scores, d)
         }
@@ -439,25 +441,15 @@ fn run_layer(x: &mut [f32], w: &LayerWeights<'_>, d: &Dims, ws: &mut Workspace) 
     ws.mlp.grow(m * i);
     let normed = &mut ws.normed.as_mut_slice()[..m * h];
     let mlp = &mut ws.mlp.as_mut_slice()[..m * i];
-    match w.fc1.0 {
-        Weight::F32(fc1) => {
-            // The product stored over `mlp` (never read first), then the bias and the
-            // activation in one pass over each row: one pass over the m × intermediate
-            // matrix less than a bias written first and read back by the product.
-            layer_norm(x, normed, w.ln2[0], w.ln2[1], h, d.eps);
-            matmul_store(mlp, normed, fc1, m, i, h);
-            let bias = w.fc1.1;
-            mlp.par_chunks_mut(i).with_min_len(4).for_each(|row| {
-                row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
-                act(row)
-            });
-        }
-        Weight::Bf16(..) => {
-            fill_rows(mlp, w.fc1.1);
-            w.fc1.0.product_of_norm(mlp, x, w.ln2, d.eps, normed, (m, i, h), rounded);
-            mlp.par_chunks_mut(16 * 1024).for_each(act);
-        }
-    }
+    // The product stored, then the bias and the activation in one pass over each row: one
+    // pass over the m × intermediate matrix less than a bias written first and read back by
+    // the product.
+    w.fc1.0.product_of_norm(mlp, x, w.ln2, d.eps, normed, (m, i, h), rounded);
+    let bias = w.fc1.1;
+    mlp.par_chunks_mut(i).with_min_len(4).for_each(|row| {
+        row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+        act(row)
+    });
     w.fc2.0.product(x, mlp, w.fc2.1, m, h, i, rounded);
     Ok(())
 }
@@ -506,10 +498,6 @@ fn matmul(dst: &mut [f32], a: &[f32], w: &[f32], (m, n, k): (usize, usize, usize
             parallelism(),
         )
     }
-}
-
-fn fill_rows(dst: &mut [f32], row: &[f32]) {
-    dst.par_chunks_mut(row.len()).with_min_len(16).for_each(|d| d.copy_from_slice(row));
 }
 
 fn add_rows(dst: &mut [f32], row: &[f32]) {
