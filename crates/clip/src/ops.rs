@@ -143,7 +143,7 @@ pub(crate) mod kernels {
 
     /// Sum with `LANES` independent accumulators, so that it vectorizes.
     #[inline(always)]
-    fn sum(xs: &[f32]) -> f32 {
+    pub(crate) fn sum(xs: &[f32]) -> f32 {
         let mut acc = [0.0f32; LANES];
         let mut chunks = xs.chunks_exact(LANES);
         for c in &mut chunks {

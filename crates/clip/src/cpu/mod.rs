@@ -647,11 +647,8 @@ fn attention_bf16(
         // SAFETY: `p` is this task's own s × s buffer.
         unsafe { bf16::matmul_raw(kernel, p.as_mut_ptr(), s, &ops.q, &ops.k, bf16::Write::Store) };
         // out = softmax(p) · v, as softmax(p) times the weight vᵀ; the softmax runs on each
-        // row as it is rounded.
-        ops.p.fill_activations_of(p, s, s, s, this, |row, out| {
-            out.copy_from_slice(row);
-            kernels::softmax(out)
-        });
+        // row as it is rounded and packed.
+        ops.p.fill_softmax_rows(p, s, s, this);
         ops.v.fill_weight_columns(&qkv[v..], hd, s, hd, this);
         let dst = out.0.wrapping_add(image * s * h + head * hd);
         // SAFETY: rows `image · s ..` and columns `head · hd ..` of `out` (n · s × h, inside

@@ -117,6 +117,105 @@ fn round_row_portable(src: &[f32], dst: &mut [u16]) {
     dst.iter_mut().zip(src).for_each(|(d, &x)| *d = to_bf16(x));
 }
 
+/// Writes into one pair-row of a packed weight (32 u16) two K rows' values (up to 16 each,
+/// `None` past K): column `c` gets `(even[c], odd[c])` rounded, the rest zeros.
+type InterleavePair = fn(Option<&[f32]>, Option<&[f32]>, &mut [u16]);
+
+/// The pair interleaver for this CPU, as [`row_rounder`] chooses.
+fn pair_interleaver() -> InterleavePair {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+    {
+        // SAFETY: the CPU has AVX-512F and BW, checked just above.
+        return |even, odd, dst| unsafe { interleave_pair_avx512(even, odd, dst) };
+    }
+    interleave_pair_portable
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn interleave_pair_avx512(even: Option<&[f32]>, odd: Option<&[f32]>, dst: &mut [u16]) {
+    interleave_pair_portable(even, odd, dst)
+}
+
+#[inline(always)]
+fn interleave_pair_portable(even: Option<&[f32]>, odd: Option<&[f32]>, dst: &mut [u16]) {
+    let load = |row: Option<&[f32]>| {
+        let mut values = [0f32; PANEL];
+        match row {
+            // The whole panel: a fixed-size copy, not a call to memcpy.
+            Some(row) if row.len() == PANEL => values = row.try_into().expect("16 values"),
+            Some(row) => values[..row.len()].copy_from_slice(row),
+            None => {}
+        }
+        values
+    };
+    let (even, odd) = (load(even), load(odd));
+    let mut pairs = [0u32; PANEL];
+    for ((p, &e), &o) in pairs.iter_mut().zip(&even).zip(&odd) {
+        *p = u32::from(to_bf16(e)) | (u32::from(to_bf16(o)) << 16);
+    }
+    for (d, p) in dst.chunks_exact_mut(2).zip(pairs) {
+        d[0] = p as u16;
+        d[1] = (p >> 16) as u16;
+    }
+}
+
+/// Packs the softmax of `row` (its `k` values) into row `r` of an activation panel (`steps`
+/// tile rows of 32, `PANEL_STEP` apart), through `exps` (at least `steps · 32` floats):
+/// the arithmetic of [`crate::ops::kernels::softmax`] in its order (the same maximum, `exp`,
+/// sum and reciprocal), each probability rounded as it is made.
+type SoftmaxRow = fn(&[f32], &mut [f32], &mut [u16], usize);
+
+/// The softmax packer for this CPU, as [`row_rounder`] chooses.
+fn softmax_packer() -> SoftmaxRow {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+    {
+        // SAFETY: the CPU has AVX-512F and BW, checked just above.
+        return |row, exps, panel, r| unsafe { softmax_row_avx512(row, exps, panel, r) };
+    }
+    softmax_row_portable
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn softmax_row_avx512(row: &[f32], exps: &mut [f32], panel: &mut [u16], r: usize) {
+    softmax_row_portable(row, exps, panel, r)
+}
+
+#[inline(always)]
+fn softmax_row_portable(row: &[f32], exps: &mut [f32], panel: &mut [u16], r: usize) {
+    use crate::ops::kernels::{exp, sum};
+    const LANES: usize = 16;
+    let k = row.len();
+    let steps = k.div_ceil(STEP);
+    let exps = &mut exps[..steps * STEP];
+    // The maximum ignores NaN like the f32 softmax's, in any order: the same value.
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for c in &mut chunks {
+        for j in 0..LANES {
+            lanes[j] = if c[j] > lanes[j] { c[j] } else { lanes[j] };
+        }
+    }
+    let mut max = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    max = lanes.iter().fold(max, |m, &v| m.max(v));
+    for (e, &v) in exps.iter_mut().zip(row) {
+        *e = exp(v - max);
+    }
+    let inv = 1.0 / sum(&exps[..k]);
+    exps[k..].fill(0.0);
+    for (step, chunk) in exps.chunks_exact(STEP).enumerate() {
+        let dst = &mut panel[step * PANEL_STEP + r * STEP..][..STEP];
+        for (d, &e) in dst.iter_mut().zip(chunk) {
+            *d = to_bf16(e * inv);
+        }
+    }
+}
+
 fn round_up(x: usize, to: usize) -> usize {
     x.div_ceil(to) * to
 }
@@ -258,6 +357,8 @@ impl Packed {
 
     /// Packs as a weight the transpose of `k` rows of `n` values, row `kk` starting at
     /// `src[kk · stride]`: element `(j, kk)` is `src[kk · stride + j]` (attention's values).
+    /// Each pair-row of a step is two source rows' 16 values, rounded and interleaved, built
+    /// as 16 u32 (low half the even row's) in a loop that compiles to vector code.
     pub(crate) fn fill_weight_columns(
         &mut self,
         src: &[f32],
@@ -267,7 +368,7 @@ impl Packed {
         threads: Threads,
     ) {
         assert!(k == 0 || src.len() >= (k - 1) * stride + n, "weight too short for {n} × {k}");
-        let round_row = row_rounder();
+        let interleave = pair_interleaver();
         self.fill_panels(
             n,
             k,
@@ -275,20 +376,13 @@ impl Packed {
             || (),
             |_, panel, out| {
                 let (j0, width) = (panel * PANEL, n.saturating_sub(panel * PANEL).min(PANEL));
-                let mut rounded = [[0u16; PANEL]; 2];
                 for (at, pair_row) in out.chunks_exact_mut(2 * PANEL).enumerate() {
                     let kk = (at / 16) * STEP + (at % 16) * 2;
-                    for (parity, r) in rounded.iter_mut().enumerate() {
-                        r.fill(0);
-                        if kk + parity < k && width > 0 {
-                            let from = (kk + parity) * stride + j0;
-                            round_row(&src[from..from + width], &mut r[..width]);
-                        }
-                    }
-                    for col in 0..PANEL {
-                        pair_row[2 * col] = rounded[0][col];
-                        pair_row[2 * col + 1] = rounded[1][col];
-                    }
+                    let row = |kk: usize| {
+                        (kk < k && width > 0)
+                            .then(|| &src[kk * stride + j0..kk * stride + j0 + width])
+                    };
+                    interleave(row(kk), row(kk + 1), pair_row);
                 }
             },
         );
@@ -321,6 +415,34 @@ impl Packed {
         f: impl Fn(&[f32], &mut [f32]) + Sync + Send,
     ) {
         self.fill_activations_mapped(x, m, k, stride, threads, Some(f));
+    }
+
+    /// Packs as activations the softmax of each of `m` rows of `k` scores (`scores` row-major,
+    /// `m × k`): bit for bit `fill_activations_of` with a row copied and its softmax taken,
+    /// each probability rounded and placed as it is made (attention's `p` before `p · v`).
+    pub(crate) fn fill_softmax_rows(
+        &mut self,
+        scores: &[f32],
+        m: usize,
+        k: usize,
+        threads: Threads,
+    ) {
+        assert!(scores.len() >= m * k, "scores too short for {m} × {k}");
+        let steps = round_up(k, STEP) / STEP;
+        let softmax_row = softmax_packer();
+        let exps = || vec![0f32; steps * STEP];
+        self.fill_panels(m, k, threads, exps, |exps, panel, out| {
+            for r in 0..PANEL {
+                let i = panel * PANEL + r;
+                if i < m {
+                    softmax_row(&scores[i * k..(i + 1) * k], exps, out, r);
+                } else {
+                    for step in 0..steps {
+                        out[step * PANEL_STEP + r * STEP..][..STEP].fill(0);
+                    }
+                }
+            }
+        });
     }
 
     fn fill_activations_mapped(
@@ -398,10 +520,19 @@ struct SharedMut(*mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
-/// Output rows and columns of one parallel task, in blocks: big enough that the task's
-/// activations and weight panels are reused from cache, small enough for many tasks.
-const TASK_ROWS: usize = 4 * BLOCK;
+/// Output rows (at most) and columns of one parallel task, in blocks: big enough that the
+/// task's activations and weight panels are reused from cache, small enough for many tasks.
+/// 256 × 256 measured faster than 128 × 256 with the AMX kernel's K chunks (one Xeon thread
+/// at ViT-L/14's shapes).
+const TASK_ROWS: usize = 8 * BLOCK;
 const TASK_COLS: usize = 8 * BLOCK;
+
+/// Rows of each row task for `m` rows: the blocks shared out evenly among as few tasks as
+/// hold at most [`TASK_ROWS`] each (33 blocks: 7, 7, 7, 6, 6 rather than 8, 8, 8, 8, 1).
+fn task_rows(m: usize) -> usize {
+    let blocks = m.max(1).div_ceil(BLOCK);
+    blocks.div_ceil(blocks.div_ceil(TASK_ROWS / BLOCK)) * BLOCK
+}
 
 /// `dst (m × n, row-major) += a · wᵀ` with bf16 operands and f32 sums, on every thread.
 ///
@@ -488,12 +619,13 @@ pub(crate) fn matmul_to(
     };
     assert!(fits, "{layout:?} does not lay out {m} × {n} values");
     check_operands(a, w);
-    let (row_tasks, col_tasks) = (m.div_ceil(TASK_ROWS), n.div_ceil(TASK_COLS));
+    let task_rows = task_rows(m);
+    let (row_tasks, col_tasks) = (m.div_ceil(task_rows), n.div_ceil(TASK_COLS));
     let out = SharedMut(dst.as_mut_ptr());
     (0..row_tasks * col_tasks).into_par_iter().for_each(move |task| {
         let out = out;
         let (row_task, col_task) = (task % row_tasks, task / row_tasks);
-        let rows = row_task * TASK_ROWS..((row_task + 1) * TASK_ROWS).min(m);
+        let rows = row_task * task_rows..((row_task + 1) * task_rows).min(m);
         let cols = col_task * TASK_COLS..((col_task + 1) * TASK_COLS).min(n);
         // SAFETY: `dst` holds m × n values laid out as `layout` (checked above); this task
         // alone writes `rows` × `cols`; the kernel came from `Kernel::detect` or
@@ -538,15 +670,19 @@ pub(crate) fn matmul_bias_into_activations(
     let (out_panel, out_ptr) =
         (out.panel_len(), SharedMutU16(out.data.as_mut_slice().as_mut_ptr()));
     let round_row = row_rounder();
-    let (row_tasks, col_tasks) = (m.max(1).div_ceil(TASK_ROWS), n.div_ceil(TASK_COLS));
+    let task_rows = task_rows(m);
+    let (row_tasks, col_tasks) = (m.max(1).div_ceil(task_rows), n.div_ceil(TASK_COLS));
     (0..row_tasks * col_tasks).into_par_iter().for_each(|task| {
         let (row_task, col_task) = (task % row_tasks, task / row_tasks);
         let rows =
-            row_task * TASK_ROWS..((row_task + 1) * TASK_ROWS).min(round_up(m.max(1), BLOCK));
+            row_task * task_rows..((row_task + 1) * task_rows).min(round_up(m.max(1), BLOCK));
         let cols = col_task * TASK_COLS..((col_task + 1) * TASK_COLS).min(n);
         // SAFETY: this task's thread runs nothing else while `block_kernel` lives; `kernel`
         // came from `Kernel::available`.
         let mut block_kernel = unsafe { BlockKernel::start(kernel) };
+        // SAFETY: `rows` and `cols` start on block boundaries and lie in the padded operands
+        // (rows up to round_up(m, 32), which `a` is padded to).
+        let task_sums = unsafe { block_kernel.task_sums(a, w, rows.clone(), cols.clone()) };
         let mut sums = Block([0.0; BLOCK * BLOCK]);
         for j in cols.clone().step_by(BLOCK) {
             let b = w.data.as_slice()[(j / PANEL) * w.panel_len()..].as_ptr();
@@ -558,19 +694,17 @@ pub(crate) fn matmul_bias_into_activations(
                 }
                 if live > 0 && w.steps() > 0 {
                     let a_block = a.data.as_slice()[(i / PANEL) * a.panel_len()..].as_ptr();
+                    let c = sums.0.as_mut_ptr();
+                    let at = ((i - rows.start) / BLOCK, (j - cols.start) / BLOCK);
                     // SAFETY: `sums` is 32 rows of 32 floats; `a` has two panels from row `i`
                     // and `w` two from column `j` (both padded to 32 rows).
                     unsafe {
-                        block_kernel.block(
-                            sums.0.as_mut_ptr(),
-                            BLOCK,
-                            a_block,
-                            b,
-                            w,
-                            live,
-                            Write::Add,
-                            None,
-                        )
+                        match &task_sums {
+                            Some(task) => task.write(c, BLOCK, at, Write::Add, None),
+                            None => {
+                                block_kernel.block(c, BLOCK, a_block, b, w, live, Write::Add, None)
+                            }
+                        }
                     };
                 }
                 if width == BLOCK {
@@ -613,6 +747,7 @@ pub(crate) fn matmul_bias_into_activations(
 }
 
 /// One 32 × 32 block of f32 on a cache line.
+#[derive(Clone)]
 #[repr(C, align(64))]
 struct Block([f32; BLOCK * BLOCK]);
 
@@ -678,13 +813,53 @@ unsafe fn blocks(
     // SAFETY: this task's thread runs nothing else while `block_kernel` lives (no rayon call
     // below); `kernel` came from `Kernel::available`.
     let mut block_kernel = unsafe { BlockKernel::start(kernel) };
+    // SAFETY: forwarded from the caller (`rows` and `cols` inside the operands).
+    let task_sums = unsafe { block_kernel.task_sums(a, w, rows.clone(), cols.clone()) };
+    let (first_row, first_col) = (rows.start, cols.start);
     // SAFETY: forwarded from the caller. Each call gets from `each_block` a 32 × 32 block of
     // writable floats at the stride it is given and two panels of each operand from its
     // block's rows / columns, `steps` steps long: what the block kernels require.
     unsafe {
-        each_block(out, layout, rows, cols, a, w, write, bias, |c, ldc, a_block, b, live, bias| {
-            block_kernel.block(c, ldc, a_block, b, w, live, write, bias)
-        })
+        each_block(
+            out,
+            layout,
+            rows,
+            cols,
+            a,
+            w,
+            write,
+            bias,
+            |c, ldc, (i, j), a_block, b, live, bias| match &task_sums {
+                Some(task) => task.write(
+                    c,
+                    ldc,
+                    ((i - first_row) / BLOCK, (j - first_col) / BLOCK),
+                    write,
+                    bias,
+                ),
+                None => block_kernel.block(c, ldc, a_block, b, w, live, write, bias),
+            },
+        )
+    }
+}
+
+/// What [`BlockKernel::task_sums`] returns: AMX's task sums on x86-64, nothing elsewhere.
+#[cfg(target_arch = "x86_64")]
+use amx::TaskSums;
+#[cfg(not(target_arch = "x86_64"))]
+enum TaskSums {}
+
+#[cfg(not(target_arch = "x86_64"))]
+impl TaskSums {
+    unsafe fn write(
+        &self,
+        _: *mut f32,
+        _: usize,
+        _: (usize, usize),
+        _: Write,
+        _: Option<&[f32; BLOCK]>,
+    ) {
+        match *self {}
     }
 }
 
@@ -707,6 +882,38 @@ impl BlockKernel {
             // SAFETY: forwarded.
             tiles: (kernel == Kernel::Amx).then(|| unsafe { amx::Tiles::configure() }),
         }
+    }
+
+    /// The sums of every block of a task of `rows` × `cols`, computed ahead with K in chunks
+    /// ([`amx::Tiles::task_sums`]), where this kernel does that: AMX, with K longer than one
+    /// chunk. `None` otherwise: each block is then computed over all of K by [`Self::block`].
+    ///
+    /// # Safety
+    /// `rows` and `cols` start on block boundaries; `a` holds two panels from each row block
+    /// and `w` from each column block (padded to 32 rows).
+    unsafe fn task_sums(
+        &mut self,
+        a: &Activations,
+        w: &PackedWeight,
+        rows: std::ops::Range<usize>,
+        cols: std::ops::Range<usize>,
+    ) -> Option<TaskSums> {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(tiles) = &mut self.tiles {
+            let (steps, panel) = (w.steps(), w.panel_len());
+            if steps > amx::CHUNK_STEPS && !rows.is_empty() && !cols.is_empty() {
+                let a_first = a.data.as_slice()[(rows.start / PANEL) * panel..].as_ptr();
+                let b_first = w.data.as_slice()[(cols.start / PANEL) * panel..].as_ptr();
+                let (row_blocks, col_blocks) =
+                    (rows.len().div_ceil(BLOCK), cols.len().div_ceil(BLOCK));
+                // SAFETY: the caller guarantees the panels of every block of the task.
+                return Some(unsafe {
+                    tiles.task_sums(a_first, b_first, panel, steps, row_blocks, col_blocks)
+                });
+            }
+        }
+        let _ = (a, w, rows, cols);
+        None
     }
 
     /// `c (32 × 32, stride ldc) += a · bᵀ` over all of `w`'s K, for a block whose first
@@ -749,10 +956,11 @@ impl BlockKernel {
     }
 }
 
-/// Calls `block(c, ldc, a, b, live)` for each 32 × 32 output block of `rows` × `cols`, where
-/// `c` addresses 32 rows of 32 writable floats at stride `ldc` and `a` and `b` two panels each
-/// of the block's rows and columns (`panel` u16 apart), and `live` is how many of its rows
-/// lie inside `rows` (a kernel may skip the others). A partial block at the matrix's edge, or
+/// Calls `block(c, ldc, (i, j), a, b, live)` for each 32 × 32 output block of `rows` ×
+/// `cols`, the one at row `i`, column `j`, where `c` addresses 32 rows of 32 writable floats
+/// at stride `ldc` and `a` and `b` two panels each of the block's rows and columns (`panel`
+/// u16 apart), and `live` is how many of its rows lie inside `rows` (a kernel may skip the
+/// others). A partial block at the matrix's edge, or
 /// one across two column groups, goes through a scratch block, copied in and out.
 ///
 /// # Safety
@@ -768,7 +976,15 @@ unsafe fn each_block(
     w: &PackedWeight,
     write: Write,
     bias: Option<&[f32]>,
-    mut block: impl FnMut(*mut f32, usize, *const u16, *const u16, usize, Option<&[f32; BLOCK]>),
+    mut block: impl FnMut(
+        *mut f32,
+        usize,
+        (usize, usize),
+        *const u16,
+        *const u16,
+        usize,
+        Option<&[f32; BLOCK]>,
+    ),
 ) {
     let panel = w.panel_len();
     let mut scratch = [0f32; BLOCK * BLOCK];
@@ -790,7 +1006,8 @@ unsafe fn each_block(
             // two from column `j` (both padded to 32 rows).
             unsafe {
                 if h == BLOCK && wd == BLOCK && layout.in_one_group(j, BLOCK) {
-                    block(out.add(layout.at(i, j)), layout.ldc, a_block, b, BLOCK, bias.as_ref());
+                    let (c, ldc) = (out.add(layout.at(i, j)), layout.ldc);
+                    block(c, ldc, (i, j), a_block, b, BLOCK, bias.as_ref());
                 } else {
                     let s = scratch.as_mut_ptr();
                     // Row by row inside one group; element by element across groups.
@@ -803,7 +1020,7 @@ unsafe fn each_block(
                             std::ptr::copy_nonoverlapping(at, s.add(r * BLOCK + c), run);
                         }
                     }
-                    block(s, BLOCK, a_block, b, h, bias.as_ref());
+                    block(s, BLOCK, (i, j), a_block, b, h, bias.as_ref());
                     for r in 0..h {
                         for c in (0..wd).step_by(run) {
                             let at = out.add(layout.at(i + r, j + c));
@@ -953,6 +1170,41 @@ mod tests {
         }
     }
 
+    /// The softmax packed as it is made: what a copy of each row, its f32 softmax and the
+    /// rounding pack, bit for bit, on this CPU's path and the portable one; rows of scores
+    /// from 1 to 257 (attention's), padding rows and K zeros.
+    #[test]
+    fn packed_softmax_is_the_softmax_rounded() {
+        for threads in [Threads::All, Threads::This] {
+            for (m, k) in [(1, 1), (5, 7), (19, 40), (33, 257)] {
+                let scores: Vec<f32> = random(m * k, 21).iter().map(|v| v * 12.0).collect();
+                let mut want = Activations::default();
+                want.fill_activations_of(&scores, m, k, k, threads, |row, out| {
+                    out.copy_from_slice(row);
+                    crate::ops::kernels::softmax(out)
+                });
+                let mut got = Activations::default();
+                got.fill_softmax_rows(&scores, m, k, threads);
+                assert!(got.data.as_slice() == want.data.as_slice(), "{threads:?} {m} x {k}");
+                let steps = round_up(k, STEP) / STEP;
+                let mut portable = vec![0u16; steps * PANEL_STEP];
+                let mut exps = vec![0f32; steps * STEP];
+                for r in 0..m.min(PANEL) {
+                    softmax_row_portable(&scores[r * k..(r + 1) * k], &mut exps, &mut portable, r);
+                }
+                let rows = m.min(PANEL);
+                for step in 0..steps {
+                    let at = step * PANEL_STEP;
+                    assert_eq!(
+                        &portable[at..at + rows * STEP],
+                        &want.data.as_slice()[at..at + rows * STEP],
+                        "portable {m} x {k}, step {step}"
+                    );
+                }
+            }
+        }
+    }
+
     /// A product into column groups (of a width that is a multiple of the block, one that
     /// is not, and one that blocks straddle) holds the row-major product's values, moved.
     #[test]
@@ -1018,10 +1270,16 @@ mod tests {
             eprintln!("skipped fused_bias_and_activation: {NO_KERNEL}");
         }
         for kernel in available {
-            for (case, &(m, n, k)) in
-                [(1, 32, 32), (33, 65, 31), (257, 96, 64), (130, 300, 97), (4, 40, 0)]
-                    .iter()
-                    .enumerate()
+            for (case, &(m, n, k)) in [
+                (1, 32, 32),
+                (33, 65, 31),
+                (257, 96, 64),
+                (130, 300, 97),
+                (70, 300, 600),
+                (4, 40, 0),
+            ]
+            .iter()
+            .enumerate()
             {
                 let seed = 100 + case as u64 * 5;
                 let mut a = Activations::default();
@@ -1070,6 +1328,10 @@ mod tests {
             (130, 300, 97),
             (45, 40, 64),
             (257, 48, 1024),
+            // K in AMX's chunks of 16 steps and a partial one; two column tasks, then two
+            // row tasks (5 and 4 blocks).
+            (100, 290, 545),
+            (270, 40, 545),
             (40, 16, 0),
         ];
         for kernel in available {
