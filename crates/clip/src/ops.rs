@@ -214,17 +214,24 @@ pub(crate) mod kernels {
         }
     }
 
+    /// The largest value (NaN ignored; -inf when there is none) with `LANES` independent
+    /// maxima, so that it vectorizes.
     #[inline(always)]
-    pub(crate) fn softmax_portable(row: &mut [f32]) {
-        let mut max = [f32::NEG_INFINITY; LANES];
-        let mut chunks = row.chunks_exact(LANES);
+    pub(crate) fn max(xs: &[f32]) -> f32 {
+        let mut lanes = [f32::NEG_INFINITY; LANES];
+        let mut chunks = xs.chunks_exact(LANES);
         for c in &mut chunks {
             for j in 0..LANES {
-                max[j] = if c[j] > max[j] { c[j] } else { max[j] };
+                lanes[j] = if c[j] > lanes[j] { c[j] } else { lanes[j] };
             }
         }
-        let mut m = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        m = max.iter().fold(m, |m, &v| m.max(v));
+        let m = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+        lanes.iter().fold(m, |m, &v| m.max(v))
+    }
+
+    #[inline(always)]
+    pub(crate) fn softmax_portable(row: &mut [f32]) {
+        let m = max(row);
         for v in row.iter_mut() {
             *v = exp(*v - m);
         }

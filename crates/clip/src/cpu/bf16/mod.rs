@@ -90,27 +90,39 @@ fn from_bf16(x: u16) -> f32 {
     f32::from_bits(u32::from(x) << 16)
 }
 
+/// `$chooser() -> $ty`: `$portable` compiled for AVX-512F and BW (as `$avx512`) where this
+/// CPU has them, the same Rust either way, so bit for bit the same results. Chosen once per
+/// fill, not per row.
+macro_rules! avx512_or_portable {
+    ($(#[$doc:meta])* $chooser:ident -> $ty:ident, $avx512:ident, $portable:ident,
+     ($($arg:ident: $arg_ty:ty),*)) => {
+        $(#[$doc])*
+        fn $chooser() -> $ty {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx512f")
+                && std::arch::is_x86_feature_detected!("avx512bw")
+            {
+                // SAFETY: the CPU has AVX-512F and BW, checked just above.
+                return |$($arg),*| unsafe { $avx512($($arg),*) };
+            }
+            $portable
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx512f,avx512bw")]
+        fn $avx512($($arg: $arg_ty),*) {
+            $portable($($arg),*)
+        }
+    };
+}
+
 /// Rounds `src` into `dst` (same length).
 type RoundRow = fn(&[f32], &mut [u16]);
 
-/// The row rounder for this CPU: compiled for AVX-512 where it has it, the same Rust either
-/// way, so bit for bit the same result. Chosen once per fill, not per row.
-fn row_rounder() -> RoundRow {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw")
-    {
-        // SAFETY: the CPU has AVX-512F and BW, checked just above.
-        return |src, dst| unsafe { round_row_avx512(src, dst) };
-    }
-    round_row_portable
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
-fn round_row_avx512(src: &[f32], dst: &mut [u16]) {
-    round_row_portable(src, dst)
-}
+avx512_or_portable!(
+    /// The row rounder for this CPU.
+    row_rounder -> RoundRow, round_row_avx512, round_row_portable, (src: &[f32], dst: &mut [u16])
+);
 
 #[inline(always)]
 fn round_row_portable(src: &[f32], dst: &mut [u16]) {
@@ -121,23 +133,13 @@ fn round_row_portable(src: &[f32], dst: &mut [u16]) {
 /// `None` past K): column `c` gets `(even[c], odd[c])` rounded, the rest zeros.
 type InterleavePair = fn(Option<&[f32]>, Option<&[f32]>, &mut [u16]);
 
-/// The pair interleaver for this CPU, as [`row_rounder`] chooses.
-fn pair_interleaver() -> InterleavePair {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw")
-    {
-        // SAFETY: the CPU has AVX-512F and BW, checked just above.
-        return |even, odd, dst| unsafe { interleave_pair_avx512(even, odd, dst) };
-    }
-    interleave_pair_portable
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
-fn interleave_pair_avx512(even: Option<&[f32]>, odd: Option<&[f32]>, dst: &mut [u16]) {
-    interleave_pair_portable(even, odd, dst)
-}
+avx512_or_portable!(
+    /// The pair interleaver for this CPU.
+    pair_interleaver -> InterleavePair,
+    interleave_pair_avx512,
+    interleave_pair_portable,
+    (even: Option<&[f32]>, odd: Option<&[f32]>, dst: &mut [u16])
+);
 
 #[inline(always)]
 fn interleave_pair_portable(even: Option<&[f32]>, odd: Option<&[f32]>, dst: &mut [u16]) {
@@ -168,41 +170,21 @@ fn interleave_pair_portable(even: Option<&[f32]>, odd: Option<&[f32]>, dst: &mut
 /// sum and reciprocal), each probability rounded as it is made.
 type SoftmaxRow = fn(&[f32], &mut [f32], &mut [u16], usize);
 
-/// The softmax packer for this CPU, as [`row_rounder`] chooses.
-fn softmax_packer() -> SoftmaxRow {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx512f")
-        && std::arch::is_x86_feature_detected!("avx512bw")
-    {
-        // SAFETY: the CPU has AVX-512F and BW, checked just above.
-        return |row, exps, panel, r| unsafe { softmax_row_avx512(row, exps, panel, r) };
-    }
-    softmax_row_portable
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw")]
-fn softmax_row_avx512(row: &[f32], exps: &mut [f32], panel: &mut [u16], r: usize) {
-    softmax_row_portable(row, exps, panel, r)
-}
+avx512_or_portable!(
+    /// The softmax packer for this CPU.
+    softmax_packer -> SoftmaxRow,
+    softmax_row_avx512,
+    softmax_row_portable,
+    (row: &[f32], exps: &mut [f32], panel: &mut [u16], r: usize)
+);
 
 #[inline(always)]
 fn softmax_row_portable(row: &[f32], exps: &mut [f32], panel: &mut [u16], r: usize) {
-    use crate::ops::kernels::{exp, sum};
-    const LANES: usize = 16;
+    use crate::ops::kernels::{exp, max, sum};
     let k = row.len();
     let steps = k.div_ceil(STEP);
     let exps = &mut exps[..steps * STEP];
-    // The maximum ignores NaN like the f32 softmax's, in any order: the same value.
-    let mut lanes = [f32::NEG_INFINITY; LANES];
-    let mut chunks = row.chunks_exact(LANES);
-    for c in &mut chunks {
-        for j in 0..LANES {
-            lanes[j] = if c[j] > lanes[j] { c[j] } else { lanes[j] };
-        }
-    }
-    let mut max = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    max = lanes.iter().fold(max, |m, &v| m.max(v));
+    let max = max(row);
     for (e, &v) in exps.iter_mut().zip(row) {
         *e = exp(v - max);
     }
