@@ -203,6 +203,19 @@ impl EncoderLayer {
         })
     }
 
+    /// Holds the four weight matrices transposed in memory (`Wᵀ`, row-major `k × n`), seen
+    /// through a transposed view so that every reader still sees `n × k`: the `gemm` crate
+    /// reads them so without packing them first, per call. Same bits at ViT-L/14's shapes
+    /// (not at the smallest, where `gemm` may add in another order); two Xeon threads,
+    /// 1028-row products: 1.03-1.06 × the speed.
+    fn hold_weights_transposed(&mut self) -> Result<()> {
+        let attn = &mut self.self_attn;
+        for linear in [&mut attn.qkv, &mut attn.out_proj, &mut self.mlp.fc1, &mut self.mlp.fc2] {
+            linear.weight = linear.weight.t()?.contiguous()?.t()?;
+        }
+        Ok(())
+    }
+
     fn cpu_tensors(&self) -> cpu::LayerTensors<'_> {
         let (attn, mlp) = (&self.self_attn, &self.mlp);
         [
@@ -296,7 +309,12 @@ impl ClipVision {
                     .collect::<Result<Vec<_>>>()?;
                 Some(packed)
             }
-            None => None,
+            None => {
+                for layer in &mut layers {
+                    layer.hold_weights_transposed()?;
+                }
+                None
+            }
         };
         Ok(ClipVision {
             config: config.clone(),
@@ -495,7 +513,9 @@ impl ClipVision {
 
     /// The f32 values of every weight of an f32 CPU model, for a device encoder.
     pub(crate) fn host_model(&self) -> Result<crate::cuda::HostModel> {
-        let values = |t: &Tensor| -> Result<Vec<f32>> { t.flatten_all()?.to_vec1::<f32>() };
+        // `contiguous` first: f32 CPU models hold their layer weights transposed in memory.
+        let values =
+            |t: &Tensor| -> Result<Vec<f32>> { t.contiguous()?.flatten_all()?.to_vec1::<f32>() };
         let pair =
             |n: &LayerNorm| -> Result<[Vec<f32>; 2]> { Ok([values(&n.weight)?, values(&n.bias)?]) };
         let layers = self

@@ -108,10 +108,20 @@ impl Workspace {
 /// layer_norm2 weight and bias, fc1 weight and bias, fc2 weight and bias.
 pub(crate) type LayerTensors<'a> = [&'a Tensor; 12];
 
+/// How an f32 weight matrix (`n × k`, a Linear weight, `y = x Wᵀ`) lies in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Order {
+    /// Row-major `n × k`, as checkpoints hold it.
+    Rows,
+    /// Row-major `k × n` (`Wᵀ`): what `gemm` reads without packing it first. f32 CPU models
+    /// hold their layer weights so (`ClipVision::from_var_builder`).
+    Columns,
+}
+
 /// One weight matrix (`n × k`, a Linear weight) as a product reads it.
 #[derive(Debug, Clone, Copy)]
 enum Weight<'a> {
-    F32(&'a [f32]),
+    F32(&'a [f32], Order),
     Bf16(bf16::Kernel, &'a bf16::PackedWeight),
 }
 
@@ -130,9 +140,9 @@ impl Weight<'_> {
         ws: &mut bf16::Activations,
     ) {
         match self {
-            Weight::F32(w) => {
+            Weight::F32(w, order) => {
                 add_rows(dst, bias);
-                matmul_acc(dst, a, w, m, n, k)
+                matmul(dst, a, (w, order), (m, n, k), true)
             }
             Weight::Bf16(kernel, w) => {
                 check_packed(w, n, k);
@@ -158,9 +168,9 @@ impl Weight<'_> {
         ws: &mut bf16::Activations,
     ) {
         match self {
-            Weight::F32(w) => {
+            Weight::F32(w, order) => {
                 layer_norm(x, normed, ln[0], ln[1], k, eps);
-                matmul_store(dst, normed, w, m, n, k);
+                matmul(dst, normed, (w, order), (m, n, k), false);
             }
             Weight::Bf16(kernel, w) => {
                 check_packed(w, n, k);
@@ -203,24 +213,26 @@ pub(crate) struct LayerWeights<'a> {
 }
 
 impl<'a> LayerWeights<'a> {
-    /// Reads f32 layer tensors in place (the storage guards live in `guards`).
-    fn from_slices(w: [&'a [f32]; 12]) -> Self {
+    /// Reads f32 layer tensors in place (the storage guards live with the caller), each
+    /// with the order its values lie in (only the four weight matrices may be transposed).
+    fn from_slices(w: [(&'a [f32], Order); 12]) -> Self {
         let [ln1_w, ln1_b, qkv_w, qkv_b, out_w, out_b, ln2_w, ln2_b, fc1_w, fc1_b, fc2_w, fc2_b] =
             w;
+        let weight = |(values, order): (&'a [f32], Order)| Weight::F32(values, order);
         LayerWeights {
-            ln1: [ln1_w, ln1_b],
-            qkv: (Weight::F32(qkv_w), qkv_b),
-            out: (Weight::F32(out_w), out_b),
-            ln2: [ln2_w, ln2_b],
-            fc1: (Weight::F32(fc1_w), fc1_b),
-            fc2: (Weight::F32(fc2_w), fc2_b),
+            ln1: [ln1_w.0, ln1_b.0],
+            qkv: (weight(qkv_w), qkv_b.0),
+            out: (weight(out_w), out_b.0),
+            ln2: [ln2_w.0, ln2_b.0],
+            fc1: (weight(fc1_w), fc1_b.0),
+            fc2: (weight(fc2_w), fc2_b.0),
         }
     }
 
     fn check(&self, d: &Dims) -> Result<()> {
         let (h, i) = (d.hidden, d.intermediate);
         let lens = |w: Weight| match w {
-            Weight::F32(w) => w.len(),
+            Weight::F32(w, _) => w.len(),
             Weight::Bf16(_, w) => w.n() * w.k(),
         };
         let got = [
@@ -354,7 +366,7 @@ pub(crate) fn forward(
             Layers::F32(layers) => {
                 ws.scores.grow(dims.n * dims.heads * dims.s * dims.s);
                 for tensors in layers {
-                    with_f32_slices(tensors, |w| {
+                    with_f32_matrices(tensors, |w| {
                         run_layer(x, &LayerWeights::from_slices(w), dims, ws)
                     })?;
                 }
@@ -386,6 +398,28 @@ pub(crate) fn with_f32_slices<R, const N: usize>(
     f(slices)
 }
 
+/// Runs `f` over the f32 values of 1-D and 2-D tensors, read in place, each with its
+/// [`Order`]: contiguous (`Rows`), or a transposed view of a contiguous matrix (`Columns`).
+pub(crate) fn with_f32_matrices<R, const N: usize>(
+    tensors: [&Tensor; N],
+    f: impl FnOnce([(&[f32], Order); N]) -> Result<R>,
+) -> Result<R> {
+    let guards = tensors.map(|t| t.storage_and_layout());
+    let mut slices = [(&[][..], Order::Rows); N];
+    for (slot, (storage, layout)) in slices.iter_mut().zip(&guards) {
+        *slot = match f32_data(storage, layout) {
+            Ok(values) => (values, Order::Rows),
+            Err(e) => match layout.transpose(0, 1) {
+                Ok(transposed) if layout.dims().len() == 2 => {
+                    (f32_data(storage, &transposed)?, Order::Columns)
+                }
+                _ => return Err(e),
+            },
+        };
+    }
+    f(slices)
+}
+
 fn f32_data<'a>(storage: &'a Storage, layout: &Layout) -> Result<&'a [f32]> {
     match (storage, layout.contiguous_offsets()) {
         (Storage::Cpu(CpuStorage::F32(v)), Some((start, end))) => Ok(&v[start..end]),
@@ -401,7 +435,7 @@ fn run_layer(x: &mut [f32], w: &LayerWeights<'_>, d: &Dims, ws: &mut Workspace) 
     let rounded = &mut ws.rounded;
 
     match w.qkv.0 {
-        Weight::F32(_) => {
+        Weight::F32(..) => {
             ws.normed.grow(m * h);
             let normed = &mut ws.normed.as_mut_slice()[..m * h];
             w.qkv.0.product_of_norm(qkv, x, w.ln1, d.eps, normed, (m, 3 * h, h), rounded);
@@ -462,13 +496,9 @@ fn parallelism() -> Parallelism {
 }
 
 /// `dst (m × n) += a (m × k) · wᵀ` for `w` stored `n × k` row-major (a Linear weight).
+#[cfg(test)]
 fn matmul_acc(dst: &mut [f32], a: &[f32], w: &[f32], m: usize, n: usize, k: usize) {
-    matmul(dst, a, w, (m, n, k), true)
-}
-
-/// `dst (m × n) = a (m × k) · wᵀ` (what `dst` held is never read).
-fn matmul_store(dst: &mut [f32], a: &[f32], w: &[f32], m: usize, n: usize, k: usize) {
-    matmul(dst, a, w, (m, n, k), false)
+    matmul(dst, a, (w, Order::Rows), (m, n, k), true)
 }
 
 /// Columns of one part of a split f32 product at the least: narrower parts would read all of
@@ -488,8 +518,22 @@ fn split(m: usize, n: usize, threads: usize) -> (usize, usize) {
     (cols, rows)
 }
 
-fn matmul(dst: &mut [f32], a: &[f32], w: &[f32], (m, n, k): (usize, usize, usize), add: bool) {
+/// `dst (m × n) = a (m × k) · wᵀ`, or `+=` with `add` (else what `dst` held is never read),
+/// for a weight `w` (`n × k`) in either [`Order`].
+fn matmul(
+    dst: &mut [f32],
+    a: &[f32],
+    (w, order): (&[f32], Order),
+    (m, n, k): (usize, usize, usize),
+    add: bool,
+) {
     assert!(dst.len() == m * n && a.len() == m * k && w.len() == n * k);
+    // Where column j of the product starts in `w`, and `w`'s strides as `gemm`'s right
+    // operand (k × n): (column stride, row stride).
+    let (column_at, (w_cs, w_rs)) = match order {
+        Order::Rows => (k, (k as isize, 1)),
+        Order::Columns => (1, (1, n as isize)),
+    };
     let (cols, rows) = split(m, n, rayon::current_num_threads().max(1));
     // Part boundaries on whole vectors of 16 columns, and whole rows.
     let width = n.div_ceil(cols).div_ceil(16) * 16;
@@ -502,8 +546,9 @@ fn matmul(dst: &mut [f32], a: &[f32], w: &[f32], (m, n, k): (usize, usize, usize
         if nj == 0 || mi == 0 {
             return;
         }
-        // SAFETY: the assert above keeps every access of the three row-major matrices in
-        // bounds: rows `i0 .. i0 + mi` of `a` and `dst`, rows `j0 .. j0 + nj` of `w`; each part
+        // SAFETY: the assert above keeps every access of the three matrices in bounds: rows
+        // `i0 .. i0 + mi` of `a` and `dst`, columns `j0 .. j0 + nj` of the product (of `w`,
+        // as `order` lays them out); each part
         // writes only its own block of `dst` (parts do not overlap), which does not overlap
         // the inputs and outlives the loop.
         unsafe {
@@ -518,9 +563,9 @@ fn matmul(dst: &mut [f32], a: &[f32], w: &[f32], (m, n, k): (usize, usize, usize
                 a.as_ptr().add(i0 * k),
                 1,
                 k as isize,
-                w.as_ptr().add(j0 * k),
-                k as isize,
-                1,
+                w.as_ptr().add(j0 * column_at),
+                w_cs,
+                w_rs,
                 if add { 1.0 } else { 0.0 },
                 1.0,
                 false,
@@ -694,7 +739,8 @@ fn attention_bf16(
 mod tests {
     /// `matmul_acc` (the `gemm` crate, AVX-512F, AVX2+FMA or portable kernels as this CPU
     /// has them) against a plain f64 triple loop, on shapes that are not multiples of any
-    /// kernel's tile, K included; split among 1, 2, 3 and 5 threads, the same bits.
+    /// kernel's tile, K included; split among 1, 2, 3 and 5 threads (the same bits), and with
+    /// the weight held transposed.
     #[test]
     fn matmul_matches_a_scalar_reference() {
         #[cfg(target_arch = "x86_64")]
@@ -732,18 +778,28 @@ mod tests {
                 let parts = super::split(m, n, threads);
                 assert!(split == got, "{m}x{n}x{k}: {threads} threads, parts {parts:?}");
             }
-            for i in 0..m {
-                for j in 0..n {
-                    let products =
-                        (0..k).map(|t| f64::from(a[i * k + t]) * f64::from(w[j * k + t]));
-                    let c = f64::from(init[i * n + j]);
-                    let want = c + products.clone().sum::<f64>();
-                    let magnitude = c.abs() + products.map(f64::abs).sum::<f64>();
-                    // The forward error bound of any order of f32 summation of k + 1 terms
-                    // (fused or not): (k + 1) · eps · Σ|terms|.
-                    let bound = (k + 1) as f64 * f64::from(f32::EPSILON) * magnitude;
-                    let diff = (f64::from(got[i * n + j]) - want).abs();
-                    assert!(diff <= bound, "{m}x{n}x{k} at ({i}, {j}): {diff} > {bound}");
+            // The weight held transposed (`Order::Columns`, as f32 models hold theirs): `gemm`
+            // may add in another order (it does at the smallest shapes), so it is held to the
+            // reference on its own.
+            let wt: Vec<f32> = (0..k * n).map(|i| w[(i % n) * k + i / n]).collect();
+            let mut transposed = init.clone();
+            let weight = (&wt[..], super::Order::Columns);
+            super::matmul(&mut transposed, &a, weight, (m, n, k), true);
+            for (got, order) in [(&got, "rows"), (&transposed, "columns")] {
+                for i in 0..m {
+                    for j in 0..n {
+                        let products =
+                            (0..k).map(|t| f64::from(a[i * k + t]) * f64::from(w[j * k + t]));
+                        let c = f64::from(init[i * n + j]);
+                        let want = c + products.clone().sum::<f64>();
+                        let magnitude = c.abs() + products.map(f64::abs).sum::<f64>();
+                        // The forward error bound of any order of f32 summation of k + 1
+                        // terms (fused or not): (k + 1) · eps · Σ|terms|.
+                        let bound = (k + 1) as f64 * f64::from(f32::EPSILON) * magnitude;
+                        let diff = (f64::from(got[i * n + j]) - want).abs();
+                        let at = format!("{m}x{n}x{k}, weight in {order}, at ({i}, {j})");
+                        assert!(diff <= bound, "{at}: {diff} > {bound}");
+                    }
                 }
             }
         }
