@@ -94,6 +94,7 @@ pub fn run(root: &Path, opts: &BenchOptions) -> anyhow::Result<()> {
         .unwrap_or_else(|| root.join("target"));
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     let mut commands = Vec::new();
+    let mut peaks_before = Vec::new();
     for (name, package, bench) in BENCHES {
         if !selected(name) {
             continue;
@@ -122,6 +123,11 @@ pub fn run(root: &Path, opts: &BenchOptions) -> anyhow::Result<()> {
         // Both sides of the PyTorch comparison measure the same batches.
         let batches = vit_batches(opts.quick);
         let env = if name == "clip" { vec![(BATCHES_ENV, batches.as_str())] } else { vec![] };
+        if name == "clip" {
+            // The matmul peaks just before aesthete's CLIP benches, and again after them
+            // with PyTorch's models: the host's speed drifts between the two.
+            peaks_before = torch_peaks_before(root)?;
+        }
         commands.push(run_cargo_with(&cargo, root, &env, &args)?);
         if name == "preprocess" {
             // The optional SIMD build of libjpeg-turbo, where nasm can build it.
@@ -135,7 +141,10 @@ pub fn run(root: &Path, opts: &BenchOptions) -> anyhow::Result<()> {
         }
     }
     let measurements = collect(&target.join("criterion"), started)?;
-    let torch = if selected("clip") { torch_comparison(root, opts.quick)? } else { Vec::new() };
+    let mut torch = peaks_before;
+    if selected("clip") {
+        torch.extend(torch_comparison(root, opts.quick)?);
+    }
     let memory = if selected(MEMORY) {
         Some(memory::measure(root, &target, &cargo, opts.quick)?)
     } else {
@@ -233,6 +242,26 @@ fn read_measurement(new_dir: &Path, since: SystemTime) -> anyhow::Result<Option<
 /// The lines of [`TORCH_SCRIPT`] (fp32 and bf16 images/s of the PyTorch CLIP, and the matmul
 /// peaks), when python3 has torch and transformers.
 fn torch_comparison(root: &Path, quick: bool) -> anyhow::Result<Vec<Value>> {
+    let seconds = if quick { "5" } else { "20" };
+    let batches = vit_batches(quick);
+    let args = ["--batches", &batches, "--compile", "--sgemm", "--bf16", "--min-seconds", seconds];
+    run_torch_script(root, &args)
+}
+
+/// The matmul peak lines of [`TORCH_SCRIPT`] alone (`--peaks-only`), each marked
+/// `"when": "before"`: measured just before aesthete's CLIP benches.
+fn torch_peaks_before(root: &Path) -> anyhow::Result<Vec<Value>> {
+    let args = ["--sgemm", "--bf16", "--peaks-only", "--min-seconds", "5"];
+    let mut lines = run_torch_script(root, &args)?;
+    for line in &mut lines {
+        line["when"] = Value::from("before");
+    }
+    Ok(lines)
+}
+
+/// Runs [`TORCH_SCRIPT`] on every core with `args`, and returns its JSON lines (none when
+/// python3 lacks torch and transformers, or the script is missing).
+fn run_torch_script(root: &Path, args: &[&str]) -> anyhow::Result<Vec<Value>> {
     let script = root.join(TORCH_SCRIPT);
     if !script.exists() {
         eprintln!("bench: no PyTorch comparison: {TORCH_SCRIPT} does not exist yet");
@@ -248,19 +277,8 @@ fn torch_comparison(root: &Path, quick: bool) -> anyhow::Result<Vec<Value>> {
         return Ok(Vec::new());
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).to_string();
-    let seconds = if quick { "5" } else { "20" };
-    let batches = vit_batches(quick);
-    let args = [
-        "--threads",
-        &threads,
-        "--batches",
-        &batches,
-        "--compile",
-        "--sgemm",
-        "--bf16",
-        "--min-seconds",
-        seconds,
-    ];
+    let args: Vec<&str> =
+        ["--threads", threads.as_str()].into_iter().chain(args.iter().copied()).collect();
     eprintln!("bench: {python} {TORCH_SCRIPT} {}", args.join(" "));
     let out = Command::new(&python)
         .arg(&script)
@@ -509,22 +527,19 @@ fn not_measured(measurements: &[Measurement], precision: &str) -> &'static str {
 /// ViT-L/14 images/s against what the machine's f32 and bf16 matmul peaks allow, with the
 /// targets for each precision.
 fn ceiling_section(s: &mut String, measurements: &[Measurement], torch: &[Value]) {
-    let torch_peak = |system: &str| {
-        torch
-            .iter()
-            .find(|t| t["system"] == system)
-            .and_then(|t| t["gflops"].as_f64())
-            .map(|g| g * 1e9)
-    };
     let gemm = rate_of(measurements, "sgemm_f32_cpu/gemm/2048");
-    let torch_sgemm = torch_peak("torch-sgemm");
-    let f32_peak = gemm.into_iter().chain(torch_sgemm).reduce(f64::max);
-    let bf16_peak = torch_peak("torch-bf16-gemm");
-    if f32_peak.is_none() && bf16_peak.is_none() {
+    let torch_sgemm = TorchPeak::of(torch, "torch-sgemm");
+    let f32_peak = gemm.into_iter().chain(torch_sgemm.as_ref().map(|p| p.mean)).reduce(f64::max);
+    let bf16 = TorchPeak::of(torch, "torch-bf16-gemm");
+    if f32_peak.is_none() && bf16.is_none() {
         return;
     }
     let gflops = |f: Option<f64>| {
         f.map_or_else(|| "not measured".to_owned(), |f| format!("{:.1} GFLOP/s", f / 1e9))
+    };
+    let torch_gflops = |p: &Option<TorchPeak>| match p {
+        Some(p) => p.describe(),
+        None => gflops(None),
     };
     let _ = writeln!(s, "\n## CLIP ViT-L/14 against the machine's ceiling\n");
     let _ = writeln!(
@@ -539,7 +554,7 @@ fn ceiling_section(s: &mut String, measurements: &[Measurement], torch: &[Value]
             s,
             "f32 peak: gemm crate (`sgemm_f32_cpu/gemm/2048`) {}, PyTorch's BLAS (`torch-sgemm`) {}; the better allows {ceiling:.3} images/s.\n",
             gflops(gemm),
-            gflops(torch_sgemm),
+            torch_gflops(&torch_sgemm),
         );
         let _ = writeln!(
             s,
@@ -547,19 +562,59 @@ fn ceiling_section(s: &mut String, measurements: &[Measurement], torch: &[Value]
         );
         ceiling_table(s, measurements, "f32", ceiling);
     }
-    if let Some(peak) = bf16_peak {
-        let ceiling = peak / VIT_L14_FLOP_PER_IMAGE;
+    if let Some(peak) = &bf16 {
+        let ceiling = peak.mean / VIT_L14_FLOP_PER_IMAGE;
         let _ = writeln!(s, "\n### bf16\n");
         let _ = writeln!(
             s,
             "bf16 peak: PyTorch's bf16 matrix multiply (`torch-bf16-gemm`) {}, which allows {ceiling:.3} images/s.\n",
-            gflops(Some(peak)),
+            peak.describe(),
         );
         let _ = writeln!(
             s,
             "Target: aesthete-clip bf16 ≥ 1.0 × the faster of `torch-autocast-bf16` and `torch-bf16-weights`, and ≥ 0.5 × the bf16 ceiling.\n"
         );
         ceiling_table(s, measurements, "bf16", ceiling);
+    }
+}
+
+/// One of PyTorch's matmul peaks (FLOP/s): measured once, or just before aesthete's CLIP
+/// benches and again after them, when the ceiling is their mean (the host's speed drifts,
+/// by up to a third within the hour on a shared Xeon; the mean is the linear estimate for
+/// the time between, when aesthete's benches ran).
+struct TorchPeak {
+    mean: f64,
+    before: Option<f64>,
+    after: Option<f64>,
+}
+
+impl TorchPeak {
+    fn of(torch: &[Value], system: &str) -> Option<TorchPeak> {
+        let peak = |before: bool| {
+            torch
+                .iter()
+                .filter(|t| t["system"] == system && (t["when"] == "before") == before)
+                .find_map(|t| t["gflops"].as_f64())
+                .map(|g| g * 1e9)
+        };
+        let (before, after) = (peak(true), peak(false));
+        let mean = match (before, after) {
+            (Some(b), Some(a)) => (a + b) / 2.0,
+            (b, a) => a.or(b)?,
+        };
+        Some(TorchPeak { mean, before, after })
+    }
+
+    fn describe(&self) -> String {
+        match (self.before, self.after) {
+            (Some(b), Some(a)) => format!(
+                "{:.1} GFLOP/s (the mean of {:.1} just before aesthete's benches and {:.1} after them)",
+                self.mean / 1e9,
+                b / 1e9,
+                a / 1e9
+            ),
+            _ => format!("{:.1} GFLOP/s", self.mean / 1e9),
+        }
     }
 }
 
@@ -924,6 +979,31 @@ mod tests {
         assert!(bf16_part.contains("| 16 | 4.000 | 8.000 | 0.50 |"), "{text}");
         assert!(!bf16_part.contains("| 4 |"), "{text}");
         assert!(bf16_part.contains("≥ 1.0 × the faster of `torch-autocast-bf16` and `torch-bf16-weights`, and ≥ 0.5 × the bf16 ceiling"));
+    }
+
+    /// Peaks measured before aesthete's benches and after them: the ceiling is their mean,
+    /// and the report names both.
+    #[test]
+    fn bracketed_peaks_give_their_mean() {
+        let found = [Measurement {
+            id: "clip_vit_l14_bf16_cpu/forward/4".into(),
+            mean_ns: 1e9,
+            throughput: Some((4.0, "elements")),
+        }];
+        let flop = VIT_L14_FLOP_PER_IMAGE / 1e9;
+        let torch: Vec<Value> = vec![
+            serde_json::json!({"system": "torch-bf16-gemm", "n": 2048, "gflops": 6.0 * flop, "when": "before"}),
+            serde_json::json!({"system": "torch-bf16-gemm", "n": 2048, "gflops": 10.0 * flop}),
+        ];
+        let text = report(&[], &found, &torch, None);
+        assert!(text.contains("| 4 | 4.000 | 8.000 | 0.50 |"), "{text}");
+        let named = format!(
+            "{:.1} GFLOP/s (the mean of {:.1} just before aesthete's benches and {:.1} after them)",
+            8.0 * flop,
+            6.0 * flop,
+            10.0 * flop
+        );
+        assert!(text.contains(&named), "{text}");
     }
 
     /// On a CPU without a bf16 kernel the bench has only the f32 group, and the bf16 rows say why.
