@@ -211,7 +211,7 @@ impl EncoderLayer {
     fn hold_weights_transposed(&mut self) -> Result<()> {
         let attn = &mut self.self_attn;
         for linear in [&mut attn.qkv, &mut attn.out_proj, &mut self.mlp.fc1, &mut self.mlp.fc2] {
-            linear.weight = linear.weight.t()?.contiguous()?.t()?;
+            linear.weight = cpu::held_transposed(&linear.weight)?;
         }
         Ok(())
     }
