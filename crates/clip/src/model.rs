@@ -310,15 +310,24 @@ impl ClipVision {
                 Some(packed)
             }
             None => {
-                for layer in &mut layers {
-                    layer.hold_weights_transposed()?;
+                // The CPU encoder's f32 layers; other dtypes run candle's operations.
+                if dtype == DType::F32 {
+                    for layer in &mut layers {
+                        layer.hold_weights_transposed()?;
+                    }
                 }
                 None
             }
         };
+        let mut embeddings = Embeddings::new(v.pp("embeddings"), config)?;
+        if vb.dtype() == DType::F32 {
+            // The CPU encoder's patch product reads it so without packing it (f32 and bf16
+            // models: the weights outside the layers stay f32 in both).
+            embeddings.patch = cpu::held_transposed(&embeddings.patch)?;
+        }
         Ok(ClipVision {
             config: config.clone(),
-            embeddings: Embeddings::new(v.pp("embeddings"), config)?,
+            embeddings,
             pre_layrnorm: layer_norm(v.pp("pre_layrnorm"), h, eps)?,
             layers,
             post_layernorm: layer_norm(v.pp("post_layernorm"), h, eps)?,
@@ -466,7 +475,6 @@ impl ClipVision {
         };
         let (e, pre, post) = (&self.embeddings, &self.pre_layrnorm, &self.post_layernorm);
         let outer = [
-            &e.patch,
             &e.class,
             &e.position,
             &pre.weight,
@@ -475,18 +483,21 @@ impl ClipVision {
             &post.bias,
             &self.visual_projection,
         ];
-        cpu::with_f32_slices(outer, |[patch, class, position, pw, pb, qw, qb, projection]| {
-            let outer = cpu::OuterWeights {
-                patch,
-                class,
-                position,
-                pre_norm: [pw, pb],
-                post_norm: [qw, qb],
-                projection,
-                projection_dim: cfg.projection_dim,
-            };
-            cpu::forward(pixels, &patches, &outer, layers, &dims, spread, ws)
-        })
+        let read = |[patch]: [(&[f32], cpu::Order); 1]| {
+            cpu::with_f32_slices(outer, |[class, position, pw, pb, qw, qb, projection]| {
+                let outer = cpu::OuterWeights {
+                    patch,
+                    class,
+                    position,
+                    pre_norm: [pw, pb],
+                    post_norm: [qw, qb],
+                    projection,
+                    projection_dim: cfg.projection_dim,
+                };
+                cpu::forward(pixels, &patches, &outer, layers, &dims, spread, ws)
+            })
+        };
+        cpu::with_f32_matrices([&e.patch], read)
     }
 }
 

@@ -513,13 +513,6 @@ fn run_layer(x: &mut [f32], w: &LayerWeights<'_>, d: &Dims, ws: &mut Workspace) 
     Ok(())
 }
 
-fn parallelism() -> Parallelism {
-    match rayon::current_num_threads() {
-        0 | 1 => Parallelism::None,
-        n => Parallelism::Rayon(n),
-    }
-}
-
 /// `dst (m × n) += a (m × k) · wᵀ` for `w` stored `n × k` row-major (a Linear weight).
 #[cfg(test)]
 fn matmul_acc(dst: &mut [f32], a: &[f32], w: &[f32], m: usize, n: usize, k: usize) {

@@ -12,14 +12,15 @@ use candle_core::{Result, bail};
 use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
-use super::Dims;
+use super::{Dims, Order};
 use crate::ops::kernels;
 
 /// The weights outside the encoder layers, as f32 values read in place.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct OuterWeights<'a> {
-    /// `patch_embedding.weight` as `(hidden, channels · patch²)`.
-    pub(crate) patch: &'a [f32],
+    /// `patch_embedding.weight` as `(hidden, channels · patch²)`, in either order (CPU
+    /// models hold it transposed, [`Order::Columns`]).
+    pub(crate) patch: (&'a [f32], Order),
     pub(crate) class: &'a [f32],
     /// `(tokens, hidden)`.
     pub(crate) position: &'a [f32],
@@ -69,7 +70,7 @@ impl OuterWeights<'_> {
     fn check(&self, d: &Dims, patches: &Patches) -> Result<()> {
         let h = d.hidden;
         let got = [
-            self.patch.len(),
+            self.patch.0.len(),
             self.class.len(),
             self.position.len(),
             self.pre_norm[0].len(),
@@ -88,7 +89,7 @@ impl OuterWeights<'_> {
 
 /// Writes the tokens of `n` images into `stream` (`n · s × hidden`): each image's class
 /// token and patch products plus the positions, through `pre_layrnorm`. `flat` and
-/// `embedded` are scratch (grown here).
+/// `products` are scratch (grown here).
 pub(crate) fn tokens(
     pixels: &[f32],
     patches: &Patches,
@@ -104,50 +105,66 @@ pub(crate) fn tokens(
     if pixels.len() != n * image_len || stream.len() != n * s * h {
         bail!("cpu encoder: {} pixel values for {n} images of {image_len}", pixels.len());
     }
-    let [flat, embedded] = scratch;
+    let [flat, products] = scratch;
     flat.grow(n * grid2 * len);
-    embedded.grow(n * s * h);
+    products.grow(n * grid2 * h);
     let flat = &mut flat.as_mut_slice()[..n * grid2 * len];
-    let embedded = &mut embedded.as_mut_slice()[..n * s * h];
-    flat.par_chunks_mut(grid2 * len)
+    let products = &mut products.as_mut_slice()[..n * grid2 * h];
+    // The patch products transposed, `productsᵀ (h × patches) = W (h × len) · aᵀ`, where
+    // every operand is as `gemm` reads it without packing (the products and the flattened
+    // patches, row-major, are column-major seen so; the weight is held transposed): `a · Wᵀ`
+    // had `gemm` pack `a`, as many values as the product reads, a tenth of the tiny fixture
+    // model's time. One product per thread, over its run of images, flattened just before.
+    let images_per_part = n.div_ceil(rayon::current_num_threads().max(1));
+    let (weight, order) = w.patch;
+    let (weight_cs, weight_rs) = match order {
+        Order::Rows => (1, len as isize),
+        Order::Columns => (h as isize, 1),
+    };
+    flat.par_chunks_mut(images_per_part * grid2 * len)
+        .zip(products.par_chunks_mut(images_per_part * grid2 * h))
         .enumerate()
-        .for_each(|(image, out)| patches.flatten(pixels, image, out));
-    for image in 0..n {
-        let rows = &mut embedded[(image * s + 1) * h..][..grid2 * h];
-        let a = &flat[image * grid2 * len..][..grid2 * len];
-        // SAFETY: `rows` is grid² × h, `a` grid² × len, the weight h × len, all row-major
-        // and in bounds (checked above); `rows` does not overlap the inputs.
-        unsafe {
-            gemm(
-                grid2,
-                h,
-                len,
-                rows.as_mut_ptr(),
-                1,
-                h as isize,
-                false,
-                a.as_ptr(),
-                1,
-                len as isize,
-                w.patch.as_ptr(),
-                len as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                super::parallelism(),
-            )
-        }
-    }
-    stream.par_chunks_mut(h).zip(embedded.par_chunks_mut(h)).enumerate().with_min_len(16).for_each(
-        |(row, (out, x))| {
-            let token = row % s;
-            if token == 0 {
-                x.copy_from_slice(w.class);
+        .for_each(|(part, (a, out))| {
+            let columns = out.len() / h;
+            for (i, image) in a.chunks_exact_mut(grid2 * len).enumerate() {
+                patches.flatten(pixels, part * images_per_part + i, image);
             }
-            x.iter_mut().zip(&w.position[token * h..][..h]).for_each(|(x, p)| *x += p);
+            // SAFETY: `out` is `columns` rows of h, `a` `columns` rows of len, the weight h ×
+            // len in `order`, all in bounds (checked above); `out` overlaps no input.
+            unsafe {
+                gemm(
+                    h,
+                    columns,
+                    len,
+                    out.as_mut_ptr(),
+                    h as isize,
+                    1,
+                    false,
+                    weight.as_ptr(),
+                    weight_cs,
+                    weight_rs,
+                    a.as_ptr(),
+                    len as isize,
+                    1,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
+                )
+            }
+        });
+    stream.par_chunks_mut(h).enumerate().with_min_len(16).for_each_init(
+        || vec![0f32; h],
+        |x, (row, out)| {
+            let (image, token) = (row / s, row % s);
+            let before = match token {
+                0 => w.class,
+                _ => &products[(image * grid2 + token - 1) * h..][..h],
+            };
+            let position = &w.position[token * h..][..h];
+            x.iter_mut().zip(before.iter().zip(position)).for_each(|(x, (v, p))| *x = v + p);
             kernels::layer_norm(x, out, w.pre_norm[0], w.pre_norm[1], d.eps);
         },
     );
@@ -199,6 +216,86 @@ pub(crate) fn embeddings(stream: &[f32], w: &OuterWeights<'_>, d: &Dims) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The tokens against a plain f64 reference (the strided convolution by its definition,
+    /// the class token, the positions, the layer norm), with the patch weight in either order
+    /// and the images split among 1, 2 and 4 threads; a hidden size and a patch length that
+    /// are not multiples of a vector, pixels past the last whole patch.
+    #[test]
+    fn tokens_match_a_scalar_reference() {
+        let geometry = Patches { channels: 3, size: 11, patch: 3, grid: 3 };
+        let (n, h, len, grid2) = (3, 5, geometry.len(), 9);
+        let s = grid2 + 1;
+        let value = |i: usize, scale: f32| ((i * 37 % 101) as f32 / 101.0 - 0.5) * scale;
+        let pixels: Vec<f32> = (0..n * 3 * 11 * 11).map(|i| value(i, 2.0)).collect();
+        let patch: Vec<f32> = (0..h * len).map(|i| value(i + 7, 0.3)).collect();
+        let class: Vec<f32> = (0..h).map(|i| value(i + 3, 1.0)).collect();
+        let position: Vec<f32> = (0..s * h).map(|i| value(i + 11, 0.5)).collect();
+        let gamma: Vec<f32> = (0..h).map(|i| 1.0 + value(i, 0.2)).collect();
+        let beta: Vec<f32> = (0..h).map(|i| value(i + 5, 0.2)).collect();
+        let eps = 1e-5;
+        let mut want = vec![0f64; n * s * h];
+        for image in 0..n {
+            for token in 0..s {
+                let mut x = vec![0f64; h];
+                for (o, x) in x.iter_mut().enumerate() {
+                    *x = position[token * h + o] as f64;
+                    if token == 0 {
+                        *x += class[o] as f64;
+                        continue;
+                    }
+                    let (gy, gx) = ((token - 1) / 3, (token - 1) % 3);
+                    for (ch, py, px) in (0..3).flat_map(|c| (0..9).map(move |i| (c, i / 3, i % 3)))
+                    {
+                        let pixel =
+                            pixels[image * 363 + ch * 121 + (gy * 3 + py) * 11 + gx * 3 + px];
+                        *x += pixel as f64 * patch[o * len + ch * 9 + py * 3 + px] as f64;
+                    }
+                }
+                let mean = x.iter().sum::<f64>() / h as f64;
+                let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / h as f64;
+                for o in 0..h {
+                    let normed = (x[o] - mean) / (var + eps as f64).sqrt();
+                    want[(image * s + token) * h + o] = normed * gamma[o] as f64 + beta[o] as f64;
+                }
+            }
+        }
+        let transposed: Vec<f32> = (0..len * h).map(|i| patch[(i % h) * len + i / h]).collect();
+        for (weight, order) in [(&patch, Order::Rows), (&transposed, Order::Columns)] {
+            for threads in [1, 2, 4] {
+                let w = OuterWeights {
+                    patch: (weight, order),
+                    class: &class,
+                    position: &position,
+                    pre_norm: [&gamma, &beta],
+                    post_norm: [&gamma, &beta],
+                    projection: &patch[..4 * h],
+                    projection_dim: 4,
+                };
+                let d = Dims {
+                    n,
+                    s,
+                    hidden: h,
+                    heads: 1,
+                    intermediate: 4,
+                    eps,
+                    act: crate::Activation::QuickGelu,
+                };
+                let mut scratch = [super::super::AlignedF32::default(), Default::default()];
+                let [flat, products] = &mut scratch;
+                let mut got = vec![0f32; n * s * h];
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                pool.install(|| tokens(&pixels, &geometry, &w, &d, [flat, products], &mut got))
+                    .unwrap();
+                for (i, (got, want)) in got.iter().zip(&want).enumerate() {
+                    assert!(
+                        (*got as f64 - want).abs() < 1e-4,
+                        "{order:?} on {threads} threads, token value {i}: {got} against {want}"
+                    );
+                }
+            }
+        }
+    }
 
     /// Flattening against the definition: patch `(gy, gx)`, value `(ch, py, px)` is pixel
     /// `(ch, gy · p + py, gx · p + px)`, on a size that leaves pixels past the last patch.
