@@ -110,3 +110,32 @@ fn model_is_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<aesthete_clip::ClipVision>();
 }
+
+/// A CPU model in f16 built through the candle door (no CPU encoder runs f16) computes with
+/// candle's operations, near transformers in f32: f16 keeps 11 significant bits, so the bar
+/// is a cosine of 0.999, not parity's.
+#[test]
+fn an_f16_model_built_through_candle_runs_candle_operations() {
+    let dir = fixture("tiny-vision-32");
+    let config = ClipVisionConfig::from_json_file(&dir.join("config.json")).unwrap();
+    // SAFETY: the fixture file is not modified while mapped.
+    let vb = unsafe {
+        aesthete_clip::candle::VarBuilder::from_mmaped_safetensors(
+            &[dir.join("model.safetensors")],
+            candle_core::DType::F16,
+            &candle_core::Device::Cpu,
+        )
+    }
+    .unwrap();
+    let model = aesthete_clip::ClipVision::from_var_builder(vb, &config).unwrap();
+    let want = reference(&dir)["embeddings"].clone();
+    let (n, dim) = want.dims2().unwrap();
+    let s = model.image_size();
+    let pixels =
+        candle_core::Tensor::from_vec(pixel_values(n, s), (n, 3, s, s), &candle_core::Device::Cpu)
+            .unwrap();
+    let got = model.forward_tensor(&pixels).unwrap().flatten_all().unwrap().to_vec1::<f32>();
+    let want = want.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let (cos, _) = compare(&got.unwrap(), &want, dim);
+    assert!(cos >= 0.999, "f16 through candle: cosine {cos}");
+}
