@@ -75,24 +75,47 @@ pub(crate) fn stream(
         .map_err(|source| Error::ThreadPool { threads: config.decode_threads, source })?;
 
     let (read_tx, read_rx) = bounded::<ReadEvent>(batch_size * 2);
-    let (prep_tx, prep_rx) = bounded::<PreparedBatch>(1);
-    let (free_tx, free_rx) = bounded::<ImageBatch>(3);
+    // Two preparers, batch i prepared by preparer i % 2 (see `prepare_stage`); four image
+    // buffers: one filling in each preparer, one in the model, one waiting for it.
+    let (prep_tx, prep_rx): (Vec<_>, Vec<_>) =
+        (0..PREPARERS).map(|_| bounded::<PreparedBatch>(1)).unzip();
+    let (free_tx, free_rx) = bounded::<ImageBatch>(IMAGE_BUFFERS);
     let (scored_tx, scored_rx) = bounded::<Vec<Item>>(2);
-    for _ in 0..3 {
+    for _ in 0..IMAGE_BUFFERS {
         free_tx.send(ImageBatch::with_capacity(batch_size, image_size)).expect("fresh channel");
     }
+    let (turn_tx, turn_rx): (Vec<_>, Vec<_>) = (0..PREPARERS).map(|_| bounded::<()>(1)).unzip();
+    turn_tx[0].send(()).expect("fresh channel");
+    let preprocessors: Mutex<Vec<Preprocessor>> = Mutex::new(Vec::new());
 
     thread::scope(|scope| {
         let reader = thread::Builder::new()
             .name("aesthete-read".into())
             .spawn_scoped(scope, || read_stage(config, jobs, read_tx))
             .expect("spawning the reader thread");
-        let preparer = thread::Builder::new()
-            .name("aesthete-prepare".into())
-            .spawn_scoped(scope, || {
-                prepare_stage(config, target, models, &decode_pool, read_rx, free_rx, prep_tx)
+        let preparers = prep_tx
+            .into_iter()
+            .zip(turn_rx)
+            .enumerate()
+            .map(|(i, (tx, my_turn))| {
+                let turns = Turns { mine: my_turn, next: turn_tx[(i + 1) % PREPARERS].clone() };
+                let (read_rx, free_rx) = (read_rx.clone(), free_rx.clone());
+                let shared = Preparing {
+                    config,
+                    target,
+                    models,
+                    pool: &decode_pool,
+                    preprocessors: &preprocessors,
+                };
+                thread::Builder::new()
+                    .name(format!("aesthete-prepare-{i}"))
+                    .spawn_scoped(scope, move || {
+                        prepare_stage(&shared, turns, read_rx, free_rx, tx)
+                    })
+                    .expect("spawning a decode thread")
             })
-            .expect("spawning the decode thread");
+            .collect::<Vec<_>>();
+        drop((read_rx, free_rx, turn_tx));
         let writer = thread::Builder::new()
             .name("aesthete-write".into())
             .spawn_scoped(scope, || write_stage(jobs, target, progress, scored_rx))
@@ -101,7 +124,9 @@ pub(crate) fn stream(
         let model_result = model_stage(config, models, jobs, progress, prep_rx, free_tx, scored_tx);
 
         reader.join().map_err(|_| Error::StageDied("read"))?;
-        preparer.join().map_err(|_| Error::StageDied("decode"))?;
+        for preparer in preparers {
+            preparer.join().map_err(|_| Error::StageDied("decode"))?;
+        }
         let written = writer.join().map_err(|_| Error::StageDied("write"))?;
         model_result?;
         written
@@ -148,19 +173,45 @@ fn read_stage(config: &RunConfig, jobs: &[ShardJob], tx: Sender<ReadEvent>) {
     }
 }
 
+/// What both preparers share.
+struct Preparing<'a> {
+    config: &'a RunConfig,
+    target: &'a Target,
+    models: &'a Models,
+    pool: &'a rayon::ThreadPool,
+    preprocessors: &'a Mutex<Vec<Preprocessor>>,
+}
+
+/// A preparer's turn to gather the next batch's samples, handed on to the other preparer.
+struct Turns {
+    mine: Receiver<()>,
+    next: Sender<()>,
+}
+
+/// Preparers, taking turns: each gathers a batch's samples, hands the turn on, then decodes
+/// them on the shared pool while the other gathers and decodes the next batch, so that a
+/// batch's last, slowest images do not leave decode threads idle; the model stage takes the
+/// batches from the preparers in turn, in order.
+const PREPARERS: usize = 2;
+
+/// Image buffers in flight: one filling in each preparer, one in the model, one waiting.
+const IMAGE_BUFFERS: usize = PREPARERS + 2;
+
 fn prepare_stage(
-    config: &RunConfig,
-    target: &Target,
-    models: &Models,
-    pool: &rayon::ThreadPool,
+    shared: &Preparing<'_>,
+    turns: Turns,
     rx: Receiver<ReadEvent>,
     free: Receiver<ImageBatch>,
     tx: Sender<PreparedBatch>,
 ) {
-    let preprocessors: Mutex<Vec<Preprocessor>> = Mutex::new(Vec::new());
+    let Preparing { config, target, models, pool, preprocessors } = *shared;
     let max_items = config.batch_size * ITEMS_PER_IMAGE_SLOT;
     let keep_members = target.tar;
     loop {
+        // The other preparer has left (its turn sender dropped) once the input ended.
+        if turns.mine.recv().is_err() {
+            return;
+        }
         let mut items = Vec::new();
         let mut images = 0;
         let mut closed = false;
@@ -194,12 +245,14 @@ fn prepare_stage(
                 ReadEvent::ShardEnd { shard, error } => Item::ShardEnd { shard, error },
             });
         }
+        // The other preparer may have left already; then this batch is the last.
+        let _ = turns.next.send(());
         if items.is_empty() {
             return;
         }
         let Ok(mut batch) = free.recv() else { return };
         batch.clear();
-        decode_batch(models, config, pool, &preprocessors, &mut items, &mut batch);
+        decode_batch(models, config, pool, preprocessors, &mut items, &mut batch);
         if !keep_members {
             for item in &mut items {
                 if let Item::Entry(entry) = item {
@@ -311,11 +364,13 @@ fn model_stage(
     models: &Models,
     jobs: &[ShardJob],
     progress: &dyn Progress,
-    rx: Receiver<PreparedBatch>,
+    rx: Vec<Receiver<PreparedBatch>>,
     free: Sender<ImageBatch>,
     tx: Sender<Vec<Item>>,
 ) -> Result<(), Error> {
-    for PreparedBatch { images, mut items } in rx {
+    // Batch i comes from preparer i % PREPARERS; the first that has none left ends the run.
+    let in_turn = rx.iter().cycle().map_while(|rx| rx.recv().ok());
+    for PreparedBatch { images, mut items } in in_turn {
         let mut failed = 0;
         let scored = if images.is_empty() {
             None
