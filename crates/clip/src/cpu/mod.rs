@@ -570,29 +570,75 @@ fn matmul(
         // writes only its own block of `dst` (parts do not overlap), which does not overlap
         // the inputs and outlives the loop.
         unsafe {
-            gemm(
-                mi,
-                nj,
-                k,
-                out.0.add(i0 * n + j0),
-                1,
-                n as isize,
+            product(
+                (mi, nj, k),
+                Strided::rows(out.0.add(i0 * n + j0), n),
+                Strided::rows(a.as_ptr().add(i0 * k), k),
+                Strided { at: w.as_ptr().add(j0 * column_at), row_step: w_rs, col_step: w_cs },
                 add,
-                a.as_ptr().add(i0 * k),
-                1,
-                k as isize,
-                w.as_ptr().add(j0 * column_at),
-                w_cs,
-                w_rs,
-                if add { 1.0 } else { 0.0 },
-                1.0,
-                false,
-                false,
-                false,
-                Parallelism::None,
             )
         }
     });
+}
+
+/// One operand of a [`product`]: where element (0, 0) lies and the steps, in elements,
+/// from one row and from one column to the next.
+#[derive(Clone, Copy)]
+struct Strided<P> {
+    at: P,
+    row_step: isize,
+    col_step: isize,
+}
+
+impl<P> Strided<P> {
+    /// Row-major with rows `row_len` apart.
+    fn rows(at: P, row_len: usize) -> Self {
+        Strided { at, row_step: row_len as isize, col_step: 1 }
+    }
+
+    /// Column-major with columns `col_len` apart.
+    fn columns(at: P, col_len: usize) -> Self {
+        Strided { at, row_step: 1, col_step: col_len as isize }
+    }
+}
+
+/// `dst (m × n) = lhs (m × k) · rhs (k × n)`, or `+=` with `add` (else what `dst` held is
+/// never read): one `gemm` call on the calling thread.
+///
+/// # Safety
+/// Every element of the three operands at those shapes and steps lies in its buffer, and
+/// `dst` overlaps neither input nor anything another thread touches meanwhile.
+unsafe fn product(
+    (m, n, k): (usize, usize, usize),
+    dst: Strided<*mut f32>,
+    lhs: Strided<*const f32>,
+    rhs: Strided<*const f32>,
+    add: bool,
+) {
+    // SAFETY: as the caller promises.
+    unsafe {
+        gemm(
+            m,
+            n,
+            k,
+            dst.at,
+            dst.col_step,
+            dst.row_step,
+            add,
+            lhs.at,
+            lhs.col_step,
+            lhs.row_step,
+            rhs.at,
+            rhs.col_step,
+            rhs.row_step,
+            if add { 1.0 } else { 0.0 },
+            1.0,
+            false,
+            false,
+            false,
+            Parallelism::None,
+        )
+    }
 }
 
 fn add_rows(dst: &mut [f32], row: &[f32]) {
@@ -638,52 +684,24 @@ fn attention(qkv: &[f32], out: &mut [f32], scores: &mut [f32], d: &Dims) {
         // columns of `out`) belongs to this task alone.
         unsafe {
             // p = q · kᵀ
-            gemm(
-                s,
-                s,
-                hd,
-                p.as_mut_ptr(),
-                1,
-                s as isize,
+            product(
+                (s, s, hd),
+                Strided::rows(p.as_mut_ptr(), s),
+                Strided::rows(q, stride),
+                Strided::columns(k, stride),
                 false,
-                q,
-                1,
-                stride as isize,
-                k,
-                stride as isize,
-                1,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                Parallelism::None,
             );
         }
         p.chunks_exact_mut(s).for_each(kernels::softmax);
         // SAFETY: as above.
         unsafe {
             // out = p · v
-            gemm(
-                s,
-                hd,
-                s,
-                out.0.add(image * s * h + head * hd),
-                1,
-                h as isize,
+            product(
+                (s, hd, s),
+                Strided::rows(out.0.add(image * s * h + head * hd), h),
+                Strided::rows(p.as_ptr(), s),
+                Strided::rows(v, stride),
                 false,
-                p.as_ptr(),
-                1,
-                s as isize,
-                v,
-                1,
-                stride as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                Parallelism::None,
             );
         }
     });

@@ -9,10 +9,9 @@
 //! zeroes page by page), which cost more than a small model's encoder layers.
 
 use candle_core::{Result, bail};
-use gemm::{Parallelism, gemm};
 use rayon::prelude::*;
 
-use super::{Dims, Order};
+use super::{Dims, Order, Strided, product};
 use crate::ops::kernels;
 
 /// The weights outside the encoder layers, as f32 values read in place.
@@ -116,42 +115,27 @@ pub(crate) fn tokens(
     // had `gemm` pack `a`, as many values as the product reads, a tenth of the tiny fixture
     // model's time. One product per thread, over its run of images, flattened just before.
     let images_per_part = n.div_ceil(rayon::current_num_threads().max(1));
-    let (weight, order) = w.patch;
-    let (weight_cs, weight_rs) = match order {
-        Order::Rows => (1, len as isize),
-        Order::Columns => (h as isize, 1),
-    };
     flat.par_chunks_mut(images_per_part * grid2 * len)
         .zip(products.par_chunks_mut(images_per_part * grid2 * h))
         .enumerate()
         .for_each(|(part, (a, out))| {
             let columns = out.len() / h;
+            let weight = match w.patch {
+                (weight, Order::Rows) => Strided::rows(weight.as_ptr(), len),
+                (weight, Order::Columns) => Strided::columns(weight.as_ptr(), h),
+            };
             for (i, image) in a.chunks_exact_mut(grid2 * len).enumerate() {
                 patches.flatten(pixels, part * images_per_part + i, image);
             }
             // SAFETY: `out` is `columns` rows of h, `a` `columns` rows of len, the weight h ×
-            // len in `order`, all in bounds (checked above); `out` overlaps no input.
+            // len in its order, all in bounds (checked above); `out` overlaps no input.
             unsafe {
-                gemm(
-                    h,
-                    columns,
-                    len,
-                    out.as_mut_ptr(),
-                    h as isize,
-                    1,
+                product(
+                    (h, columns, len),
+                    Strided::columns(out.as_mut_ptr(), h),
+                    weight,
+                    Strided::columns(a.as_ptr(), len),
                     false,
-                    weight.as_ptr(),
-                    weight_cs,
-                    weight_rs,
-                    a.as_ptr(),
-                    len as isize,
-                    1,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    Parallelism::None,
                 )
             }
         });
@@ -184,26 +168,12 @@ pub(crate) fn embeddings(stream: &[f32], w: &OuterWeights<'_>, d: &Dims) -> Vec<
     // SAFETY: `projected` is n × projection_dim, `pooled` n × h, the weight projection_dim ×
     // h, all row-major and in bounds; `projected` does not overlap the inputs.
     unsafe {
-        gemm(
-            d.n,
-            projection_dim,
-            h,
-            projected.as_mut_ptr(),
-            1,
-            projection_dim as isize,
+        product(
+            (d.n, projection_dim, h),
+            Strided::rows(projected.as_mut_ptr(), projection_dim),
+            Strided::rows(pooled.as_ptr(), h),
+            Strided::columns(w.projection.as_ptr(), h),
             false,
-            pooled.as_ptr(),
-            1,
-            h as isize,
-            w.projection.as_ptr(),
-            h as isize,
-            1,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            Parallelism::None,
         )
     }
     for row in projected.chunks_exact_mut(projection_dim) {
