@@ -482,6 +482,20 @@ fn feeding_section(s: &mut String, measurements: &[Measurement]) {
         one_core * cores as f64,
         pipeline / (one_core * cores as f64)
     );
+    // The tiny model is not free on a CPU: its own time, on the one thread a model this
+    // small runs on, is work the cores do besides preprocessing (on a GPU they would not).
+    let model_alone = measurements
+        .iter()
+        .find(|m| m.id.starts_with(&format!("{group}/model_only/")))
+        .and_then(elements_per_s);
+    if let Some(model) = model_alone {
+        let with_model = cores as f64 / (1.0 / one_core + 1.0 / model);
+        let _ = writeln!(
+            s,
+            "\nThe tiny model itself runs at {model:.1} images/s on one thread (`{group}/model_only`): with its time added to one core's preprocessing, the cores could do {with_model:.1} images/s, and the pipeline reaches {:.2} of that (what it loses to its own stages, not to the model).",
+            pipeline / with_model
+        );
+    }
 }
 
 /// Images (elements) per second of one measurement, if it declared elements.
@@ -817,6 +831,18 @@ mod tests {
             640.0 / (160.0 * cores)
         );
         assert!(text.contains("## Feeding the model") && text.contains(&want), "{text}");
+        assert!(!text.contains("The tiny model itself"), "{text}");
+        // With the model alone, what the cores could do with its time added.
+        let with_model =
+            [&found[..], &[m("pipeline_tiny_f32_cpu/model_only/8", 0.05e9, 64.0)]].concat();
+        let text = report(&[], &with_model, &[], None);
+        let could = cores / (1.0 / 160.0 + 1.0 / 1280.0);
+        let want =
+            format!("could do {could:.1} images/s, and the pipeline reaches {:.2}", 640.0 / could);
+        assert!(
+            text.contains("runs at 1280.0 images/s on one thread") && text.contains(&want),
+            "{text}"
+        );
         // Without the one-core figure there is no section.
         assert!(!report(&[], &found[1..], &[], None).contains("Feeding"));
     }
