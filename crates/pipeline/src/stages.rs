@@ -1,6 +1,7 @@
 //! The streaming engine: read → decode + preprocess → embed + score → write, one thread per
-//! stage joined by bounded channels, so memory stays flat however many shards there are and
-//! decoding overlaps model compute.
+//! stage (two for decoding, taking turns batch by batch over one decode pool) joined by
+//! bounded channels, so memory stays flat however many shards there are and decoding
+//! overlaps model compute.
 use std::sync::Mutex;
 use std::thread;
 
