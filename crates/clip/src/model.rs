@@ -295,6 +295,10 @@ impl ClipVision {
             None
         };
         let vb = if kernel.is_some() { vb.set_dtype(DType::F32) } else { vb };
+        // f32 tensors (f32 models, and bf16 ones outside their packed layers) are read by
+        // the CPU encoder, in the layout its products read without packing; other dtypes run
+        // candle's operations.
+        let cpu_encoder = vb.dtype() == DType::F32;
         let (h, eps) = (config.hidden_size, config.layer_norm_eps);
         let v = vb.pp("vision_model");
         let mut layers = (0..config.num_hidden_layers)
@@ -310,8 +314,7 @@ impl ClipVision {
                 Some(packed)
             }
             None => {
-                // The CPU encoder's f32 layers; other dtypes run candle's operations.
-                if dtype == DType::F32 {
+                if cpu_encoder {
                     for layer in &mut layers {
                         layer.hold_weights_transposed()?;
                     }
@@ -320,9 +323,7 @@ impl ClipVision {
             }
         };
         let mut embeddings = Embeddings::new(v.pp("embeddings"), config)?;
-        if vb.dtype() == DType::F32 {
-            // The CPU encoder's patch product reads it so without packing it (f32 and bf16
-            // models: the weights outside the layers stay f32 in both).
+        if cpu_encoder {
             embeddings.patch = cpu::held_transposed(&embeddings.patch)?;
         }
         Ok(ClipVision {

@@ -461,15 +461,14 @@ fn rate_of_bytes(measurements: &[Measurement], id: &str) -> Option<f64> {
 /// preprocess: what a GPU, for which the encoder is no longer the bottleneck, would be fed.
 fn feeding_section(s: &mut String, measurements: &[Measurement]) {
     let group = "pipeline_tiny_f32_cpu";
-    let one_core = measurements
-        .iter()
-        .find(|m| m.id.starts_with(&format!("{group}/preprocess_one_core/")))
-        .and_then(elements_per_s);
-    let pipeline = measurements
-        .iter()
-        .find(|m| m.id.starts_with(&format!("{group}/end_to_end/")))
-        .and_then(elements_per_s);
-    let (Some(one_core), Some(pipeline)) = (one_core, pipeline) else { return };
+    // Images/s of the group's benchmark `name`, whatever its batch size.
+    let rate = |name: &str| {
+        let prefix = format!("{group}/{name}/");
+        measurements.iter().find(|m| m.id.starts_with(&prefix)).and_then(elements_per_s)
+    };
+    let (Some(one_core), Some(pipeline)) = (rate("preprocess_one_core"), rate("end_to_end")) else {
+        return;
+    };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let _ = writeln!(s, "\n## Feeding the model\n");
     let _ = writeln!(
@@ -484,11 +483,7 @@ fn feeding_section(s: &mut String, measurements: &[Measurement]) {
     );
     // The tiny model is not free on a CPU: its own time, on the one thread a model this
     // small runs on, is work the cores do besides preprocessing (on a GPU they would not).
-    let model_alone = measurements
-        .iter()
-        .find(|m| m.id.starts_with(&format!("{group}/model_only/")))
-        .and_then(elements_per_s);
-    if let Some(model) = model_alone {
+    if let Some(model) = rate("model_only") {
         let with_model = cores as f64 / (1.0 / one_core + 1.0 / model);
         let _ = writeln!(
             s,

@@ -546,12 +546,6 @@ fn matmul(
     add: bool,
 ) {
     assert!(dst.len() == m * n && a.len() == m * k && w.len() == n * k);
-    // Where column j of the product starts in `w`, and `w`'s strides as `gemm`'s right
-    // operand (k × n): (column stride, row stride).
-    let (column_at, (w_cs, w_rs)) = match order {
-        Order::Rows => (k, (k as isize, 1)),
-        Order::Columns => (1, (1, n as isize)),
-    };
     let (cols, rows) = split(m, n, rayon::current_num_threads().max(1));
     // Part boundaries on whole vectors of 16 columns, and whole rows.
     let width = n.div_ceil(cols).div_ceil(16) * 16;
@@ -574,7 +568,7 @@ fn matmul(
                 (mi, nj, k),
                 Strided::rows(out.0.add(i0 * n + j0), n),
                 Strided::rows(a.as_ptr().add(i0 * k), k),
-                Strided { at: w.as_ptr().add(j0 * column_at), row_step: w_rs, col_step: w_cs },
+                order.transposed(w.as_ptr(), n, k).at_column(j0),
                 add,
             )
         }
@@ -590,7 +584,34 @@ struct Strided<P> {
     col_step: isize,
 }
 
+impl Order {
+    /// `Wᵀ` (`k × n`) of a weight `W` (`n × k`) at `w` held in this order: the right operand
+    /// of `x · Wᵀ`.
+    fn transposed(self, w: *const f32, n: usize, k: usize) -> Strided<*const f32> {
+        match self {
+            Order::Rows => Strided::columns(w, k),
+            Order::Columns => Strided::rows(w, n),
+        }
+    }
+}
+
+impl Strided<*const f32> {
+    /// The same matrix seen from column `j` on.
+    ///
+    /// # Safety
+    /// Column `j` lies in the matrix's buffer.
+    unsafe fn at_column(self, j: usize) -> Self {
+        // SAFETY: as the caller promises.
+        Strided { at: unsafe { self.at.offset(j as isize * self.col_step) }, ..self }
+    }
+}
+
 impl<P> Strided<P> {
+    /// The transpose: rows become columns.
+    fn t(self) -> Self {
+        Strided { at: self.at, row_step: self.col_step, col_step: self.row_step }
+    }
+
     /// Row-major with rows `row_len` apart.
     fn rows(at: P, row_len: usize) -> Self {
         Strided { at, row_step: row_len as isize, col_step: 1 }

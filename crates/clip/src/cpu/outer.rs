@@ -120,10 +120,7 @@ pub(crate) fn tokens(
         .enumerate()
         .for_each(|(part, (a, out))| {
             let columns = out.len() / h;
-            let weight = match w.patch {
-                (weight, Order::Rows) => Strided::rows(weight.as_ptr(), len),
-                (weight, Order::Columns) => Strided::columns(weight.as_ptr(), h),
-            };
+            let (weight, order) = w.patch;
             for (i, image) in a.chunks_exact_mut(grid2 * len).enumerate() {
                 patches.flatten(pixels, part * images_per_part + i, image);
             }
@@ -133,7 +130,7 @@ pub(crate) fn tokens(
                 product(
                     (h, columns, len),
                     Strided::columns(out.as_mut_ptr(), h),
-                    weight,
+                    order.transposed(weight.as_ptr(), h, len).t(),
                     Strided::columns(a.as_ptr(), len),
                     false,
                 )
