@@ -20,10 +20,12 @@ use crate::Activation;
 use crate::ops::kernels;
 
 mod aligned;
+mod attention;
 pub(crate) mod bf16;
 mod outer;
 
 use aligned::AlignedF32;
+use attention::attention;
 pub(crate) use outer::{OuterWeights, Patches};
 
 /// Sizes of one forward pass.
@@ -61,16 +63,13 @@ pub(crate) struct Workspace {
     qkv: AlignedF32,
     attn: AlignedF32,
     mlp: AlignedF32,
-    /// Attention probabilities of every head (f32 layers; bf16 ones keep one head's per
-    /// thread).
-    scores: AlignedF32,
     /// The bf16 operand of the current product (bf16 layers only).
     rounded: bf16::Activations,
     /// The MLP's activations, packed straight from the first MLP product for the second
     /// (bf16 layers only: their f32 `mlp` is never written).
     hidden: bf16::Activations,
-    /// One attention head's bf16 operands per rayon thread (bf16 layers only), kept from
-    /// head to head and call to call rather than allocated per rayon job.
+    /// One attention head's scores and operands per rayon thread, kept from head to head and
+    /// call to call rather than allocated per rayon job.
     heads: Vec<Mutex<HeadOperands>>,
 }
 
@@ -81,8 +80,7 @@ impl std::fmt::Debug for Workspace {
             + self.normed.len()
             + self.qkv.len()
             + self.attn.len()
-            + self.mlp.len()
-            + self.scores.len();
+            + self.mlp.len();
         f.debug_struct("Workspace").field("floats", &floats).finish()
     }
 }
@@ -364,7 +362,6 @@ pub(crate) fn forward(
         outer::tokens(pixels, patches, outer, dims, [&mut ws.patches, &mut ws.normed], x)?;
         match layers {
             Layers::F32(layers) => {
-                ws.scores.grow(dims.n * dims.heads * dims.s * dims.s);
                 for tensors in layers {
                     with_f32_matrices(tensors, |w| {
                         run_layer(x, &LayerWeights::from_slices(w), dims, ws)
@@ -465,8 +462,7 @@ fn run_layer(x: &mut [f32], w: &LayerWeights<'_>, d: &Dims, ws: &mut Workspace) 
             let normed = &mut ws.normed.as_mut_slice()[..m * h];
             w.qkv.0.product_of_norm(qkv, x, w.ln1, d.eps, normed, (m, 3 * h, h), rounded);
             add_rows(qkv, w.qkv.1);
-            let scores = &mut ws.scores.as_mut_slice()[..d.n * d.heads * d.s * d.s];
-            attention(qkv, attn, scores, d)
+            attention(qkv, attn, &ws.heads, d)
         }
         Weight::Bf16(kernel, packed) => {
             // q, k and v head by head (3 · heads groups of head_dim columns, each its own
@@ -684,60 +680,20 @@ struct SharedMut(*mut f32);
 unsafe impl Send for SharedMut {}
 unsafe impl Sync for SharedMut {}
 
-/// Multi-head self-attention over the fused projection `qkv` (`n · s × 3h`: q pre-scaled,
-/// then k, then v), writing each head's output into its columns of `out` (`n · s × h`).
-fn attention(qkv: &[f32], out: &mut [f32], scores: &mut [f32], d: &Dims) {
-    let (s, h, heads, hd) = (d.s, d.hidden, d.heads, d.head_dim());
-    let stride = 3 * h;
-    assert!(qkv.len() == d.rows() * stride && out.len() == d.rows() * h);
-    assert!(scores.len() == d.n * heads * s * s);
-    let out = SharedMut(out.as_mut_ptr());
-    scores.par_chunks_mut(s * s).enumerate().for_each(move |(task, p)| {
-        let out = out;
-        let (image, head) = (task / heads, task % heads);
-        let base = image * s * stride + head * hd;
-        let q = qkv[base..].as_ptr();
-        let k = qkv[base + h..].as_ptr();
-        let v = qkv[base + 2 * h..].as_ptr();
-        // SAFETY: q, k and v address rows `image · s .. (image + 1) · s` and columns
-        // `head · hd .. (head + 1) · hd` of their third of `qkv`, inside it by the assert
-        // above; `p` is this task's own `s × s` block; the output block (same rows, same
-        // columns of `out`) belongs to this task alone.
-        unsafe {
-            // p = q · kᵀ
-            product(
-                (s, s, hd),
-                Strided::rows(p.as_mut_ptr(), s),
-                Strided::rows(q, stride),
-                Strided::columns(k, stride),
-                false,
-            );
-        }
-        p.chunks_exact_mut(s).for_each(kernels::softmax);
-        // SAFETY: as above.
-        unsafe {
-            // out = p · v
-            product(
-                (s, hd, s),
-                Strided::rows(out.0.add(image * s * h + head * hd), h),
-                Strided::rows(p.as_ptr(), s),
-                Strided::rows(v, stride),
-                false,
-            );
-        }
-    });
-}
-
 /// The layout of bf16 layers' `qkv`: head by head, 3 · heads column groups of head_dim.
 fn qkv_by_head(d: &Dims) -> bf16::Output {
     bf16::Output::column_groups(d.rows(), d.head_dim())
 }
 
-/// One head's attention scores and the operands of its two products in bf16, kept for the
-/// next head on the same thread (so that they stay in its cache).
+/// One head's attention scores and the operands of its two products, kept for the next head
+/// on the same thread (so that they stay in its cache).
 #[derive(Default)]
 struct HeadOperands {
     scores: Vec<f32>,
+    /// The keys transposed, f32 (f32 layers on AVX-512F: [`attention`]).
+    keys: Vec<f32>,
+    /// The values in contiguous rows, f32 (as `keys`).
+    values: Vec<f32>,
     q: bf16::Activations,
     k: bf16::PackedWeight,
     p: bf16::Activations,
