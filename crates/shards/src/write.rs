@@ -2,7 +2,7 @@ use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use aesthete_atomic::{AtomicFile, Pending};
+use aesthete_atomic::{AtomicFile, Pending, WritebackFile};
 use flate2::write::GzEncoder;
 
 use crate::Error;
@@ -34,8 +34,8 @@ pub struct ShardWriter {
 }
 
 enum Output {
-    Plain(BufWriter<File>),
-    Gzip(GzEncoder<BufWriter<File>>),
+    Plain(BufWriter<WritebackFile>),
+    Gzip(GzEncoder<BufWriter<WritebackFile>>),
 }
 
 impl Output {
@@ -51,7 +51,7 @@ impl Output {
             Output::Plain(w) => w,
             Output::Gzip(w) => w.finish()?,
         };
-        buffered.into_inner().map_err(io::IntoInnerError::into_error)
+        Ok(buffered.into_inner().map_err(io::IntoInnerError::into_error)?.into_inner())
     }
 }
 
@@ -61,7 +61,7 @@ impl ShardWriter {
         let final_path = final_path.as_ref();
         let (file, pending) =
             AtomicFile::create(final_path).map_err(|e| Error::io(final_path, e))?.into_parts();
-        let buffered = BufWriter::with_capacity(256 * 1024, file);
+        let buffered = BufWriter::with_capacity(256 * 1024, WritebackFile::new(file));
         let lower = final_path.to_string_lossy().to_ascii_lowercase();
         let out = if lower.ends_with(".gz") || lower.ends_with(".tgz") {
             Output::Gzip(GzEncoder::new(buffered, flate2::Compression::default()))
