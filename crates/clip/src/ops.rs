@@ -131,6 +131,10 @@ pub(crate) mod kernels {
         softmax, softmax_portable, softmax_avx2, softmax_avx512, (row: &mut [f32])
     );
     dispatch!(
+        /// `dst += row`, element by element (a bias added to one row of a product).
+        add, add_portable, add_avx2, add_avx512, (dst: &mut [f32], row: &[f32])
+    );
+    dispatch!(
         /// Layer norm of one row: `out = (x - mean) / sqrt(var + eps) · weight + bias`.
         layer_norm,
         layer_norm_portable,
@@ -170,6 +174,13 @@ pub(crate) mod kernels {
         let inv = 1.0 / (sum(out) / n + eps).sqrt();
         for (((o, &v), &w), &b) in out.iter_mut().zip(x).zip(weight).zip(bias) {
             *o = (v - mean) * inv * w + b;
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn add_portable(dst: &mut [f32], row: &[f32]) {
+        for (d, &r) in dst.iter_mut().zip(row) {
+            *d += r;
         }
     }
 
@@ -347,6 +358,7 @@ mod tests {
 
     type InPlace = fn(&mut [f32]);
     type LayerNorm = fn(&[f32], &mut [f32], &[f32], &[f32], f32);
+    type Add = fn(&mut [f32], &[f32]);
 
     /// One build of every kernel against the portable build on the same inputs, bit for bit,
     /// at lengths with tails past 8 and 16 lanes.
@@ -354,6 +366,7 @@ mod tests {
         build: &str,
         in_place: [(&str, InPlace); 4],
         layer_norm_built: LayerNorm,
+        add_built: Add,
     ) {
         use super::kernels::*;
         let portable: [InPlace; 4] =
@@ -378,6 +391,11 @@ mod tests {
                 a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()),
                 "{build} layer_norm {len}"
             );
+            let (mut a, mut b) = (x.clone(), x.clone());
+            add_portable(&mut a, &bias);
+            add_built(&mut b, &bias);
+            assert!(a.iter().zip(&b).all(|(a, b)| a.to_bits() == b.to_bits()), "{build} add {len}");
+            assert!(a.iter().zip(&x).zip(&bias).all(|((a, x), b)| *a == x + b), "add {len}");
         }
     }
 
@@ -398,6 +416,7 @@ mod tests {
                     ("softmax", |x| unsafe { softmax_avx2(x) }),
                 ],
                 |x, o, w, b, eps| unsafe { layer_norm_avx2(x, o, w, b, eps) },
+                |d, r| unsafe { add_avx2(d, r) },
             );
             return;
         }
@@ -420,6 +439,7 @@ mod tests {
                     ("softmax", |x| unsafe { softmax_avx512(x) }),
                 ],
                 |x, o, w, b, eps| unsafe { layer_norm_avx512(x, o, w, b, eps) },
+                |d, r| unsafe { add_avx512(d, r) },
             );
             return;
         }

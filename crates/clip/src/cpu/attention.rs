@@ -96,9 +96,14 @@ fn attention_by(
             Products::Avx512 => {
                 let row = avx512::keys_row(s);
                 ops.keys.resize(hd * row, 0.0);
-                for (j, key) in rows(k).enumerate() {
-                    for (d, &x) in key.iter().enumerate() {
-                        ops.keys[d * row + j] = x;
+                // Sixteen keys at a time: their rows stay in L1 while each of hd output rows
+                // gets one cache line of them.
+                for j0 in (0..s).step_by(16) {
+                    let block = (s - j0).min(16);
+                    for (d, keys) in ops.keys.chunks_exact_mut(row).enumerate() {
+                        for (j, x) in keys[j0..j0 + block].iter_mut().enumerate() {
+                            *x = k[(j0 + j) * stride + d];
+                        }
                     }
                 }
                 // The padding past the s keys must be zero: its columns are summed, not stored.

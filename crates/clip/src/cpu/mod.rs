@@ -502,7 +502,7 @@ fn run_layer(x: &mut [f32], w: &LayerWeights<'_>, d: &Dims, ws: &mut Workspace) 
     w.fc1.0.product_of_norm(mlp, x, w.ln2, d.eps, normed, (m, i, h), rounded);
     let bias = w.fc1.1;
     mlp.par_chunks_mut(i).with_min_len(4).for_each(|row| {
-        row.iter_mut().zip(bias).for_each(|(v, b)| *v += b);
+        kernels::add(row, bias);
         act(row)
     });
     w.fc2.0.product(x, mlp, w.fc2.1, m, h, i, rounded);
@@ -659,9 +659,7 @@ unsafe fn product(
 }
 
 fn add_rows(dst: &mut [f32], row: &[f32]) {
-    dst.par_chunks_mut(row.len())
-        .with_min_len(16)
-        .for_each(|d| d.iter_mut().zip(row).for_each(|(d, r)| *d += r));
+    dst.par_chunks_mut(row.len()).with_min_len(16).for_each(|d| kernels::add(d, row));
 }
 
 fn layer_norm(x: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], h: usize, eps: f32) {
