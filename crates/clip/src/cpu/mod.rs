@@ -746,6 +746,21 @@ fn attention_bf16(
     });
 }
 
+/// `len` values in [-0.5, 0.5) from an xorshift generator seeded with `seed`: the operands of
+/// the encoder's kernel tests.
+#[cfg(test)]
+pub(crate) fn random(len: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     /// A weight held transposed reads as the same `n × k` matrix, through candle and through
@@ -787,19 +802,11 @@ mod tests {
                 "baseline"
             }
         );
-        let mut state = 0x1234_5678_9abc_def0u64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-        };
         for (m, n, k) in
             [(1, 1, 1), (5, 3, 7), (17, 33, 65), (257, 48, 31), (64, 1031, 97), (70, 300, 40)]
         {
-            let a: Vec<f32> = (0..m * k).map(|_| next()).collect();
-            let w: Vec<f32> = (0..n * k).map(|_| next()).collect();
-            let init: Vec<f32> = (0..m * n).map(|_| next()).collect();
+            let (a, w, init) =
+                (super::random(m * k, 1), super::random(n * k, 2), super::random(m * n, 3));
             // One thread (one `gemm` call), and pools that split the product into column
             // and row parts: every split gives the same bits.
             let mut got = init.clone();

@@ -1034,18 +1034,7 @@ fn matmul_acc_reference(dst: &mut [f32], a: &Activations, w: &PackedWeight) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    pub(super) fn random(len: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                ((state >> 40) as f32 / (1u64 << 24) as f32) - 0.5
-            })
-            .collect()
-    }
+    use crate::cpu::random;
 
     #[test]
     fn rounding_to_bf16_is_nearest_even() {
