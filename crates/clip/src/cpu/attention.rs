@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
-use super::{Dims, HeadOperands, SharedMut, Strided, product};
+use super::{Dims, HeadOperands, SharedMut, Strided, grown, product};
 use crate::ops::kernels;
 
 #[cfg(target_arch = "x86_64")]
@@ -76,20 +76,14 @@ fn attention_by(
     let out = SharedMut(out.as_mut_ptr());
     (0..d.n * heads).into_par_iter().for_each(move |task| {
         let out = out;
-        let thread = rayon::current_thread_index().unwrap_or(0) % heads_operands.len();
-        // A poisoned lock only means another task panicked; every buffer is refilled below.
-        let mut ops = heads_operands[thread].lock().unwrap_or_else(|e| e.into_inner());
+        let mut ops = HeadOperands::of_this_thread(heads_operands);
         let ops = &mut *ops;
         let (image, head) = (task / heads, task % heads);
         let head_qkv = &qkv[image * s * stride + head * hd..];
         // This head's s rows of q, k and v: hd values each, rows `stride` apart.
         let (q, k, v) = (head_qkv, &head_qkv[h..], &head_qkv[2 * h..]);
         let rows = |m| head_rows(m, stride, s, hd);
-        // Stored over, never read first: only grown, not cleared.
-        if ops.scores.len() < s * s {
-            ops.scores.resize(s * s, 0.0);
-        }
-        let p = &mut ops.scores[..s * s];
+        let p = grown(&mut ops.scores, s * s);
         let dst = out.0.wrapping_add(image * s * h + head * hd);
         match products {
             #[cfg(target_arch = "x86_64")]

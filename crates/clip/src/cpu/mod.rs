@@ -698,6 +698,24 @@ struct HeadOperands {
     v: bf16::PackedWeight,
 }
 
+impl HeadOperands {
+    /// This rayon thread's operands, from one per thread. A poisoned lock only means another
+    /// task panicked: every buffer is refilled before it is read.
+    fn of_this_thread(all: &[Mutex<HeadOperands>]) -> std::sync::MutexGuard<'_, HeadOperands> {
+        let thread = rayon::current_thread_index().unwrap_or(0) % all.len();
+        all[thread].lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The first `len` values of `buffer`, grown to hold them: stored over, never read first,
+/// so only grown, never cleared.
+fn grown(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if buffer.len() < len {
+        buffer.resize(len, 0.0);
+    }
+    &mut buffer[..len]
+}
+
 /// [`attention`] with both products on bf16 operands and f32 sums, as autocast runs them,
 /// over `qkv` laid out head by head ([`qkv_by_head`]):
 /// q, k and v rounded, the softmax in f32 and its probabilities rounded for `p · v`. Each
@@ -718,9 +736,7 @@ fn attention_bf16(
     let this = bf16::Threads::This;
     (0..d.n * heads).into_par_iter().for_each(move |task| {
         let out = out;
-        let thread = rayon::current_thread_index().unwrap_or(0) % heads_operands.len();
-        // A poisoned lock only means another task panicked; every buffer is refilled below.
-        let mut ops = heads_operands[thread].lock().unwrap_or_else(|e| e.into_inner());
+        let mut ops = HeadOperands::of_this_thread(heads_operands);
         let ops = &mut *ops;
         let (image, head) = (task / heads, task % heads);
         // Where this head's q, k and v start: `s` rows of `hd`, contiguous.
@@ -728,11 +744,7 @@ fn attention_bf16(
         // p = q · kᵀ (q pre-scaled)
         ops.q.fill_activations(&qkv[q..], s, hd, hd, this);
         ops.k.fill_weight_rows(&qkv[k..], s, hd, hd, this);
-        // Stored over, never read first: only grown, not cleared.
-        if ops.scores.len() < s * s {
-            ops.scores.resize(s * s, 0.0);
-        }
-        let p = &mut ops.scores[..s * s];
+        let p = grown(&mut ops.scores, s * s);
         // SAFETY: `p` is this task's own s × s buffer.
         unsafe { bf16::matmul_raw(kernel, p.as_mut_ptr(), s, &ops.q, &ops.k, bf16::Write::Store) };
         // out = softmax(p) · v, as softmax(p) times the weight vᵀ; the softmax runs on each
