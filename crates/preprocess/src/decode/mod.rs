@@ -31,7 +31,10 @@ pub(crate) enum Hint {
 pub struct RgbImage {
     width: u32,
     height: u32,
+    /// The pixels in `data[..len]`; `data` keeps the length of the largest image decoded
+    /// into it, so that a larger image after a smaller one is not zero-filled first.
     data: Vec<u8>,
+    len: usize,
     /// Whether `data` holds three channel planes instead of interleaved pixels: only for
     /// images the engine decodes for its own use ([`RgbImage::reset_stale_channels`]).
     channels: bool,
@@ -48,6 +51,7 @@ impl RgbImage {
         (data.len() as u64 == width as u64 * height as u64 * 3).then_some(RgbImage {
             width,
             height,
+            len: data.len(),
             data,
             channels: false,
         })
@@ -67,16 +71,16 @@ impl RgbImage {
     pub fn as_raw(&self) -> &[u8] {
         // Channel planes never leave the engine.
         debug_assert!(!self.channels, "an engine-internal image in channel planes");
-        &self.data
+        &self.data[..self.len]
     }
 
     /// The pixels in their layout.
     pub(crate) fn pixels(&self) -> Pixels<'_> {
         if !self.channels {
-            return Pixels::Rgb(&self.data);
+            return Pixels::Rgb(&self.data[..self.len]);
         }
         let plane = self.width as usize * self.height as usize;
-        let (r, rest) = self.data.split_at(plane);
+        let (r, rest) = self.data[..self.len].split_at(plane);
         let (g, b) = rest.split_at(plane);
         Pixels::Channels([r, g, &b[..plane]])
     }
@@ -89,8 +93,9 @@ impl RgbImage {
         height: u32,
         limits: &Limits,
     ) -> Result<&mut [u8], Error> {
-        self.data.clear();
-        self.reset_stale(width, height, limits)
+        let data = self.reset_stale(width, height, limits)?;
+        data.fill(0);
+        Ok(data)
     }
 
     /// As [`RgbImage::reset`] but without zeroing: pixels of earlier images may remain.
@@ -105,8 +110,11 @@ impl RgbImage {
         self.width = width;
         self.height = height;
         self.channels = false;
-        self.data.resize(len as usize, 0);
-        Ok(&mut self.data)
+        self.len = len as usize;
+        if self.data.len() < self.len {
+            self.data.resize(self.len, 0);
+        }
+        Ok(&mut self.data[..self.len])
     }
 
     /// As [`RgbImage::reset_stale`], for the image in three channel planes (red, green,
@@ -120,7 +128,7 @@ impl RgbImage {
         let plane = width as usize * height as usize;
         self.reset_stale(width, height, limits)?;
         self.channels = true;
-        let (r, rest) = self.data.split_at_mut(plane);
+        let (r, rest) = self.data[..self.len].split_at_mut(plane);
         let (g, b) = rest.split_at_mut(plane);
         Ok([r, g, b])
     }
@@ -216,5 +224,28 @@ fn io_error(format: ImageFormat, e: &std::io::Error) -> Error {
         Error::Truncated { format }
     } else {
         Error::corrupt(format, e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A buffer reused for a smaller and then a larger image shows each image's own length,
+    /// and `reset` zeroes what `reset_stale` may leave stale.
+    #[test]
+    fn a_reused_image_buffer_holds_each_image_whole() {
+        let limits = Limits::default();
+        let mut image = RgbImage::new();
+        image.reset_stale(4, 3, &limits).unwrap().fill(7);
+        assert_eq!(image.as_raw().len(), 36);
+        image.reset_stale(2, 1, &limits).unwrap().fill(9);
+        assert_eq!(image.as_raw(), &[9; 6]);
+        let planes = image.reset_stale_channels(3, 2, &limits).unwrap();
+        assert_eq!(planes.map(|p| p.len()), [6, 6, 6]);
+        image.reset_stale(4, 3, &limits).unwrap();
+        assert_eq!(image.as_raw().len(), 36);
+        assert_eq!(image.reset(4, 3, &limits).unwrap(), &[0; 36]);
+        assert_eq!((image.width(), image.height(), image.as_raw()), (4, 3, &[0u8; 36][..]));
     }
 }
