@@ -7,11 +7,14 @@
 //!   can overlap the model (one batch cannot show it). Slow: about 40 s per iteration on 2
 //!   cores. `AESTHETE_BENCH_SKIP_VIT_L=1` skips it.
 //! - `tiny`: the tiny fixture CLIP, where the model costs almost nothing, so the figure is the
-//!   pipeline's own ceiling (read, decode, preprocess, write): 16 batches of 32, the default
-//!   batch size (8 batches of 8 left a run's fixed costs, filling and draining the stages,
-//!   starting threads, committing files, a fifth of the figure). Beside it,
-//!   `preprocess_one_core`: the same images decoded and preprocessed on one thread, so that
-//!   `cargo xtask bench` can hold the pipeline to cores × one core's rate (feeding a GPU).
+//!   pipeline's own ceiling (read, decode, preprocess, write) in the steady state a long run
+//!   is in: 64 batches of 32, the default batch size. A run's fixed costs (filling and
+//!   draining the stages, starting threads, first touching its image buffers, committing
+//!   files) were a fifth of the figure at 8 batches of 8, and 3% of it at 16 batches of 32
+//!   (`aesthete filter` on 512 of these samples: 737-744 images/s; on 2,048: 762-767).
+//!   Beside it, `preprocess_one_core`: the same images decoded and preprocessed on one
+//!   thread, so that `cargo xtask bench` can hold the pipeline to cores × one core's rate
+//!   (feeding a GPU).
 use std::path::{Path, PathBuf};
 
 use aesthete_clip::{ClipVisionConfig, DType, Device};
@@ -61,6 +64,9 @@ fn random_vit_l14(dir: &Path) -> PathBuf {
     model_dir
 }
 
+/// Distinct preprocessed batches the model-only benchmark holds (308 MB at 32 images each).
+const MODEL_ONLY_BATCHES: usize = 16;
+
 /// Model only and end to end on `batches` batches of `batch` images.
 fn bench_model(c: &mut Criterion, name: &str, clip_dir: &Path, batch_size: usize, batches: usize) {
     let images = batch_size * batches;
@@ -72,16 +78,18 @@ fn bench_model(c: &mut Criterion, name: &str, clip_dir: &Path, batch_size: usize
     };
     let models = Models::load(&paths, &Device::Cpu, DType::F32).unwrap();
 
-    // Model only: the same images, preprocessed once, in batches of `batch_size`.
+    // Model only: the same images, preprocessed once, in batches of `batch_size`; at most
+    // `MODEL_ONLY_BATCHES` distinct ones, taken in turn (the photos repeat anyway).
     let mut pre =
         Preprocessor::new(models.preprocess_config().clone(), PreprocessOptions::default())
             .unwrap();
     let photos = photos();
+    let distinct = images.min(batch_size * MODEL_ONLY_BATCHES);
     let mut batches = Vec::new();
     let mut batch = ImageBatch::with_capacity(batch_size, pre.image_size());
-    for i in 0..images {
+    for i in 0..distinct {
         pre.preprocess(&photos[i % photos.len()], batch.push_slot()).unwrap();
-        if batch.is_full() || i + 1 == images {
+        if batch.is_full() || i + 1 == distinct {
             batches.push(std::mem::replace(
                 &mut batch,
                 ImageBatch::with_capacity(batch_size, pre.image_size()),
@@ -104,7 +112,7 @@ fn bench_model(c: &mut Criterion, name: &str, clip_dir: &Path, batch_size: usize
     }
     group.bench_function(BenchmarkId::new("model_only", batch_size), |b| {
         b.iter(|| {
-            for batch in &batches {
+            for batch in batches.iter().cycle().take(images.div_ceil(batch_size)) {
                 let embeddings = models.clip().embed(batch).unwrap();
                 models.head().score(&embeddings).unwrap();
             }
@@ -125,7 +133,7 @@ fn bench_model(c: &mut Criterion, name: &str, clip_dir: &Path, batch_size: usize
 }
 
 fn end_to_end(c: &mut Criterion) {
-    bench_model(c, "tiny", &fixtures().join("clip/tiny-vit-224-768"), 32, 16);
+    bench_model(c, "tiny", &fixtures().join("clip/tiny-vit-224-768"), 32, 64);
     if std::env::var_os("AESTHETE_BENCH_SKIP_VIT_L").is_none() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = random_vit_l14(tmp.path());
