@@ -143,9 +143,13 @@ pub(crate) mod kernels {
         (x: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], eps: f32)
     );
 
-    const LANES: usize = 8;
+    /// Independent accumulators of [`sum`] and [`max`]: two zmm or four ymm registers, so
+    /// that the adds of a row of a few hundred values do not wait on each other, as they did
+    /// on one chain of 8 lanes.
+    const LANES: usize = 32;
 
-    /// Sum with `LANES` independent accumulators, so that it vectorizes.
+    /// Sum with `LANES` independent accumulators, so that it vectorizes; the accumulators are
+    /// then added as a tree (not a chain of `LANES` dependent adds), then the remainder.
     #[inline(always)]
     pub(crate) fn sum(xs: &[f32]) -> f32 {
         let mut acc = [0.0f32; LANES];
@@ -155,7 +159,14 @@ pub(crate) mod kernels {
                 acc[j] += c[j];
             }
         }
-        acc.iter().sum::<f32>() + chunks.remainder().iter().sum::<f32>()
+        let mut width = LANES / 2;
+        while width > 0 {
+            for j in 0..width {
+                acc[j] += acc[j + width];
+            }
+            width /= 2;
+        }
+        acc[0] + chunks.remainder().iter().sum::<f32>()
     }
 
     #[inline(always)]
@@ -226,18 +237,25 @@ pub(crate) mod kernels {
     }
 
     /// The largest value (NaN ignored; -inf when there is none) with `LANES` independent
-    /// maxima, so that it vectorizes.
+    /// maxima, so that it vectorizes, folded as a tree.
     #[inline(always)]
     pub(crate) fn max(xs: &[f32]) -> f32 {
+        let larger = |a: f32, b: f32| if b > a { b } else { a };
         let mut lanes = [f32::NEG_INFINITY; LANES];
         let mut chunks = xs.chunks_exact(LANES);
         for c in &mut chunks {
             for j in 0..LANES {
-                lanes[j] = if c[j] > lanes[j] { c[j] } else { lanes[j] };
+                lanes[j] = larger(lanes[j], c[j]);
             }
         }
-        let m = chunks.remainder().iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-        lanes.iter().fold(m, |m, &v| m.max(v))
+        let mut width = LANES / 2;
+        while width > 0 {
+            for j in 0..width {
+                lanes[j] = larger(lanes[j], lanes[j + width]);
+            }
+            width /= 2;
+        }
+        chunks.remainder().iter().fold(lanes[0], |m, &v| m.max(v))
     }
 
     #[inline(always)]
