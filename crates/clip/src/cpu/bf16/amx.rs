@@ -109,7 +109,9 @@ impl Tiles {
     /// `c (32 × 32, stride ldc floats) += a · bᵀ` (or `=`, as `write` says), each two packed
     /// panels: the four tiles of sums start at zero, run over all of K, and are added to (or
     /// stored into) `c` at the end (loading `c` into tiles instead reads 16 rows at a stride
-    /// of a multiple of 4 KiB, which share one L1 set, and measured slower).
+    /// of a multiple of 4 KiB, which share one L1 set, and measured slower). Of a block whose
+    /// first `live` rows matter, at most 16, only the first row tile is computed (the other
+    /// rows of `c` then hold whatever the sums buffer held).
     ///
     /// # Safety
     /// The pointers address what [`super::each_block`] passes to its `block`.
@@ -122,12 +124,20 @@ impl Tiles {
         b: *const u16,
         panel: usize,
         steps: usize,
+        live: usize,
         write: super::Write,
         bias: Option<&[f32; 32]>,
     ) {
         let s = self.sums.0.as_mut_ptr();
         if steps == 0 {
             self.sums.0.fill(0.0);
+            // SAFETY: as below.
+            unsafe { write_sums(c, ldc, &self.sums, write, bias) };
+            return;
+        }
+        if live <= 16 {
+            // SAFETY: as below, for the first row tile alone.
+            unsafe { first_tile_sums(s, a, b, panel, steps, true) };
             // SAFETY: as below.
             unsafe { write_sums(c, ldc, &self.sums, write, bias) };
             return;
@@ -269,8 +279,13 @@ impl Tiles {
     /// out of L1 (10 % more than without it). The sums pass between chunks through the
     /// buffer (f32 tiles stored and reloaded: the same values as one run over K).
     ///
+    /// Of a row block with at most 16 of the task's `live_rows` (the matrix's last), only
+    /// the first row tile is computed, as [`Tiles::block`] does: at batch 1, ViT-L/14's 257
+    /// rows are 9 blocks of 32, whose last holds one row.
+    ///
     /// # Safety
     /// The panels are in bounds for `row_blocks` and `col_blocks` blocks of `steps` steps.
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn task_sums(
         &mut self,
         a: *const u16,
@@ -279,6 +294,7 @@ impl Tiles {
         steps: usize,
         row_blocks: usize,
         col_blocks: usize,
+        live_rows: usize,
     ) -> TaskSums {
         let mut sums = TASK_SUMS.take();
         if sums.len() < row_blocks * col_blocks {
@@ -287,19 +303,18 @@ impl Tiles {
         for first in (0..steps).step_by(CHUNK_STEPS) {
             let chunk = CHUNK_STEPS.min(steps - first);
             for bi in 0..row_blocks {
+                let one_tile = live_rows.saturating_sub(bi * 32) <= 16;
                 for bj in 0..col_blocks {
                     let at = first * super::PANEL_STEP;
                     let sums = sums[bi * col_blocks + bj].0.as_mut_ptr();
-                    // SAFETY: as the caller guarantees; `sums` is one 32 × 32 block.
+                    // SAFETY: as the caller guarantees (the block's panels are in bounds);
+                    // `sums` is one 32 × 32 block.
                     unsafe {
-                        chunk_sums(
-                            sums,
-                            a.add(bi * 2 * panel + at),
-                            b.add(bj * 2 * panel + at),
-                            panel,
-                            chunk,
-                            first == 0,
-                        )
+                        let (a, b) = (a.add(bi * 2 * panel + at), b.add(bj * 2 * panel + at));
+                        match one_tile {
+                            true => first_tile_sums(sums, a, b, panel, chunk, first == 0),
+                            false => chunk_sums(sums, a, b, panel, chunk, first == 0),
+                        }
                     };
                 }
             }
@@ -370,6 +385,58 @@ unsafe fn chunk_sums(
             b1 = inout(reg) b.add(panel) => _,
             c0 = in(reg) c,
             c1 = in(reg) c.add(16 * 32),
+            s64 = in(reg) 64usize,
+            s128 = in(reg) 128usize,
+            steps = inout(reg) steps => _,
+            options(nostack),
+        );
+    }
+}
+
+/// As [`chunk_sums`] for the block's first row tile alone (rows 0..16 of `c`); rows 16..32
+/// of `c` are left as they are.
+///
+/// # Safety
+/// As [`chunk_sums`] (`a + panel` is not read).
+unsafe fn first_tile_sums(
+    c: *mut f32,
+    a: *const u16,
+    b: *const u16,
+    panel: usize,
+    steps: usize,
+    first: bool,
+) {
+    // SAFETY: as the caller guarantees; `steps` > 0.
+    unsafe {
+        if first {
+            asm!("tilezero tmm0", "tilezero tmm1", options(nostack, nomem));
+        } else {
+            asm!(
+                "tileloadd tmm0, [{c0} + {s128}]",
+                "tileloadd tmm1, [{c0} + {s128} + 64]",
+                c0 = in(reg) c,
+                s128 = in(reg) 128usize,
+                options(nostack, readonly),
+            );
+        }
+        asm!(
+            "2:",
+            "tileloadd tmm4, [{a0} + {s64}]",
+            "tileloaddt1 tmm6, [{b0} + {s64}]",
+            "tdpbf16ps tmm0, tmm4, tmm6",
+            "tileloaddt1 tmm7, [{b1} + {s64}]",
+            "tdpbf16ps tmm1, tmm4, tmm7",
+            "add {a0}, 1024",
+            "add {b0}, 1024",
+            "add {b1}, 1024",
+            "dec {steps}",
+            "jnz 2b",
+            "tilestored [{c0} + {s128}], tmm0",
+            "tilestored [{c0} + {s128} + 64], tmm1",
+            a0 = inout(reg) a => _,
+            b0 = inout(reg) b => _,
+            b1 = inout(reg) b.add(panel) => _,
+            c0 = in(reg) c,
             s64 = in(reg) 64usize,
             s128 = in(reg) 128usize,
             steps = inout(reg) steps => _,

@@ -888,9 +888,12 @@ impl BlockKernel {
                 let b_first = w.data.as_slice()[(cols.start / PANEL) * panel..].as_ptr();
                 let (row_blocks, col_blocks) =
                     (rows.len().div_ceil(BLOCK), cols.len().div_ceil(BLOCK));
+                let live_rows = a.rows.min(rows.end).saturating_sub(rows.start);
                 // SAFETY: the caller guarantees the panels of every block of the task.
                 return Some(unsafe {
-                    tiles.task_sums(a_first, b_first, panel, steps, row_blocks, col_blocks)
+                    tiles.task_sums(
+                        a_first, b_first, panel, steps, row_blocks, col_blocks, live_rows,
+                    )
                 });
             }
         }
@@ -899,8 +902,8 @@ impl BlockKernel {
     }
 
     /// `c (32 × 32, stride ldc) += a · bᵀ` over all of `w`'s K, for a block whose first
-    /// `live` rows matter (the AVX512-BF16 kernel skips 8-row groups past them; AMX computes
-    /// whole tiles).
+    /// `live` rows matter (the AVX512-BF16 kernel skips 8-row groups past them; AMX skips
+    /// the second row tile when they fit in the first).
     ///
     /// # Safety
     /// As the block kernels: `c` addresses 32 rows of 32 writable floats at stride `ldc`, `a`
@@ -923,7 +926,9 @@ impl BlockKernel {
         // SAFETY: forwarded; AMX's tiles were configured by `start`.
         unsafe {
             match (self.kernel, &mut self.tiles) {
-                (Kernel::Amx, Some(tiles)) => tiles.block(c, ldc, a, b, panel, steps, write, bias),
+                (Kernel::Amx, Some(tiles)) => {
+                    tiles.block(c, ldc, a, b, panel, steps, live, write, bias)
+                }
                 (Kernel::Amx, None) => unreachable!("start configures tiles for AMX"),
                 (Kernel::Avx512Bf16, _) => {
                     avx512::block(c, ldc, a, b, panel, steps, live, write, bias)
@@ -1303,6 +1308,9 @@ mod tests {
             // row tasks (5 and 4 blocks).
             (100, 290, 545),
             (270, 40, 545),
+            // A last row block of 18 rows, both of AMX's row tiles (100 and 270 above end
+            // in blocks of 4 and 14 rows, the first tile alone).
+            (50, 40, 545),
             (40, 16, 0),
         ];
         for kernel in available {
