@@ -107,8 +107,8 @@ impl Tiles {
     }
 
     /// `c (32 × 32, stride ldc floats) += a · bᵀ` (or `=`, as `write` says), each two packed
-    /// panels: the four tiles of sums start at zero, run over all of K, and are added to (or
-    /// stored into) `c` at the end (loading `c` into tiles instead reads 16 rows at a stride
+    /// panels: the four tiles of sums start at zero, run over all of K (one [`chunk_sums`]),
+    /// and are added to (or stored into) `c` at the end (loading `c` into tiles instead reads 16 rows at a stride
     /// of a multiple of 4 KiB, which share one L1 set, and measured slower). Of a block whose
     /// first `live` rows matter, at most 16, only the first row tile is computed (the other
     /// rows of `c` then hold whatever the sums buffer held).
@@ -135,51 +135,13 @@ impl Tiles {
             unsafe { write_sums(c, ldc, &self.sums, write, bias) };
             return;
         }
-        if live <= 16 {
-            // SAFETY: as below, for the first row tile alone.
-            unsafe { first_tile_sums(s, a, b, panel, steps, true) };
-            // SAFETY: as below.
-            unsafe { write_sums(c, ldc, &self.sums, write, bias) };
-            return;
-        }
         // SAFETY: the tiles are configured (`self`); the caller guarantees the panels are in
-        // bounds for `steps` steps; `sums` is 32 rows of 32 floats, stored at 128 bytes.
+        // bounds for `steps` (> 0) steps; `sums` is 32 rows of 32 floats.
         unsafe {
-            asm!(
-                "tilezero tmm0",
-                "tilezero tmm1",
-                "tilezero tmm2",
-                "tilezero tmm3",
-                "2:",
-                "tileloadd tmm4, [{a0} + {s64}]",
-                "tileloadd tmm6, [{b0} + {s64}]",
-                "tdpbf16ps tmm0, tmm4, tmm6",
-                "tileloadd tmm7, [{b1} + {s64}]",
-                "tdpbf16ps tmm1, tmm4, tmm7",
-                "tileloadd tmm5, [{a1} + {s64}]",
-                "tdpbf16ps tmm2, tmm5, tmm6",
-                "tdpbf16ps tmm3, tmm5, tmm7",
-                "add {a0}, 1024",
-                "add {a1}, 1024",
-                "add {b0}, 1024",
-                "add {b1}, 1024",
-                "dec {steps}",
-                "jnz 2b",
-                "tilestored [{c0} + {s128}], tmm0",
-                "tilestored [{c0} + {s128} + 64], tmm1",
-                "tilestored [{c1} + {s128}], tmm2",
-                "tilestored [{c1} + {s128} + 64], tmm3",
-                c0 = in(reg) s,
-                c1 = in(reg) s.add(16 * 32),
-                s128 = in(reg) 128usize,
-                a0 = inout(reg) a => _,
-                a1 = inout(reg) a.add(panel) => _,
-                b0 = inout(reg) b => _,
-                b1 = inout(reg) b.add(panel) => _,
-                s64 = in(reg) 64usize,
-                steps = inout(reg) steps => _,
-                options(nostack),
-            );
+            match live <= 16 {
+                true => first_tile_sums(s, a, b, panel, steps, true),
+                false => chunk_sums(s, a, b, panel, steps, true),
+            }
         }
         // SAFETY: the caller guarantees 32 rows of 32 writable floats at stride `ldc`; the
         // CPU has AVX-512F (`check` requires it with AMX).
