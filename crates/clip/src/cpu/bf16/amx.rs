@@ -309,6 +309,14 @@ fn ahead_of(b: *const u16, panel: usize, chunk: usize, next_chunk: usize, bi: us
     b.wrapping_add(offset)
 }
 
+/// One step's fetch ahead in a chunk loop (see [`ahead_of`]): four cache lines from
+/// `{ahead}` into L2, and `{ahead}` moved past them.
+macro_rules! fetch_ahead {
+    () => {
+        "prefetcht1 [{ahead}]\nprefetcht1 [{ahead} + 64]\nprefetcht1 [{ahead} + 128]\nprefetcht1 [{ahead} + 192]\nadd {ahead}, 256"
+    };
+}
+
 /// One chunk of `steps` steps into the block of sums `c` (rows of 32 floats): its tiles
 /// start at zero (`first`) or at what `c` holds, and are stored back. Meanwhile the
 /// `steps × 256` bytes from `ahead` are fetched into L2 (see [`ahead_of`]).
@@ -361,11 +369,7 @@ unsafe fn chunk_sums(
             "add {a1}, 1024",
             "add {b0}, 1024",
             "add {b1}, 1024",
-            "prefetcht1 [{ahead}]",
-            "prefetcht1 [{ahead} + 64]",
-            "prefetcht1 [{ahead} + 128]",
-            "prefetcht1 [{ahead} + 192]",
-            "add {ahead}, 256",
+            fetch_ahead!(),
             "dec {steps}",
             "jnz 2b",
             "tilestored [{c0} + {s128}], tmm0",
@@ -424,11 +428,7 @@ unsafe fn first_tile_sums(
             "add {a0}, 1024",
             "add {b0}, 1024",
             "add {b1}, 1024",
-            "prefetcht1 [{ahead}]",
-            "prefetcht1 [{ahead} + 64]",
-            "prefetcht1 [{ahead} + 128]",
-            "prefetcht1 [{ahead} + 192]",
-            "add {ahead}, 256",
+            fetch_ahead!(),
             "dec {steps}",
             "jnz 2b",
             "tilestored [{c0} + {s128}], tmm0",
