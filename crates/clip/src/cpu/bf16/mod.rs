@@ -509,25 +509,31 @@ unsafe impl Sync for SharedMut {}
 const TASK_ROWS: usize = 8 * BLOCK;
 const TASK_COLS: usize = 8 * BLOCK;
 
-/// How the rows of a product are shared out among row tasks: the blocks evenly among as few
+/// The parallel tasks of a product. Its rows are shared out among row tasks: the blocks evenly among as few
 /// tasks as hold at most [`TASK_ROWS`] each (33 blocks: 7, 7, 7, 6, 6 rather than 8, 8, 8, 8,
 /// 1), where a last block of at most one row tile counts as none and joins the task before
 /// it. Each row task streams its columns' weight panels once more, and such a block is a
 /// fraction of a full one's work: ViT-L/14 at batch 1 (257 rows: 8 blocks and one row) is
 /// one row task of 9 blocks, not 5 and 4, which measured 4 % faster in bf16 (Xeon 6/167,
 /// AMX), and at batch 16 the last 16 rows no longer stream every weight once more alone.
+///
+/// Column tasks are [`TASK_COLS`] wide; tasks are numbered down the rows first (see
+/// [`matmul_acc`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct RowTasks {
-    count: usize,
-    /// Rows of each task but the last, a whole number of blocks.
+struct Tasks {
+    /// Row tasks.
+    row_count: usize,
+    /// Rows of each row task but the last, a whole number of blocks.
     rows: usize,
-    /// Where the last task ends: `m`, or `m` rounded up to a block where the padded rows
+    /// Where the last row task ends: `m`, or `m` rounded up to a block where the padded rows
     /// are written too.
     end: usize,
+    /// Columns of the product.
+    n: usize,
 }
 
-impl RowTasks {
-    fn new(m: usize, end: usize) -> RowTasks {
+impl Tasks {
+    fn new(m: usize, n: usize, end: usize) -> Tasks {
         let blocks = m.max(1).div_ceil(BLOCK);
         let tail = m % BLOCK;
         let counted = match blocks > 1 && tail != 0 && tail <= PANEL {
@@ -535,15 +541,22 @@ impl RowTasks {
             false => blocks,
         };
         let rows = counted.div_ceil(counted.div_ceil(TASK_ROWS / BLOCK)) * BLOCK;
-        RowTasks { count: (counted * BLOCK).div_ceil(rows), rows, end }
+        Tasks { row_count: (counted * BLOCK).div_ceil(rows), rows, end, n }
     }
 
-    fn range(&self, task: usize) -> std::ops::Range<usize> {
-        let start = task * self.rows;
-        match task + 1 == self.count {
+    fn count(&self) -> usize {
+        self.row_count * self.n.div_ceil(TASK_COLS)
+    }
+
+    /// The rows and columns of task `task`.
+    fn at(&self, task: usize) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+        let (row_task, col_task) = (task % self.row_count, task / self.row_count);
+        let start = row_task * self.rows;
+        let rows = match row_task + 1 == self.row_count {
             true => start..self.end,
             false => start..start + self.rows,
-        }
+        };
+        (rows, col_task * TASK_COLS..((col_task + 1) * TASK_COLS).min(self.n))
     }
 }
 
@@ -632,14 +645,11 @@ pub(crate) fn matmul_to(
     };
     assert!(fits, "{layout:?} does not lay out {m} × {n} values");
     check_operands(a, w);
-    let row_tasks = RowTasks::new(m, m);
-    let col_tasks = n.div_ceil(TASK_COLS);
+    let tasks = Tasks::new(m, n, m);
     let out = SharedMut(dst.as_mut_ptr());
-    (0..row_tasks.count * col_tasks).into_par_iter().for_each(move |task| {
+    (0..tasks.count()).into_par_iter().for_each(move |task| {
         let out = out;
-        let (row_task, col_task) = (task % row_tasks.count, task / row_tasks.count);
-        let rows = row_tasks.range(row_task);
-        let cols = col_task * TASK_COLS..((col_task + 1) * TASK_COLS).min(n);
+        let (rows, cols) = tasks.at(task);
         // SAFETY: `dst` holds m × n values laid out as `layout` (checked above); this task
         // alone writes `rows` × `cols`; the kernel came from `Kernel::detect` or
         // `Kernel::available` (nothing in the crate names a variant otherwise).
@@ -683,12 +693,9 @@ pub(crate) fn matmul_bias_into_activations(
     let (out_panel, out_ptr) =
         (out.panel_len(), SharedMutU16(out.data.as_mut_slice().as_mut_ptr()));
     let round_row = row_rounder();
-    let row_tasks = RowTasks::new(m, round_up(m.max(1), BLOCK));
-    let col_tasks = n.div_ceil(TASK_COLS);
-    (0..row_tasks.count * col_tasks).into_par_iter().for_each(|task| {
-        let (row_task, col_task) = (task % row_tasks.count, task / row_tasks.count);
-        let rows = row_tasks.range(row_task);
-        let cols = col_task * TASK_COLS..((col_task + 1) * TASK_COLS).min(n);
+    let tasks = Tasks::new(m, n, round_up(m.max(1), BLOCK));
+    (0..tasks.count()).into_par_iter().for_each(|task| {
+        let (rows, cols) = tasks.at(task);
         // SAFETY: this task's thread runs nothing else while `block_kernel` lives; `kernel`
         // came from `Kernel::available`.
         let mut block_kernel = unsafe { BlockKernel::start(kernel) };
@@ -1315,29 +1322,40 @@ mod tests {
     }
 
     /// Row tasks cover the rows once, in order, on block boundaries, none over
-    /// [`TASK_ROWS`] but a last one with a block of at most one row tile added.
+    /// [`TASK_ROWS`] but a last one with a block of at most one row tile added; tasks are
+    /// numbered down the rows first, then across column tasks of [`TASK_COLS`].
     #[test]
-    fn row_tasks_share_out_every_row_once() {
+    fn tasks_share_out_every_row_and_column_once() {
+        let n = 2 * TASK_COLS + 5;
         for m in 0..3000 {
             let end = round_up(m.max(1), BLOCK);
-            let tasks = RowTasks::new(m, end);
+            let tasks = Tasks::new(m, n, end);
+            let row_count = tasks.count() / 3;
+            assert_eq!(tasks.count(), row_count * 3, "m = {m}");
             let mut next = 0;
-            for task in 0..tasks.count {
-                let rows = tasks.range(task);
+            for task in 0..row_count {
+                let (rows, cols) = tasks.at(task);
                 assert_eq!(rows.start, next, "m = {m}, task {task}");
                 assert_eq!(rows.start % BLOCK, 0, "m = {m}, task {task}");
                 let live = rows.end.min(m).saturating_sub(rows.start);
-                let most = match task + 1 == tasks.count {
+                let most = match task + 1 == row_count {
                     true => TASK_ROWS + PANEL,
                     false => TASK_ROWS,
                 };
                 assert!(live <= most && !rows.is_empty(), "m = {m}, task {task}: {rows:?}");
+                assert_eq!(cols, 0..TASK_COLS, "m = {m}, task {task}");
+                for col_task in 1..3 {
+                    let (same_rows, cols) = tasks.at(task + col_task * row_count);
+                    assert_eq!(same_rows, rows, "m = {m}, task {task}, column task {col_task}");
+                    let want = col_task * TASK_COLS..((col_task + 1) * TASK_COLS).min(n);
+                    assert_eq!(cols, want, "m = {m}, task {task}, column task {col_task}");
+                }
                 next = rows.end;
             }
             assert_eq!(next, end, "m = {m}");
         }
         // ViT-L/14 at batch 1, 4 and 16.
-        let counts = [257, 1028, 4112].map(|m| RowTasks::new(m, m).count);
+        let counts = [257, 1028, 4112].map(|m| Tasks::new(m, TASK_COLS, m).count());
         assert_eq!(counts, [1, 4, 16]);
     }
 
