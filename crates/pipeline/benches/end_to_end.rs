@@ -14,7 +14,8 @@
 //!   (`aesthete filter` on 512 of these samples: 737-744 images/s; on 2,048: 762-767).
 //!   Beside it, `preprocess_one_core`: the same images decoded and preprocessed on one
 //!   thread, so that `cargo xtask bench` can hold the pipeline to cores × one core's rate
-//!   (feeding a GPU).
+//!   (feeding a GPU), and `preprocess_all_cores`: the same on every core at once, each with
+//!   its own preprocessor, to show how far the cores themselves scale.
 use std::path::{Path, PathBuf};
 
 use aesthete_clip::{ClipVisionConfig, DType, Device};
@@ -107,6 +108,23 @@ fn bench_model(c: &mut Criterion, name: &str, clip_dir: &Path, batch_size: usize
                 for i in 0..images {
                     pre.preprocess(&photos[i % photos.len()], &mut slot).unwrap();
                 }
+            })
+        });
+        let config = models.preprocess_config().clone();
+        group.bench_function(BenchmarkId::new("preprocess_all_cores", batch_size), |b| {
+            use rayon::prelude::*;
+            b.iter(|| {
+                (0..images).into_par_iter().for_each_init(
+                    || {
+                        let pre = Preprocessor::new(config.clone(), PreprocessOptions::default());
+                        let pre = pre.unwrap();
+                        let slot = vec![0f32; pre.output_len()];
+                        (pre, slot)
+                    },
+                    |(pre, slot), i| {
+                        pre.preprocess(&photos[i % photos.len()], slot).unwrap();
+                    },
+                )
             })
         });
     }

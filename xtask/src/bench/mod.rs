@@ -489,6 +489,15 @@ fn feeding_section(s: &mut String, measurements: &[Measurement]) {
         one_core * cores as f64,
         pipeline / (one_core * cores as f64)
     );
+    // Whether the cores scale at all: the same preprocessing on every core at once.
+    if let Some(all) = rate("preprocess_all_cores") {
+        let _ = writeln!(
+            s,
+            "\nThe same preprocessing on all {cores} cores at once, each with its own preprocessor (`{group}/preprocess_all_cores`): {all:.1} images/s, {:.2} × one core; the pipeline reaches {:.2} of it.",
+            all / one_core,
+            pipeline / all
+        );
+    }
     // The tiny model is not free on a CPU: its own time, on the one thread a model this
     // small runs on, is work the cores do besides preprocessing (on a GPU they would not).
     if let Some(model) = rate("model_only") {
@@ -846,6 +855,15 @@ mod tests {
             format!("could do {could:.1} images/s, and the pipeline reaches {:.2}", 640.0 / could);
         assert!(
             text.contains("runs at 1280.0 images/s on one thread") && text.contains(&want),
+            "{text}"
+        );
+        // With every core preprocessing at once, how far the cores scale.
+        let all_cores =
+            [&found[..], &[m("pipeline_tiny_f32_cpu/preprocess_all_cores/8", 0.25e9, 64.0)]]
+                .concat();
+        let text = report(&[], &all_cores, &[], None);
+        assert!(
+            text.contains(": 256.0 images/s, 1.60 × one core; the pipeline reaches 2.50 of it."),
             "{text}"
         );
         // Without the one-core figure there is no section.
