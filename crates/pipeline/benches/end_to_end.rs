@@ -116,8 +116,8 @@ fn bench_model(c: &mut Criterion, name: &str, clip_dir: &Path, batch_size: usize
             b.iter(|| {
                 (0..images).into_par_iter().for_each_init(
                     || {
-                        let pre = Preprocessor::new(config.clone(), PreprocessOptions::default());
-                        let pre = pre.unwrap();
+                        let options = PreprocessOptions::default();
+                        let pre = Preprocessor::new(config.clone(), options).unwrap();
                         let slot = vec![0f32; pre.output_len()];
                         (pre, slot)
                     },

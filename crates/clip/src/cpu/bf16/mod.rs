@@ -509,10 +509,10 @@ unsafe impl Sync for SharedMut {}
 const TASK_ROWS: usize = 8 * BLOCK;
 const TASK_COLS: usize = 8 * BLOCK;
 
-/// The parallel tasks of a product. Its rows are shared out among row tasks: the blocks evenly among as few
-/// tasks as hold at most [`TASK_ROWS`] each (33 blocks: 7, 7, 7, 6, 6 rather than 8, 8, 8, 8,
-/// 1), where a last block of at most one row tile counts as none and joins the task before
-/// it. Each row task streams its columns' weight panels once more, and such a block is a
+/// The parallel tasks of a product. Its rows are shared out among row tasks: the blocks
+/// evenly among as few tasks as hold at most [`TASK_ROWS`] each (33 blocks: 7, 7, 7, 6, 6
+/// rather than 8, 8, 8, 8, 1), where a last block of at most one row tile counts as none and
+/// joins the task before it. Each row task streams its columns' weight panels once more, and such a block is a
 /// fraction of a full one's work: ViT-L/14 at batch 1 (257 rows: 8 blocks and one row) is
 /// one row task of 9 blocks, not 5 and 4, which measured 4 % faster in bf16 (Xeon 6/167,
 /// AMX), and at batch 16 the last 16 rows no longer stream every weight once more alone.
