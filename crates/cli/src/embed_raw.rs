@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use aesthete_clip::{ClipVision, DType};
-use aesthete_tensor::ImageBatch;
 use anyhow::{Context, bail};
 use clap::Args;
 
@@ -67,7 +66,7 @@ pub fn run(args: EmbedRawArgs) -> anyhow::Result<()> {
         bytes.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
     let n = pixels.len() / image;
     let batch_of = |first: usize, len: usize| {
-        let mut batch = ImageBatch::with_capacity(len, size);
+        let mut batch = clip.image_batch(len);
         for i in 0..len {
             let at = (first + i) % n;
             batch.push_slot().copy_from_slice(&pixels[at * image..(at + 1) * image]);

@@ -3,7 +3,8 @@
 //! - [`ClipVision`]: the model. [`ClipVision::load`] reads a Hugging Face model directory
 //!   (a full `CLIPModel`, whose text tower stays on disk, or a vision tower alone);
 //!   [`ClipVision::embed`] turns an [`ImageBatch`] into
-//!   [`NormalizedEmbeddings`].
+//!   [`NormalizedEmbeddings`]; [`ClipVision::image_batch`] makes a batch in the memory the
+//!   model's device copies from fastest (page-locked for CUDA).
 //! - [`ClipVisionConfig`]: the sizes, read from `config.json` (ViT-B/32, B/16, L/14, L/14-336…).
 //! - [`extract_vision_tower`]: writes a smaller vision-only checkpoint, optionally in f16;
 //!   [`write_random_model`]: a model of a real shape with random weights, for benchmarks.
@@ -19,12 +20,11 @@
 //!
 //! ```
 //! use aesthete_clip::{ClipVision, DType, Device};
-//! use aesthete_tensor::ImageBatch;
 //!
 //! let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
 //!     .join("../../fixtures/clip/tiny-vit-224-768");
 //! let model = ClipVision::load(&dir, &Device::Cpu, DType::F32)?;
-//! let mut batch = ImageBatch::with_capacity(2, model.image_size());
+//! let mut batch = model.image_batch(2);
 //! batch.push_slot().fill(0.25);
 //! let embeddings = model.embed(&batch)?;
 //! assert_eq!((embeddings.len(), embeddings.dim()), (1, 768));
@@ -112,6 +112,37 @@ impl ClipVision {
             "loaded clip vision tower"
         );
         Ok(model)
+    }
+
+    /// An empty batch for up to `capacity` images of this model's size, in the memory its
+    /// device copies from fastest: page-locked host memory for a CUDA model (copied to the GPU
+    /// without staging, at the bus's speed), a plain `Vec` on CPU, and a `Vec` too when
+    /// page-locked memory cannot be had (a warning says why). Page-locked memory is slow to
+    /// get: make a few batches and reuse them.
+    ///
+    /// # Panics
+    /// When `capacity` is zero.
+    pub fn image_batch(&self, capacity: usize) -> ImageBatch {
+        assert!(capacity > 0, "an image batch needs room for at least one image");
+        let size = self.image_size();
+        #[cfg(feature = "cuda")]
+        if let Some(encoder) = &self.cuda {
+            let supplied = encoder
+                .host_memory(capacity * 3 * size * size)
+                .and_then(|m| ImageBatch::in_memory(m, capacity, size).map_err(|e| e.to_string()));
+            match supplied {
+                Ok(batch) => {
+                    tracing::debug!(capacity, "image batch in page-locked host memory");
+                    return batch;
+                }
+                Err(reason) => tracing::warn!(
+                    device = %encoder.description,
+                    %reason,
+                    "image batch in pageable memory: copies to the GPU are staged"
+                ),
+            }
+        }
+        ImageBatch::with_capacity(capacity, size)
     }
 
     /// Embeds a batch of preprocessed images (host f32, NCHW) into host f32 rows of unit norm.

@@ -53,7 +53,7 @@ fn batches_equal_single_images() {
         let model = load(&fixture(name));
         let s = model.image_size();
         let pixels = pixel_values(3, s);
-        let mut batch = ImageBatch::with_capacity(3, s);
+        let mut batch = model.image_batch(3);
         for image in pixels.chunks_exact(3 * s * s) {
             batch.push_slot().copy_from_slice(image);
         }
@@ -67,6 +67,16 @@ fn batches_equal_single_images() {
             assert!(cos >= 0.999_999 && diff <= 1e-6, "{name} image {i}: cos {cos}, |Δ| {diff}");
         }
     }
+}
+
+/// The batch a model hands out has its image size and the capacity asked for; on CPU its
+/// values are a plain `Vec` (page-locked memory is for CUDA models).
+#[test]
+fn a_models_own_batch_fits_it() {
+    let model = load(&fixture("tiny-vision-32"));
+    let batch = model.image_batch(3);
+    assert_eq!((batch.capacity(), batch.image_size(), batch.len()), (3, model.image_size(), 0));
+    assert!(!batch.in_supplied_memory());
 }
 
 #[test]

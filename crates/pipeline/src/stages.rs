@@ -68,7 +68,6 @@ pub(crate) fn stream(
         return Ok(Totals::default());
     }
     let batch_size = config.batch_size;
-    let image_size = models.preprocess.image_size();
     let decode_pool = rayon::ThreadPoolBuilder::new()
         .num_threads(config.decode_threads)
         .thread_name(|i| format!("aesthete-decode-{i}"))
@@ -82,8 +81,10 @@ pub(crate) fn stream(
         (0..PREPARERS).map(|_| bounded::<PreparedBatch>(1)).unzip();
     let (free_tx, free_rx) = bounded::<ImageBatch>(IMAGE_BUFFERS);
     let (scored_tx, scored_rx) = bounded::<Vec<Item>>(2);
+    // In the memory the model's device copies from fastest (page-locked for a GPU), so that
+    // decoding writes where the copy to the device reads.
     for _ in 0..IMAGE_BUFFERS {
-        free_tx.send(ImageBatch::with_capacity(batch_size, image_size)).expect("fresh channel");
+        free_tx.send(models.clip.image_batch(batch_size)).expect("fresh channel");
     }
     let (turn_tx, turn_rx): (Vec<_>, Vec<_>) = (0..PREPARERS).map(|_| bounded::<()>(1)).unzip();
     turn_tx[0].send(()).expect("fresh channel");

@@ -2,6 +2,8 @@
 //!
 //! - [`ImageBatch`]: preprocessed images, `N×3×S×S` `f32`, contiguous, filled slot by slot
 //!   by a preprocessor and read whole by a model.
+//! - [`PixelMemory`]: memory a model can supply for an [`ImageBatch`]'s values instead of a
+//!   `Vec` (page-locked host memory for a GPU).
 //! - [`NormalizedEmbeddings`]: `N×D` `f32` rows of unit L2 norm, as CLIP produces them and as
 //!   the aesthetic head expects them.
 //!
@@ -25,7 +27,7 @@ mod embeddings;
 mod image_batch;
 
 pub use embeddings::NormalizedEmbeddings;
-pub use image_batch::ImageBatch;
+pub use image_batch::{ImageBatch, PixelMemory};
 
 /// A buffer whose length does not fit the shape it was given.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -46,6 +48,14 @@ pub enum ShapeError {
         row: usize,
         /// Its L2 norm.
         norm: f32,
+    },
+    /// Memory given to an image batch does not hold exactly its capacity's values.
+    #[error("memory of {len} values for an image batch of {expected}")]
+    MemoryLength {
+        /// Values the memory holds.
+        len: usize,
+        /// Values the batch's capacity and image size need.
+        expected: usize,
     },
     /// A row whose values are all zero (or not finite) cannot be normalized.
     #[error("row {row} has no direction (norm {norm})")]

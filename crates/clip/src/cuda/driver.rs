@@ -139,11 +139,16 @@ impl Exec for Driver {
         Ok(Buffer { ptr, bytes: bytes.len(), _owner: Box::new(slice) })
     }
 
+    fn host_memory(&self, values: usize) -> CudaResult<Box<dyn aesthete_tensor::PixelMemory>> {
+        Ok(Box::new(PinnedPixels::new(&self.ctx, values)?))
+    }
+
     fn copy_in(&self, dst: u64, src: &[f32]) -> CudaResult<()> {
         self.bind()?;
-        // SAFETY: the caller's buffer at `dst` holds at least `src.len()` f32 values; the copy
-        // completes before `src` can be dropped, as the stream is synchronised in `copy_out`
-        // before the caller returns (and pageable host copies are staged at once).
+        // SAFETY: the caller's buffer at `dst` holds at least `src.len()` f32 values. From
+        // page-locked memory the copy runs after this returns; `src` is neither written nor
+        // dropped before it ends, as the stream is synchronised in `copy_out` before the
+        // encoder returns (pageable memory is staged at once).
         unsafe { cudarc::driver::result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
             .map_err(|e| format!("copying pixels to the device: {e}"))
     }
@@ -218,6 +223,59 @@ impl Exec for Driver {
             )
         }
         .map_err(|e| format!("matrix product {}×{}×{} ×{}: {e}", p.m, p.n, p.k, p.batch))
+    }
+}
+
+/// Page-locked host memory for pixel values (`cuMemHostAlloc`, portable, not write-combined:
+/// preprocessing writes it and may read it back), freed with its context bound.
+struct PinnedPixels {
+    ptr: *mut f32,
+    len: usize,
+    ctx: Arc<CudaContext>,
+}
+
+// SAFETY: the memory belongs to this value alone; page-locked host memory may be used and
+// freed from any thread (the free binds the context first).
+unsafe impl Send for PinnedPixels {}
+// SAFETY: shared access only reads.
+unsafe impl Sync for PinnedPixels {}
+
+impl PinnedPixels {
+    fn new(ctx: &Arc<CudaContext>, len: usize) -> CudaResult<PinnedPixels> {
+        let bytes = len.checked_mul(4).ok_or("pixel memory size overflows")?;
+        ctx.bind_to_thread().map_err(|e| format!("binding the device to this thread: {e}"))?;
+        let flags = cudarc::driver::sys::CU_MEMHOSTALLOC_PORTABLE;
+        // SAFETY: a plain allocation; its values are set below before any is read.
+        let ptr = unsafe { cudarc::driver::result::malloc_host(bytes.max(4), flags) }
+            .map_err(|e| format!("allocating {bytes} bytes of page-locked host memory: {e}"))?
+            .cast::<f32>();
+        // SAFETY: `ptr` holds `len` f32 values (at least one, aligned as cuMemHostAlloc
+        // aligns); zero bits are 0.0.
+        unsafe { std::ptr::write_bytes(ptr, 0, len) };
+        Ok(PinnedPixels { ptr, len, ctx: ctx.clone() })
+    }
+}
+
+impl aesthete_tensor::PixelMemory for PinnedPixels {
+    fn values(&self) -> &[f32] {
+        // SAFETY: `len` initialised values, alive as long as `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    fn values_mut(&mut self) -> &mut [f32] {
+        // SAFETY: as above, and `&mut self` makes this the only reference.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+}
+
+impl Drop for PinnedPixels {
+    fn drop(&mut self) {
+        let _ = self.ctx.bind_to_thread();
+        // SAFETY: allocated by `malloc_host`, freed once; no copy from it is in flight (the
+        // encoder synchronises its stream before it returns).
+        if let Err(e) = unsafe { cudarc::driver::result::free_host(self.ptr.cast()) } {
+            tracing::warn!(error = %e, "freeing page-locked pixel memory");
+        }
     }
 }
 

@@ -108,6 +108,19 @@ impl Exec for Emulator {
         Ok(self.add(bytes.to_vec()))
     }
 
+    fn host_memory(&self, values: usize) -> CudaResult<Box<dyn aesthete_tensor::PixelMemory>> {
+        struct HostValues(Vec<f32>);
+        impl aesthete_tensor::PixelMemory for HostValues {
+            fn values(&self) -> &[f32] {
+                &self.0
+            }
+            fn values_mut(&mut self) -> &mut [f32] {
+                &mut self.0
+            }
+        }
+        Ok(Box::new(HostValues(vec![0.0; values])))
+    }
+
     fn copy_in(&self, dst: u64, src: &[f32]) -> CudaResult<()> {
         let mut regions = self.regions.lock().unwrap();
         let mut m = Memory { regions: &mut regions, operand: self.operand };
@@ -324,6 +337,16 @@ mod tests {
                 // A second, smaller batch reuses the buffers.
                 let again = encoder.forward(&px[..px.len() / n], 1).unwrap();
                 assert_eq!(again, out[..d], "{name} {operand:?}: batch of one differs");
+                // Pixels in the encoder's own host memory (page-locked on a GPU) give the
+                // same projections.
+                let memory = encoder.host_memory(px.len()).unwrap();
+                let mut held =
+                    aesthete_tensor::ImageBatch::in_memory(memory, n, config.image_size).unwrap();
+                held.set_len(n);
+                held.as_mut_slice().copy_from_slice(&px);
+                assert!(held.in_supplied_memory());
+                let from_held = encoder.forward(held.as_slice(), n).unwrap();
+                assert_eq!(from_held, out, "{name} {operand:?}: from host memory");
             }
         }
     }

@@ -177,6 +177,9 @@ pub(crate) trait Exec: Send + Sync {
     fn alloc(&self, bytes: usize) -> CudaResult<Buffer>;
     /// Device memory holding `bytes`.
     fn upload(&self, bytes: &[u8]) -> CudaResult<Buffer>;
+    /// `values` f32 values of host memory that `copy_in` reads fastest: page-locked on a GPU,
+    /// so that the copy needs no staging and runs at the bus's speed.
+    fn host_memory(&self, values: usize) -> CudaResult<Box<dyn aesthete_tensor::PixelMemory>>;
     /// Copies `src` to `dst` on the device.
     fn copy_in(&self, dst: u64, src: &[f32]) -> CudaResult<()>;
     /// Copies device `src` into `dst` and waits for everything before it.
@@ -409,6 +412,14 @@ impl Encoder {
             description,
             exec,
         })
+    }
+
+    /// Host memory for `values` pixel values that this device copies from fastest.
+    pub(crate) fn host_memory(
+        &self,
+        values: usize,
+    ) -> CudaResult<Box<dyn aesthete_tensor::PixelMemory>> {
+        self.exec.host_memory(values)
     }
 
     /// `(n, channels, image, image)` pixels → `(n, projection_dim)` f32 projections (not yet
