@@ -60,6 +60,7 @@ pub mod candle {
     pub use candle_nn::{self, VarBuilder};
 }
 
+use std::ops::ControlFlow;
 use std::path::Path;
 
 use aesthete_tensor::{ImageBatch, NormalizedEmbeddings};
@@ -143,6 +144,69 @@ impl ClipVision {
             }
         }
         ImageBatch::with_capacity(capacity, size)
+    }
+
+    /// Embeds `batches` in order, handing each back to `done` with its embeddings (or why
+    /// there are none); `done` returns [`ControlFlow::Break`] to stop, and batches not yet
+    /// handed back are then dropped. On CUDA a batch's pixels copy to the GPU while the batch
+    /// before is computed, and the next batch is taken from `batches` before the results of
+    /// the one before are awaited, so the GPU never waits on a copy or on the caller; other
+    /// calls on the model wait until this one returns. Elsewhere this is
+    /// [`ClipVision::embed`] batch after batch.
+    pub fn embed_each<B: AsRef<ImageBatch>>(
+        &self,
+        batches: impl IntoIterator<Item = B>,
+        mut done: impl FnMut(B, Result<NormalizedEmbeddings, Error>) -> ControlFlow<()>,
+    ) {
+        #[cfg(feature = "cuda")]
+        if let Some(encoder) = &self.cuda {
+            return self.embed_each_on_cuda(encoder, batches.into_iter(), done);
+        }
+        for batch in batches {
+            let embedded = self.embed(batch.as_ref());
+            if done(batch, embedded).is_break() {
+                return;
+            }
+        }
+    }
+
+    #[cfg(feature = "cuda")]
+    fn embed_each_on_cuda<B: AsRef<ImageBatch>>(
+        &self,
+        encoder: &cuda::Encoder,
+        batches: impl Iterator<Item = B>,
+        mut done: impl FnMut(B, Result<NormalizedEmbeddings, Error>) -> ControlFlow<()>,
+    ) {
+        let dim = self.embedding_dim();
+        let embeddings = |rows: Result<Vec<f32>, String>| {
+            let device = self.device().to_string();
+            let rows = rows.map_err(|reason| Error::Cuda { device, reason })?;
+            NormalizedEmbeddings::normalize(rows, dim).map_err(Error::Embeddings)
+        };
+        let mut flight = encoder.flight::<cuda::Pixels<B>>();
+        for batch in batches {
+            let (n, fits) = {
+                let images = batch.as_ref();
+                (images.len(), images.image_size() == self.image_size())
+            };
+            let landed: Vec<(B, Result<NormalizedEmbeddings, Error>)> = if n > 0 && fits {
+                let landed = flight.submit(cuda::Pixels(batch), n);
+                landed.into_iter().map(|(pixels, rows)| (pixels.0, embeddings(rows))).collect()
+            } else {
+                // No device work (an error or no embeddings), after what is in flight.
+                let before = flight.finish().map(|(pixels, rows)| (pixels.0, embeddings(rows)));
+                let own = self.embed(batch.as_ref());
+                before.into_iter().chain([(batch, own)]).collect()
+            };
+            for (batch, embedded) in landed {
+                if done(batch, embedded).is_break() {
+                    return;
+                }
+            }
+        }
+        if let Some((pixels, rows)) = flight.finish() {
+            let _ = done(pixels.0, embeddings(rows));
+        }
     }
 
     /// Embeds a batch of preprocessed images (host f32, NCHW) into host f32 rows of unit norm.

@@ -79,6 +79,45 @@ fn a_models_own_batch_fits_it() {
     assert!(!batch.in_supplied_memory());
 }
 
+/// Batches embedded one after another come back in order, each with what `embed` gives
+/// it, a batch of the wrong image size with its error in its place; a break stops the run.
+#[test]
+fn embed_each_hands_batches_back_in_order() {
+    let model = load(&fixture("tiny-vision-32"));
+    let s = model.image_size();
+    let pixels = pixel_values(5, s);
+    let mut batches = Vec::new();
+    for (tag, images) in [(0, 2), (1, 0), (2, 3)] {
+        let mut batch = model.image_batch(3);
+        for image in pixels.chunks_exact(3 * s * s).skip(tag).take(images) {
+            batch.push_slot().copy_from_slice(image);
+        }
+        batches.push(batch);
+    }
+    batches.insert(2, ImageBatch::with_capacity(1, s + 1));
+    let want: Vec<_> = batches.iter().map(|b| model.embed(b).map(|e| e.into_vec())).collect();
+    let mut got = Vec::new();
+    model.embed_each(&batches, |batch, embedded| {
+        got.push((batch.len(), embedded.map(|e| e.into_vec())));
+        std::ops::ControlFlow::Continue(())
+    });
+    assert_eq!(got.len(), 4);
+    for (i, ((len, got), want)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(*len, batches[i].len());
+        match (got, want) {
+            (Ok(got), Ok(want)) => assert_eq!(got, want, "batch {i}"),
+            (Err(got), Err(want)) => assert_eq!(got.to_string(), want.to_string()),
+            _ => panic!("batch {i}: {got:?} against {want:?}"),
+        }
+    }
+    let mut seen = 0;
+    model.embed_each(&batches, |_, _| {
+        seen += 1;
+        std::ops::ControlFlow::Break(())
+    });
+    assert_eq!(seen, 1);
+}
+
 #[test]
 fn empty_batch_gives_no_embeddings() {
     let model = load(&fixture("tiny-vision-32"));

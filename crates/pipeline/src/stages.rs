@@ -2,6 +2,7 @@
 //! stage (two for decoding, taking turns batch by batch over one decode pool) joined by
 //! bounded channels, so memory stays flat however many shards there are and decoding
 //! overlaps model compute.
+use std::ops::ControlFlow;
 use std::sync::Mutex;
 use std::thread;
 
@@ -52,6 +53,12 @@ struct PreparedBatch {
     items: Vec<Item>,
 }
 
+impl AsRef<ImageBatch> for PreparedBatch {
+    fn as_ref(&self) -> &ImageBatch {
+        &self.images
+    }
+}
+
 /// Most samples one batch carries, so that samples without images cannot pile up unbounded.
 const ITEMS_PER_IMAGE_SLOT: usize = 4;
 
@@ -76,7 +83,7 @@ pub(crate) fn stream(
 
     let (read_tx, read_rx) = bounded::<ReadEvent>(batch_size * 2);
     // Two preparers, batch i prepared by preparer i % 2 (see `prepare_stage`); four image
-    // buffers: one filling in each preparer, one in the model, one waiting for it.
+    // buffers (`IMAGE_BUFFERS`).
     let (prep_tx, prep_rx): (Vec<_>, Vec<_>) =
         (0..PREPARERS).map(|_| bounded::<PreparedBatch>(1)).unzip();
     let (free_tx, free_rx) = bounded::<ImageBatch>(IMAGE_BUFFERS);
@@ -196,7 +203,8 @@ struct Turns {
 /// batches from the preparers in turn, in order.
 const PREPARERS: usize = 2;
 
-/// Image buffers in flight: one filling in each preparer, one in the model, one waiting.
+/// Image buffers in flight: one filling in each preparer, one in the model (on a GPU, still
+/// computing while the model takes the next), one waiting.
 const IMAGE_BUFFERS: usize = PREPARERS + 2;
 
 fn prepare_stage(
@@ -371,14 +379,17 @@ fn model_stage(
     tx: Sender<Vec<Item>>,
 ) -> Result<(), Error> {
     // Batch i comes from preparer i % PREPARERS; the first that has none left ends the run.
+    // The model takes the next batch before the one before is back (on a GPU its copy in
+    // overlaps that batch's compute), and hands each back in order.
     let in_turn = rx.iter().cycle().map_while(|rx| rx.recv().ok());
-    for PreparedBatch { images, mut items } in in_turn {
+    let mut outcome = Ok(());
+    models.clip.embed_each(in_turn, |PreparedBatch { images, mut items }, embedded| {
         let mut failed = 0;
         let scored = if images.is_empty() {
             None
         } else {
             let _span = tracing::debug_span!("score", images = images.len()).entered();
-            let result = models.clip.embed(&images).map_err(box_error).and_then(|embeddings| {
+            let result = embedded.map_err(box_error).and_then(|embeddings| {
                 let scores = models.head.score(&embeddings).map_err(box_error)?;
                 Ok((embeddings, scores))
             });
@@ -389,7 +400,8 @@ fn model_stage(
                         || aesthete_store::Location::Local(Default::default()),
                         |s| jobs[s].input.clone(),
                     );
-                    return Err(Error::Inference { images: images.len(), shard, source });
+                    outcome = Err(Error::Inference { images: images.len(), shard, source });
+                    return ControlFlow::Break(());
                 }
             }
         };
@@ -412,11 +424,12 @@ fn model_stage(
             }
         }
         progress.batch_scored(image_count, failed);
-        if tx.send(items).is_err() {
-            break;
+        match tx.send(items) {
+            Ok(()) => ControlFlow::Continue(()),
+            Err(_) => ControlFlow::Break(()),
         }
-    }
-    Ok(())
+    });
+    outcome
 }
 
 fn write_stage(

@@ -58,6 +58,12 @@ impl std::fmt::Debug for ImageBatch {
     }
 }
 
+impl AsRef<ImageBatch> for ImageBatch {
+    fn as_ref(&self) -> &ImageBatch {
+        self
+    }
+}
+
 /// A copy in a `Vec`, whatever memory the original is in.
 impl Clone for ImageBatch {
     fn clone(&self) -> Self {

@@ -4,12 +4,12 @@ use std::ffi::c_void;
 use std::sync::Arc;
 
 use cudarc::cublas::{result as blas, sys as blas_sys};
-use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::sys::{CUdevice_attribute, CUevent_flags};
 use cudarc::driver::{
-    CudaContext, CudaFunction, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
+    CudaContext, CudaEvent, CudaFunction, CudaStream, DevicePtr, LaunchConfig, PushKernelArg,
 };
 
-use super::{Arg, Buffer, CudaResult, Exec, Kernel, Launch, Operand, Product};
+use super::{Arg, Buffer, CudaResult, Exec, Kernel, Launch, Operand, PIXEL_SLOTS, Product};
 
 /// The CUDA C source of the encoder's kernels.
 const KERNELS: &str = include_str!("kernels.cu");
@@ -67,6 +67,14 @@ pub(crate) struct Driver {
     kernels: Vec<CudaFunction>,
     blas: Blas,
     operand: Operand,
+    /// The stream pixels are copied in on, beside the compute stream.
+    copies: Arc<CudaStream>,
+    /// Per pixel slot: its copy has arrived; the compute stream has read it.
+    arrived: [CudaEvent; PIXEL_SLOTS],
+    released: [CudaEvent; PIXEL_SLOTS],
+    /// Per slot: the copy out and everything before it are done (a blocking-sync event, so
+    /// that waiting on it sleeps).
+    out: [CudaEvent; PIXEL_SLOTS],
 }
 
 impl Driver {
@@ -101,8 +109,18 @@ impl Driver {
         // SAFETY: a live handle and the context's stream.
         unsafe { blas::set_stream(blas.0, stream.cu_stream() as _) }
             .map_err(|e| format!("binding cuBLAS to the stream: {e}"))?;
+        let copies =
+            ctx.new_stream().map_err(|e| format!("creating the stream pixels copy on: {e}"))?;
+        let event = |flags| ctx.new_event(flags).map_err(|e| format!("creating an event: {e}"));
+        let blocking = Some(CUevent_flags::CU_EVENT_BLOCKING_SYNC);
+        let (arrived, released, out) = (
+            [event(None)?, event(None)?],
+            [event(None)?, event(None)?],
+            [event(blocking)?, event(blocking)?],
+        );
         let description = format!("{name} (compute {major}.{minor})");
-        Ok((Driver { ctx, stream, kernels, blas, operand }, description))
+        let driver = Driver { ctx, stream, kernels, blas, operand, copies, arrived, released, out };
+        Ok((driver, description))
     }
 
     fn data_type(&self, f32: bool) -> blas_sys::cudaDataType {
@@ -125,6 +143,9 @@ impl Exec for Driver {
             .stream
             .alloc_zeros::<u8>(bytes.max(1))
             .map_err(|e| format!("allocating {bytes} bytes: {e}"))?;
+        // Zeroed on the compute stream; the copy stream writes pixel buffers too, and does not
+        // wait for that stream, so the zeroing ends here (buffers are made once per size).
+        self.stream.synchronize().map_err(|e| format!("allocating {bytes} bytes: {e}"))?;
         let ptr = slice.device_ptr(&self.stream).0;
         Ok(Buffer { ptr, bytes, _owner: Box::new(slice) })
     }
@@ -143,22 +164,44 @@ impl Exec for Driver {
         Ok(Box::new(PinnedPixels::new(&self.ctx, values)?))
     }
 
-    fn copy_in(&self, dst: u64, src: &[f32]) -> CudaResult<()> {
+    unsafe fn copy_in_ahead(&self, slot: usize, dst: u64, src: &[f32]) -> CudaResult<()> {
         self.bind()?;
-        // SAFETY: the caller's buffer at `dst` holds at least `src.len()` f32 values. From
-        // page-locked memory the copy runs after this returns; `src` is neither written nor
-        // dropped before it ends, as the stream is synchronised in `copy_out` before the
-        // encoder returns (pageable memory is staged at once).
-        unsafe { cudarc::driver::result::memcpy_htod_async(dst, src, self.stream.cu_stream()) }
-            .map_err(|e| format!("copying pixels to the device: {e}"))
+        let fail = |e| format!("copying pixels to the device: {e}");
+        self.copies.wait(&self.released[slot]).map_err(fail)?;
+        // SAFETY: the buffer at `dst` holds at least `src.len()` f32 values and the compute
+        // stream has released it (the wait above); the caller keeps `src` as it is until the
+        // copy is done. From page-locked memory the copy runs after this returns; pageable
+        // memory is staged at once.
+        unsafe { cudarc::driver::result::memcpy_htod_async(dst, src, self.copies.cu_stream()) }
+            .map_err(fail)?;
+        self.arrived[slot].record(&self.copies).map_err(fail)
     }
 
-    fn copy_out(&self, src: u64, dst: &mut [f32]) -> CudaResult<()> {
+    fn await_pixels(&self, slot: usize) -> CudaResult<()> {
+        self.stream.wait(&self.arrived[slot]).map_err(|e| format!("waiting for pixels: {e}"))
+    }
+
+    fn release_pixels(&self, slot: usize) -> CudaResult<()> {
+        self.released[slot].record(&self.stream).map_err(|e| format!("releasing pixels: {e}"))
+    }
+
+    unsafe fn copy_out_later(&self, slot: usize, src: u64, dst: &mut [f32]) -> CudaResult<()> {
         self.bind()?;
-        // SAFETY: the buffer at `src` holds at least `dst.len()` f32 values.
+        let fail = |e| format!("copying embeddings back: {e}");
+        // SAFETY: the buffer at `src` holds at least `dst.len()` f32 values; `dst` is
+        // page-locked and left alone until `await_out` (the caller's promise), so the copy may
+        // run after this returns.
         unsafe { cudarc::driver::result::memcpy_dtoh_async(dst, src, self.stream.cu_stream()) }
-            .map_err(|e| format!("copying embeddings back: {e}"))?;
-        self.stream.synchronize().map_err(|e| format!("running the encoder: {e}"))
+            .map_err(fail)?;
+        self.out[slot].record(&self.stream).map_err(fail)
+    }
+
+    fn await_out(&self, slot: usize) -> CudaResult<()> {
+        self.out[slot].synchronize().map_err(|e| format!("running the encoder: {e}"))
+    }
+
+    fn settle(&self) -> CudaResult<()> {
+        self.ctx.synchronize().map_err(|e| format!("waiting for the device: {e}"))
     }
 
     fn launch(&self, kernel: Kernel, grid: Launch, args: &[Arg]) -> CudaResult<()> {

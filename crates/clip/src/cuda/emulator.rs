@@ -8,13 +8,27 @@ use std::sync::Mutex;
 
 use half::{bf16, f16};
 
-use super::{Arg, Buffer, CudaResult, Exec, Kernel, Launch, Operand, Product};
+use super::{Arg, Buffer, CudaResult, Exec, Kernel, Launch, Operand, PIXEL_SLOTS, Product};
 use crate::ops::kernels::erf;
 
 /// Host memory standing in for a device: regions at distinct fake addresses.
 pub(crate) struct Emulator {
     operand: Operand,
     regions: Mutex<Vec<(u64, Vec<u8>)>>,
+    /// Where each pixel slot is in the protocol of [`Exec::copy_in_ahead`], checked at every
+    /// step: a copy lands only when the compute stream awaits it (so a forgotten wait reads
+    /// stale pixels), and a slot not yet released must not be copied into.
+    slots: Mutex<[Slot; PIXEL_SLOTS]>,
+    /// Copies out not yet awaited, per slot.
+    outs: Mutex<[bool; PIXEL_SLOTS]>,
+}
+
+#[derive(Debug, Default)]
+enum Slot {
+    #[default]
+    Free,
+    Copying(u64, Vec<f32>),
+    InUse,
 }
 
 /// Addresses start here and regions lie 2³² apart, so a stray offset never lands in another.
@@ -22,7 +36,12 @@ const BASE: u64 = 1 << 40;
 
 impl Emulator {
     pub(crate) fn new(operand: Operand) -> Emulator {
-        Emulator { operand, regions: Mutex::new(Vec::new()) }
+        Emulator {
+            operand,
+            regions: Mutex::new(Vec::new()),
+            slots: Mutex::default(),
+            outs: Mutex::default(),
+        }
     }
 
     fn add(&self, bytes: Vec<u8>) -> Buffer {
@@ -121,21 +140,55 @@ impl Exec for Emulator {
         Ok(Box::new(HostValues(vec![0.0; values])))
     }
 
-    fn copy_in(&self, dst: u64, src: &[f32]) -> CudaResult<()> {
+    unsafe fn copy_in_ahead(&self, slot: usize, dst: u64, src: &[f32]) -> CudaResult<()> {
+        let mut slots = self.slots.lock().unwrap();
+        assert!(
+            matches!(slots[slot], Slot::Free),
+            "pixel slot {slot} copied into before the compute stream released it"
+        );
+        slots[slot] = Slot::Copying(dst, src.to_vec());
+        Ok(())
+    }
+
+    fn await_pixels(&self, slot: usize) -> CudaResult<()> {
+        let mut slots = self.slots.lock().unwrap();
+        let Slot::Copying(dst, values) = std::mem::replace(&mut slots[slot], Slot::InUse) else {
+            panic!("pixel slot {slot} awaited with no copy into it");
+        };
         let mut regions = self.regions.lock().unwrap();
         let mut m = Memory { regions: &mut regions, operand: self.operand };
-        for (i, &v) in src.iter().enumerate() {
+        for (i, &v) in values.iter().enumerate() {
             m.set_f32(dst, i, v);
         }
         Ok(())
     }
 
-    fn copy_out(&self, src: u64, dst: &mut [f32]) -> CudaResult<()> {
+    fn release_pixels(&self, slot: usize) -> CudaResult<()> {
+        let mut slots = self.slots.lock().unwrap();
+        assert!(matches!(slots[slot], Slot::InUse), "pixel slot {slot} released unused");
+        slots[slot] = Slot::Free;
+        Ok(())
+    }
+
+    unsafe fn copy_out_later(&self, slot: usize, src: u64, dst: &mut [f32]) -> CudaResult<()> {
+        let mut outs = self.outs.lock().unwrap();
+        assert!(!outs[slot], "copy out of slot {slot} queued twice without a wait");
+        outs[slot] = true;
         let mut regions = self.regions.lock().unwrap();
         let m = Memory { regions: &mut regions, operand: self.operand };
         for (i, v) in dst.iter_mut().enumerate() {
             *v = m.f32_at(src, i);
         }
+        Ok(())
+    }
+
+    fn settle(&self) -> CudaResult<()> {
+        Ok(())
+    }
+
+    fn await_out(&self, slot: usize) -> CudaResult<()> {
+        let mut outs = self.outs.lock().unwrap();
+        assert!(std::mem::take(&mut outs[slot]), "slot {slot} awaited with no copy out");
         Ok(())
     }
 
@@ -348,6 +401,52 @@ mod tests {
                 let from_held = encoder.forward(held.as_slice(), n).unwrap();
                 assert_eq!(from_held, out, "{name} {operand:?}: from host memory");
             }
+        }
+    }
+
+    /// Batches in flight come back in order, each with the projections `forward` gives it
+    /// alone, through a change of buffer size with a batch in flight; the emulator checks
+    /// the slot protocol (a copy awaited before it is read, a slot released before it is
+    /// copied into again, every copy out awaited).
+    #[test]
+    fn batches_in_flight_land_in_order_with_their_own_projections() {
+        let cpu = ClipVision::load(&fixture("tiny-vision-32"), &Device::Cpu, DType::F32).unwrap();
+        let config = cpu.config().clone();
+        let host = cpu.host_model().unwrap();
+        let emulator = Box::new(Emulator::new(Operand::F32));
+        let encoder =
+            Encoder::new(&host, &config, emulator, Operand::F32, "emulator".to_string()).unwrap();
+        let image = 3 * config.image_size * config.image_size;
+        let all = pixels(8, config.image_size);
+        // (first image, images): a larger batch third, so the buffers grow in flight.
+        let batches = [(0, 2), (2, 2), (1, 5), (7, 1), (3, 2)];
+        let alone: Vec<Vec<f32>> = batches
+            .iter()
+            .map(|&(first, n)| encoder.forward(&all[first * image..][..n * image], n).unwrap())
+            .collect();
+        let mut landed = Vec::new();
+        let mut flight = encoder.flight();
+        for (index, &(first, n)) in batches.iter().enumerate() {
+            let px = all[first * image..][..n * image].to_vec();
+            for (i, out) in flight.submit(Tagged(index, px), n) {
+                landed.push((i.0, out.unwrap()));
+            }
+        }
+        landed.extend(flight.finish().map(|(i, out)| (i.0, out.unwrap())));
+        assert!(flight.finish().is_none());
+        let order: Vec<usize> = landed.iter().map(|(i, _)| *i).collect();
+        assert_eq!(order, [0, 1, 2, 3, 4]);
+        for (i, out) in landed {
+            assert_eq!(out, alone[i], "batch {i} in flight against alone");
+        }
+    }
+
+    /// Pixels with a tag saying which batch they are.
+    struct Tagged(usize, Vec<f32>);
+
+    impl AsRef<[f32]> for Tagged {
+        fn as_ref(&self) -> &[f32] {
+            &self.1
         }
     }
 }

@@ -180,13 +180,39 @@ pub(crate) trait Exec: Send + Sync {
     /// `values` f32 values of host memory that `copy_in` reads fastest: page-locked on a GPU,
     /// so that the copy needs no staging and runs at the bus's speed.
     fn host_memory(&self, values: usize) -> CudaResult<Box<dyn aesthete_tensor::PixelMemory>>;
-    /// Copies `src` to `dst` on the device.
-    fn copy_in(&self, dst: u64, src: &[f32]) -> CudaResult<()>;
-    /// Copies device `src` into `dst` and waits for everything before it.
-    fn copy_out(&self, src: u64, dst: &mut [f32]) -> CudaResult<()>;
+    /// Copies `src` into device `dst` on a stream of its own, so that it runs while the
+    /// compute stream works on the batch before: after the compute stream's last
+    /// [`Exec::release_pixels`] of `slot` (one of [`PIXEL_SLOTS`]).
+    ///
+    /// # Safety
+    /// `src` stays alive and unwritten until the compute stream has passed the
+    /// [`Exec::await_pixels`] of `slot` that follows and the caller has seen it pass (an
+    /// [`Exec::await_out`] after it).
+    unsafe fn copy_in_ahead(&self, slot: usize, dst: u64, src: &[f32]) -> CudaResult<()>;
+    /// The compute stream waits for the last copy into `slot`.
+    fn await_pixels(&self, slot: usize) -> CudaResult<()>;
+    /// The compute stream has read `slot`'s pixels: the next copy into it may start.
+    fn release_pixels(&self, slot: usize) -> CudaResult<()>;
+    /// Copies device `src` into `dst` on the compute stream, after what is queued on it,
+    /// without waiting; [`Exec::await_out`] of the same `slot` waits for it.
+    ///
+    /// # Safety
+    /// `dst` is memory from [`Exec::host_memory`], alive and neither read nor written until
+    /// that wait has returned.
+    unsafe fn copy_out_later(&self, slot: usize, src: u64, dst: &mut [f32]) -> CudaResult<()>;
+    /// Waits, sleeping rather than spinning (the CPU's cores are decoding), until the last
+    /// copy out of `slot` and everything before it on the compute stream are done.
+    fn await_out(&self, slot: usize) -> CudaResult<()>;
+    /// Waits until everything queued on every stream is done (after an error, before the
+    /// memory a queued copy reads is handed back).
+    fn settle(&self) -> CudaResult<()>;
     fn launch(&self, kernel: Kernel, grid: Launch, args: &[Arg]) -> CudaResult<()>;
     fn product(&self, p: &Product) -> CudaResult<()>;
 }
+
+/// Batches whose pixels can be on their way to the device at once: one being computed, the
+/// next one copying in.
+pub(crate) const PIXEL_SLOTS: usize = 2;
 
 /// Device memory: its address, its size, and what keeps it alive.
 pub(crate) struct Buffer {
@@ -290,7 +316,9 @@ impl Sizes {
 /// Buffers for batches of up to `images` images.
 struct Scratch {
     images: usize,
-    pixels: Buffer,
+    /// One per pixel slot: a batch's pixels copy into one while the batch before is
+    /// computed from the other.
+    pixels: [Buffer; PIXEL_SLOTS],
     patches: Buffer,
     /// The residual stream, f32 `(n · tokens, hidden)`.
     stream: Buffer,
@@ -306,6 +334,8 @@ struct Scratch {
     act: Buffer,
     pooled: Buffer,
     projected: Buffer,
+    /// Host memory the projections are copied back into, one per pixel slot.
+    outs: [Box<dyn aesthete_tensor::PixelMemory>; PIXEL_SLOTS],
 }
 
 impl Scratch {
@@ -316,7 +346,7 @@ impl Scratch {
         let tb = t.bytes();
         Ok(Scratch {
             images,
-            pixels: exec.alloc(images * s.pixels() * 4)?,
+            pixels: [exec.alloc(images * s.pixels() * 4)?, exec.alloc(images * s.pixels() * 4)?],
             patches: exec.alloc(images * s.grid * s.grid * s.patch_len() * tb)?,
             stream: exec.alloc(rows * s.hidden * 4)?,
             normed: exec.alloc(rows * s.hidden * tb)?,
@@ -327,6 +357,10 @@ impl Scratch {
             act: exec.alloc(rows * s.intermediate.max(s.hidden) * tb)?,
             pooled: exec.alloc(images * s.hidden * tb)?,
             projected: exec.alloc(images * s.projection * 4)?,
+            outs: [
+                exec.host_memory(images * s.projection)?,
+                exec.host_memory(images * s.projection)?,
+            ],
         })
     }
 }
@@ -425,23 +459,129 @@ impl Encoder {
     /// `(n, channels, image, image)` pixels → `(n, projection_dim)` f32 projections (not yet
     /// normalized).
     pub(crate) fn forward(&self, pixels: &[f32], n: usize) -> CudaResult<Vec<f32>> {
-        let s = self.sizes;
-        assert_eq!(pixels.len(), n * s.pixels(), "pixel count");
-        let mut out = vec![0f32; n * s.projection];
         if n == 0 {
-            return Ok(out);
+            assert!(pixels.is_empty(), "pixel count");
+            return Ok(Vec::new());
         }
-        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        if scratch.as_ref().is_none_or(|b| b.images < n) {
-            *scratch = None;
-            *scratch = Some(Scratch::new(&*self.exec, &s, self.operand, n)?);
+        let mut flight = self.flight();
+        let mut landed = flight.submit(pixels, n);
+        landed.extend(flight.finish());
+        let (_, projected) = landed.pop().expect("the batch just submitted");
+        debug_assert!(landed.is_empty(), "a fresh flight holds no other batch");
+        projected
+    }
+
+    /// Batches through the device one after another, each one's pixels copied in while the
+    /// one before is computed; holds the encoder's buffers until dropped.
+    pub(crate) fn flight<P: AsRef<[f32]>>(&self) -> Flight<'_, P> {
+        Flight {
+            encoder: self,
+            scratch: self.scratch.lock().unwrap_or_else(|e| e.into_inner()),
+            pending: None,
+            next_slot: 0,
         }
-        let b = scratch.as_ref().expect("allocated above");
-        assert!(pixels.len() * 4 <= b.pixels.bytes && out.len() * 4 <= b.projected.bytes);
-        let run = Run { e: self, x: &*self.exec, b, n };
-        run.all(pixels)?;
-        self.exec.copy_out(b.projected.ptr, &mut out)?;
-        Ok(out)
+    }
+}
+
+/// Batches on their way through the device: at most one computing while the caller prepares
+/// or submits the next (see [`Encoder::flight`]).
+pub(crate) struct Flight<'e, P> {
+    encoder: &'e Encoder,
+    scratch: std::sync::MutexGuard<'e, Option<Scratch>>,
+    pending: Option<(P, usize, usize)>,
+    next_slot: usize,
+}
+
+/// The pixels of an image batch, for a [`Flight`]: heap memory, which stays where it is when
+/// the batch moves.
+pub(crate) struct Pixels<B>(pub(crate) B);
+
+impl<B: AsRef<aesthete_tensor::ImageBatch>> AsRef<[f32]> for Pixels<B> {
+    fn as_ref(&self) -> &[f32] {
+        self.0.as_ref().as_slice()
+    }
+}
+
+/// A batch handed back with its `(n, projection_dim)` projections, or why there are none.
+pub(crate) type Landed<P> = (P, CudaResult<Vec<f32>>);
+
+impl<P: AsRef<[f32]>> Flight<'_, P> {
+    /// Queues `n` images of pixels (`pixels.as_ref()`, which must stay where it is when
+    /// `pixels` moves: heap memory, as a `Vec`'s, an image batch's or a borrowed slice) and
+    /// hands back, in order, what has landed: the batch queued before, once its projections
+    /// are back, and this one at once if it could not be queued.
+    pub(crate) fn submit(&mut self, pixels: P, n: usize) -> Vec<Landed<P>> {
+        let e = self.encoder;
+        assert!(n > 0, "an empty batch goes nowhere");
+        assert_eq!(pixels.as_ref().len(), n * e.sizes.pixels(), "pixel count");
+        let mut landed = Vec::new();
+        if self.scratch.as_ref().is_none_or(|b| b.images < n) {
+            // The batch in flight computes in the buffers about to go.
+            landed.extend(self.finish());
+            *self.scratch = None;
+            match Scratch::new(&*e.exec, &e.sizes, e.operand, n) {
+                Ok(b) => *self.scratch = Some(b),
+                Err(reason) => {
+                    landed.push((pixels, Err(reason)));
+                    return landed;
+                }
+            }
+        }
+        let slot = self.next_slot;
+        self.next_slot = (slot + 1) % PIXEL_SLOTS;
+        if let Err(reason) = self.queue(&pixels, n, slot) {
+            // Nothing may still read these pixels when they go back.
+            let settled = e.exec.settle();
+            landed.extend(self.finish());
+            landed.push((pixels, Err(settled.err().unwrap_or(reason))));
+            return landed;
+        }
+        if let Some(before) = self.pending.replace((pixels, slot, n)) {
+            landed.push(self.land(before));
+        }
+        landed
+    }
+
+    /// The copy in, the pass and the copy out of one batch, queued.
+    fn queue(&mut self, pixels: &P, n: usize, slot: usize) -> CudaResult<()> {
+        let e = self.encoder;
+        let s = e.sizes;
+        let b = self.scratch.as_mut().expect("buffers made before queueing");
+        let fits = pixels.as_ref().len() * 4 <= b.pixels[slot].bytes;
+        assert!(fits && n * s.projection * 4 <= b.projected.bytes, "buffers fit the batch");
+        // SAFETY: the caller moves `pixels` into `pending`, its values where they are, until
+        // `land` has seen the copy out that follows their wait on the compute stream (or, on
+        // an error, until every stream has settled).
+        unsafe { e.exec.copy_in_ahead(slot, b.pixels[slot].ptr, pixels.as_ref())? };
+        Run { e, x: &*e.exec, b, n }.all(slot)?;
+        let out = &mut b.outs[slot].values_mut()[..n * s.projection];
+        // SAFETY: `out` is host memory from `host_memory`, read only in `land` after the wait.
+        unsafe { e.exec.copy_out_later(slot, b.projected.ptr, out) }
+    }
+
+    /// The batch still in flight, once its projections are back; `None` when there is none.
+    pub(crate) fn finish(&mut self) -> Option<Landed<P>> {
+        let pending = self.pending.take()?;
+        Some(self.land(pending))
+    }
+
+    fn land(&mut self, (pixels, slot, n): (P, usize, usize)) -> Landed<P> {
+        let projected = self.encoder.exec.await_out(slot).map(|()| {
+            let b = self.scratch.as_ref().expect("a batch in flight has buffers");
+            b.outs[slot].values()[..n * self.encoder.sizes.projection].to_vec()
+        });
+        (pixels, projected)
+    }
+}
+
+impl<P> Drop for Flight<'_, P> {
+    fn drop(&mut self) {
+        // A batch still queued reads its pixels and writes its host memory: wait for it
+        // before both can go.
+        if let Some((pixels, slot, _)) = self.pending.take() {
+            let _ = self.encoder.exec.await_out(slot);
+            drop(pixels);
+        }
     }
 }
 
@@ -506,18 +646,19 @@ impl Run<'_> {
         self.x.launch(kernel, Launch::flat(rows), &args)
     }
 
-    fn all(&self, pixels: &[f32]) -> CudaResult<()> {
+    /// Queues the whole pass over the pixels copying into `slot`, through the projections.
+    fn all(&self, slot: usize) -> CudaResult<()> {
         let (e, b, n) = (self.e, self.b, self.n);
         let s = e.sizes;
         let rows = n * s.tokens;
         let h = s.hidden;
         let int = |v: usize| Arg::I32(v as i32);
-        self.x.copy_in(b.pixels.ptr, pixels)?;
+        self.x.await_pixels(slot)?;
 
         // Embeddings: patches · patch weightᵀ, then class token and positions.
         let patch_rows = n * s.grid * s.grid;
         let args = [
-            Arg::Ptr(b.pixels.ptr),
+            Arg::Ptr(b.pixels[slot].ptr),
             Arg::Ptr(b.patches.ptr),
             int(n),
             int(s.channels),
@@ -526,6 +667,7 @@ impl Run<'_> {
             int(s.grid),
         ];
         self.x.launch(Kernel::Patches, Launch::rows_cols(patch_rows, s.patch_len()), &args)?;
+        self.x.release_pixels(slot)?;
         self.linear(b.patches.ptr, e.patch.ptr, b.wide.ptr, patch_rows, h, s.patch_len(), 0.0)?;
         let args = [
             Arg::Ptr(b.stream.ptr),
