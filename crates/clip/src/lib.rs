@@ -149,10 +149,11 @@ impl ClipVision {
     /// Embeds `batches` in order, handing each back to `done` with its embeddings (or why
     /// there are none); `done` returns [`ControlFlow::Break`] to stop, and batches not yet
     /// handed back are then dropped. On CUDA a batch's pixels copy to the GPU while the batch
-    /// before is computed, and the next batch is taken from `batches` before the results of
-    /// the one before are awaited, so the GPU never waits on a copy or on the caller; other
-    /// calls on the model wait until this one returns. Elsewhere this is
-    /// [`ClipVision::embed`] batch after batch.
+    /// before is computed, and the next batch is taken from `batches` and queued before the
+    /// results of the one before are awaited, so the copy overlaps compute and the GPU has a
+    /// batch to work on while `done` runs. On CUDA the model's buffers are held until this
+    /// returns: other calls on the model wait, and a call on it from `done` never returns.
+    /// Elsewhere this is [`ClipVision::embed`] batch after batch.
     pub fn embed_each<B: AsRef<ImageBatch>>(
         &self,
         batches: impl IntoIterator<Item = B>,
@@ -185,18 +186,22 @@ impl ClipVision {
         };
         let mut flight = encoder.flight::<cuda::Pixels<B>>();
         for batch in batches {
-            let (n, fits) = {
+            let (n, room, settled) = {
                 let images = batch.as_ref();
-                (images.len(), images.image_size() == self.image_size())
+                (images.len(), images.capacity(), self.without_device(images))
             };
-            let landed: Vec<(B, Result<NormalizedEmbeddings, Error>)> = if n > 0 && fits {
-                let landed = flight.submit(cuda::Pixels(batch), n);
-                landed.into_iter().map(|(pixels, rows)| (pixels.0, embeddings(rows))).collect()
-            } else {
-                // No device work (an error or no embeddings), after what is in flight.
-                let before = flight.finish().map(|(pixels, rows)| (pixels.0, embeddings(rows)));
-                let own = self.embed(batch.as_ref());
-                before.into_iter().chain([(batch, own)]).collect()
+            let landed: Vec<(B, Result<NormalizedEmbeddings, Error>)> = match settled {
+                None => {
+                    // Buffers for the batch's capacity: a short batch (images that failed to
+                    // decode) must not make the next, full one wait for new buffers.
+                    let landed = flight.submit(cuda::Pixels(batch), n, room);
+                    landed.into_iter().map(|(pixels, rows)| (pixels.0, embeddings(rows))).collect()
+                }
+                Some(own) => {
+                    // After what is in flight, so that batches come back in order.
+                    let before = flight.finish().map(|(pixels, rows)| (pixels.0, embeddings(rows)));
+                    before.into_iter().chain([(batch, own)]).collect()
+                }
             };
             for (batch, embedded) in landed {
                 if done(batch, embedded).is_break() {
@@ -209,19 +214,27 @@ impl ClipVision {
         }
     }
 
-    /// Embeds a batch of preprocessed images (host f32, NCHW) into host f32 rows of unit norm.
-    pub fn embed(&self, batch: &ImageBatch) -> Result<NormalizedEmbeddings, Error> {
+    /// What `batch` gives without running the model: the error of a batch of another image
+    /// size, or no embeddings for an empty batch; `None` when the model must run.
+    fn without_device(&self, batch: &ImageBatch) -> Option<Result<NormalizedEmbeddings, Error>> {
         if batch.image_size() != self.image_size() {
-            return Err(Error::ImageSize {
+            return Some(Err(Error::ImageSize {
                 expected: self.image_size(),
                 actual: batch.image_size(),
-            });
+            }));
+        }
+        batch.is_empty().then(|| {
+            NormalizedEmbeddings::from_normalized(Vec::new(), self.embedding_dim())
+                .map_err(Error::Embeddings)
+        })
+    }
+
+    /// Embeds a batch of preprocessed images (host f32, NCHW) into host f32 rows of unit norm.
+    pub fn embed(&self, batch: &ImageBatch) -> Result<NormalizedEmbeddings, Error> {
+        if let Some(settled) = self.without_device(batch) {
+            return settled;
         }
         let dim = self.embedding_dim();
-        if batch.is_empty() {
-            return NormalizedEmbeddings::from_normalized(Vec::new(), dim)
-                .map_err(Error::Embeddings);
-        }
         #[cfg(feature = "cuda")]
         if let Some(encoder) = &self.cuda {
             let rows = encoder

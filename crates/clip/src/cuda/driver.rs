@@ -69,7 +69,10 @@ pub(crate) struct Driver {
     operand: Operand,
     /// The stream pixels are copied in on, beside the compute stream.
     copies: Arc<CudaStream>,
-    /// Per pixel slot: its copy has arrived; the compute stream has read it.
+    /// Per pixel slot: its copy has arrived; the compute stream has read it. (The encoder
+    /// lands a batch, past its copy out, before it queues the next copy into the same slot,
+    /// so `released` is already passed then; the copy stream waits on it all the same, so
+    /// that the slot's safety does not rest on the host's order alone.)
     arrived: [CudaEvent; PIXEL_SLOTS],
     released: [CudaEvent; PIXEL_SLOTS],
     /// Per slot: the copy out and everything before it are done (a blocking-sync event, so
@@ -81,8 +84,11 @@ impl Driver {
     /// Opens device `ordinal`; also returns its name and compute capability.
     pub(crate) fn open(ordinal: usize, operand: Operand) -> CudaResult<(Driver, String)> {
         let ctx = CudaContext::new(ordinal).map_err(|e| format!("opening the device: {e}"))?;
-        // SAFETY: the encoder runs everything on one stream, in order, and keeps every buffer
-        // alive as long as itself; nothing needs cross-stream events.
+        // SAFETY: cudarc's own events would order its buffers' uses across streams; the
+        // encoder orders them itself. Everything but the pixel copies runs on the compute
+        // stream, in order; pixel buffers are zeroed and synchronised in `alloc` before the
+        // copy stream writes them, the compute stream waits for each copy (`await_pixels`),
+        // and a buffer is freed only after the batches that used it have landed.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.default_stream();
         let attr = |a| ctx.attribute(a).map_err(|e| format!("reading device attributes: {e}"));
@@ -134,6 +140,25 @@ impl Driver {
     fn bind(&self) -> CudaResult<()> {
         self.ctx.bind_to_thread().map_err(|e| format!("binding the device to this thread: {e}"))
     }
+
+    /// Binds the context for a wait. cudarc's `bind_to_thread` first returns any error a drop
+    /// stored and then does not bind, and a wait that returned early would hand back memory
+    /// a copy still uses; the stored error is reported after the wait instead.
+    fn bind_for_wait(&self) -> CudaResult<()> {
+        bind_context(&self.ctx)
+    }
+
+    /// An error an earlier call stored (cudarc records failed frees and the like), if any.
+    fn stored_error(&self) -> CudaResult<()> {
+        self.ctx.check_err().map_err(|e| format!("an earlier device call failed: {e}"))
+    }
+}
+
+/// Makes `ctx` current on this thread, whatever error it has stored.
+fn bind_context(ctx: &CudaContext) -> CudaResult<()> {
+    // SAFETY: `ctx` is alive for the call; setting the current context has no other effect.
+    unsafe { cudarc::driver::result::ctx::set_current(ctx.cu_ctx()) }
+        .map_err(|e| format!("binding the device to this thread: {e}"))
 }
 
 impl Exec for Driver {
@@ -170,8 +195,7 @@ impl Exec for Driver {
         self.copies.wait(&self.released[slot]).map_err(fail)?;
         // SAFETY: the buffer at `dst` holds at least `src.len()` f32 values and the compute
         // stream has released it (the wait above); the caller keeps `src` as it is until the
-        // copy is done. From page-locked memory the copy runs after this returns; pageable
-        // memory is staged at once.
+        // copy is done (it may run after this returns).
         unsafe { cudarc::driver::result::memcpy_htod_async(dst, src, self.copies.cu_stream()) }
             .map_err(fail)?;
         self.arrived[slot].record(&self.copies).map_err(fail)
@@ -197,11 +221,18 @@ impl Exec for Driver {
     }
 
     fn await_out(&self, slot: usize) -> CudaResult<()> {
-        self.out[slot].synchronize().map_err(|e| format!("running the encoder: {e}"))
+        self.bind_for_wait()?;
+        // SAFETY: a live event of this context.
+        unsafe { cudarc::driver::result::event::synchronize(self.out[slot].cu_event()) }
+            .map_err(|e| format!("running the encoder: {e}"))?;
+        self.stored_error()
     }
 
     fn settle(&self) -> CudaResult<()> {
-        self.ctx.synchronize().map_err(|e| format!("waiting for the device: {e}"))
+        self.bind_for_wait()?;
+        cudarc::driver::result::ctx::synchronize()
+            .map_err(|e| format!("waiting for the device: {e}"))?;
+        self.stored_error()
     }
 
     fn launch(&self, kernel: Kernel, grid: Launch, args: &[Arg]) -> CudaResult<()> {
@@ -313,9 +344,10 @@ impl aesthete_tensor::PixelMemory for PinnedPixels {
 
 impl Drop for PinnedPixels {
     fn drop(&mut self) {
-        let _ = self.ctx.bind_to_thread();
-        // SAFETY: allocated by `malloc_host`, freed once; no copy from it is in flight (the
-        // encoder synchronises its stream before it returns).
+        let _ = bind_context(&self.ctx);
+        // SAFETY: allocated by `malloc_host`, freed once; no copy from or into it is in flight:
+        // the encoder hands a batch back only after the wait on its copy out has returned (or,
+        // after an error, after every stream has settled).
         if let Err(e) = unsafe { cudarc::driver::result::free_host(self.ptr.cast()) } {
             tracing::warn!(error = %e, "freeing page-locked pixel memory");
         }

@@ -19,9 +19,21 @@ pub(crate) struct Emulator {
     /// step: a copy lands only when the compute stream awaits it (so a forgotten wait reads
     /// stale pixels), and a slot not yet released must not be copied into.
     slots: Mutex<[Slot; PIXEL_SLOTS]>,
-    /// Copies out not yet awaited, per slot.
-    outs: Mutex<[bool; PIXEL_SLOTS]>,
+    /// Copies out not yet awaited, per slot: what lands in the caller's memory at the wait
+    /// (until then it holds NaN, so a read before the wait shows).
+    outs: Mutex<[Option<PendingOut>; PIXEL_SLOTS]>,
 }
+
+/// A copy out that lands at its wait: where, and the values the device held when it was
+/// queued (everything before it on the stream has run, in the emulator).
+struct PendingOut {
+    dst: *mut f32,
+    values: Vec<f32>,
+}
+
+// SAFETY: `dst` is memory the caller keeps alive and untouched until the wait
+// (`Exec::copy_out_later`), whichever thread waits.
+unsafe impl Send for PendingOut {}
 
 #[derive(Debug, Default)]
 enum Slot {
@@ -172,13 +184,12 @@ impl Exec for Emulator {
 
     unsafe fn copy_out_later(&self, slot: usize, src: u64, dst: &mut [f32]) -> CudaResult<()> {
         let mut outs = self.outs.lock().unwrap();
-        assert!(!outs[slot], "copy out of slot {slot} queued twice without a wait");
-        outs[slot] = true;
+        assert!(outs[slot].is_none(), "copy out of slot {slot} queued twice without a wait");
         let mut regions = self.regions.lock().unwrap();
         let m = Memory { regions: &mut regions, operand: self.operand };
-        for (i, v) in dst.iter_mut().enumerate() {
-            *v = m.f32_at(src, i);
-        }
+        let values = (0..dst.len()).map(|i| m.f32_at(src, i)).collect();
+        dst.fill(f32::NAN);
+        outs[slot] = Some(PendingOut { dst: dst.as_mut_ptr(), values });
         Ok(())
     }
 
@@ -188,7 +199,11 @@ impl Exec for Emulator {
 
     fn await_out(&self, slot: usize) -> CudaResult<()> {
         let mut outs = self.outs.lock().unwrap();
-        assert!(std::mem::take(&mut outs[slot]), "slot {slot} awaited with no copy out");
+        let out =
+            outs[slot].take().unwrap_or_else(|| panic!("slot {slot} awaited with no copy out"));
+        // SAFETY: the caller keeps `dst` alive and untouched until this wait (the contract of
+        // `copy_out_later`), and it holds `values.len()` f32 values.
+        unsafe { std::ptr::copy_nonoverlapping(out.values.as_ptr(), out.dst, out.values.len()) };
         Ok(())
     }
 
@@ -428,7 +443,7 @@ mod tests {
         let mut flight = encoder.flight();
         for (index, &(first, n)) in batches.iter().enumerate() {
             let px = all[first * image..][..n * image].to_vec();
-            for (i, out) in flight.submit(Tagged(index, px), n) {
+            for (i, out) in flight.submit(Tagged(index, px), n, n) {
                 landed.push((i.0, out.unwrap()));
             }
         }

@@ -464,7 +464,7 @@ impl Encoder {
             return Ok(Vec::new());
         }
         let mut flight = self.flight();
-        let mut landed = flight.submit(pixels, n);
+        let mut landed = flight.submit(pixels, n, n);
         landed.extend(flight.finish());
         let (_, projected) = landed.pop().expect("the batch just submitted");
         debug_assert!(landed.is_empty(), "a fresh flight holds no other batch");
@@ -509,17 +509,17 @@ impl<P: AsRef<[f32]>> Flight<'_, P> {
     /// Queues `n` images of pixels (`pixels.as_ref()`, which must stay where it is when
     /// `pixels` moves: heap memory, as a `Vec`'s, an image batch's or a borrowed slice) and
     /// hands back, in order, what has landed: the batch queued before, once its projections
-    /// are back, and this one at once if it could not be queued.
-    pub(crate) fn submit(&mut self, pixels: P, n: usize) -> Vec<Landed<P>> {
+    /// are back, and this one at once if it could not be queued. Buffers made here hold
+    /// `room` images (at least `n`), so that batches up to that size reuse them.
+    pub(crate) fn submit(&mut self, pixels: P, n: usize, room: usize) -> Vec<Landed<P>> {
         let e = self.encoder;
         assert!(n > 0, "an empty batch goes nowhere");
-        assert_eq!(pixels.as_ref().len(), n * e.sizes.pixels(), "pixel count");
         let mut landed = Vec::new();
         if self.scratch.as_ref().is_none_or(|b| b.images < n) {
             // The batch in flight computes in the buffers about to go.
             landed.extend(self.finish());
             *self.scratch = None;
-            match Scratch::new(&*e.exec, &e.sizes, e.operand, n) {
+            match Scratch::new(&*e.exec, &e.sizes, e.operand, room.max(n)) {
                 Ok(b) => *self.scratch = Some(b),
                 Err(reason) => {
                     landed.push((pixels, Err(reason)));
@@ -531,9 +531,9 @@ impl<P: AsRef<[f32]>> Flight<'_, P> {
         self.next_slot = (slot + 1) % PIXEL_SLOTS;
         if let Err(reason) = self.queue(&pixels, n, slot) {
             // Nothing may still read these pixels when they go back.
-            let settled = e.exec.settle();
+            let _ = e.exec.settle();
             landed.extend(self.finish());
-            landed.push((pixels, Err(settled.err().unwrap_or(reason))));
+            landed.push((pixels, Err(reason)));
             return landed;
         }
         if let Some(before) = self.pending.replace((pixels, slot, n)) {
@@ -547,12 +547,15 @@ impl<P: AsRef<[f32]>> Flight<'_, P> {
         let e = self.encoder;
         let s = e.sizes;
         let b = self.scratch.as_mut().expect("buffers made before queueing");
-        let fits = pixels.as_ref().len() * 4 <= b.pixels[slot].bytes;
+        // Read once: what is checked is what is copied.
+        let src = pixels.as_ref();
+        assert_eq!(src.len(), n * s.pixels(), "pixel count");
+        let fits = src.len() * 4 <= b.pixels[slot].bytes;
         assert!(fits && n * s.projection * 4 <= b.projected.bytes, "buffers fit the batch");
         // SAFETY: the caller moves `pixels` into `pending`, its values where they are, until
         // `land` has seen the copy out that follows their wait on the compute stream (or, on
         // an error, until every stream has settled).
-        unsafe { e.exec.copy_in_ahead(slot, b.pixels[slot].ptr, pixels.as_ref())? };
+        unsafe { e.exec.copy_in_ahead(slot, b.pixels[slot].ptr, src)? };
         Run { e, x: &*e.exec, b, n }.all(slot)?;
         let out = &mut b.outs[slot].values_mut()[..n * s.projection];
         // SAFETY: `out` is host memory from `host_memory`, read only in `land` after the wait.
@@ -566,10 +569,18 @@ impl<P: AsRef<[f32]>> Flight<'_, P> {
     }
 
     fn land(&mut self, (pixels, slot, n): (P, usize, usize)) -> Landed<P> {
-        let projected = self.encoder.exec.await_out(slot).map(|()| {
-            let b = self.scratch.as_ref().expect("a batch in flight has buffers");
-            b.outs[slot].values()[..n * self.encoder.sizes.projection].to_vec()
-        });
+        let exec = &self.encoder.exec;
+        let projected = match exec.await_out(slot) {
+            Ok(()) => {
+                let b = self.scratch.as_ref().expect("a batch in flight has buffers");
+                Ok(b.outs[slot].values()[..n * self.encoder.sizes.projection].to_vec())
+            }
+            Err(reason) => {
+                // The batch goes back: nothing may still copy from or into its memory.
+                let _ = exec.settle();
+                Err(reason)
+            }
+        };
         (pixels, projected)
     }
 }
@@ -579,7 +590,9 @@ impl<P> Drop for Flight<'_, P> {
         // A batch still queued reads its pixels and writes its host memory: wait for it
         // before both can go.
         if let Some((pixels, slot, _)) = self.pending.take() {
-            let _ = self.encoder.exec.await_out(slot);
+            if self.encoder.exec.await_out(slot).is_err() {
+                let _ = self.encoder.exec.settle();
+            }
             drop(pixels);
         }
     }
