@@ -178,12 +178,7 @@ impl ClipVision {
         batches: impl Iterator<Item = B>,
         mut done: impl FnMut(B, Result<NormalizedEmbeddings, Error>) -> ControlFlow<()>,
     ) {
-        let dim = self.embedding_dim();
-        let embeddings = |rows: Result<Vec<f32>, String>| {
-            let device = self.device().to_string();
-            let rows = rows.map_err(|reason| Error::Cuda { device, reason })?;
-            NormalizedEmbeddings::normalize(rows, dim).map_err(Error::Embeddings)
-        };
+        let embeddings = |rows| self.cuda_embeddings(rows);
         let mut flight = encoder.flight::<cuda::Pixels<B>>();
         for batch in batches {
             let (n, room, settled) = {
@@ -214,6 +209,18 @@ impl ClipVision {
         }
     }
 
+    /// The CUDA encoder's projections of a batch, normalized, or its error named with the
+    /// device.
+    #[cfg(feature = "cuda")]
+    fn cuda_embeddings(
+        &self,
+        rows: Result<Vec<f32>, String>,
+    ) -> Result<NormalizedEmbeddings, Error> {
+        let rows =
+            rows.map_err(|reason| Error::Cuda { device: self.device().to_string(), reason })?;
+        NormalizedEmbeddings::normalize(rows, self.embedding_dim()).map_err(Error::Embeddings)
+    }
+
     /// What `batch` gives without running the model: the error of a batch of another image
     /// size, or no embeddings for an empty batch; `None` when the model must run.
     fn without_device(&self, batch: &ImageBatch) -> Option<Result<NormalizedEmbeddings, Error>> {
@@ -234,13 +241,9 @@ impl ClipVision {
         if let Some(settled) = self.without_device(batch) {
             return settled;
         }
-        let dim = self.embedding_dim();
         #[cfg(feature = "cuda")]
         if let Some(encoder) = &self.cuda {
-            let rows = encoder
-                .forward(batch.as_slice(), batch.len())
-                .map_err(|reason| Error::Cuda { device: self.device().to_string(), reason })?;
-            return NormalizedEmbeddings::normalize(rows, dim).map_err(Error::Embeddings);
+            return self.cuda_embeddings(encoder.forward(batch.as_slice(), batch.len()));
         }
         let rows = if self.runs_cpu_encoder() {
             self.forward_cpu(batch.as_slice(), batch.len())?
@@ -252,7 +255,7 @@ impl ClipVision {
             )?;
             self.forward_tensor(&pixels)?.flatten_all()?.to_vec1::<f32>()?
         };
-        NormalizedEmbeddings::from_normalized(rows, dim).map_err(Error::Embeddings)
+        NormalizedEmbeddings::from_normalized(rows, self.embedding_dim()).map_err(Error::Embeddings)
     }
 }
 

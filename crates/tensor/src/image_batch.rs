@@ -26,6 +26,18 @@ pub trait PixelMemory: Send + Sync {
     fn values_mut(&mut self) -> &mut [f32];
 }
 
+/// A plain buffer, as [`ImageBatch::with_capacity`] holds it; for callers that hand memory
+/// over through the same door (tests, host stand-ins for a device).
+impl PixelMemory for Vec<f32> {
+    fn values(&self) -> &[f32] {
+        self
+    }
+
+    fn values_mut(&mut self) -> &mut [f32] {
+        self
+    }
+}
+
 enum Values {
     Vec(Vec<f32>),
     Supplied(Box<dyn PixelMemory>),
@@ -239,18 +251,9 @@ mod tests {
     /// compared and cloned like a `Vec`'s.
     #[test]
     fn supplied_memory_holds_the_values() {
-        struct Counted(Vec<f32>);
-        impl PixelMemory for Counted {
-            fn values(&self) -> &[f32] {
-                &self.0
-            }
-            fn values_mut(&mut self) -> &mut [f32] {
-                &mut self.0
-            }
-        }
-        let wrong = ImageBatch::in_memory(Box::new(Counted(vec![0.0; 23])), 2, 2);
+        let wrong = ImageBatch::in_memory(Box::new(vec![0.0; 23]), 2, 2);
         assert_eq!(wrong.unwrap_err(), ShapeError::MemoryLength { len: 23, expected: 24 });
-        let mut b = ImageBatch::in_memory(Box::new(Counted(vec![9.0; 24])), 2, 2).unwrap();
+        let mut b = ImageBatch::in_memory(Box::new(vec![9.0; 24]), 2, 2).unwrap();
         assert!(b.in_supplied_memory() && b.is_empty());
         b.push_slot().fill(1.0);
         let mut v = ImageBatch::with_capacity(2, 2);

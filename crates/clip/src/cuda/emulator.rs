@@ -140,16 +140,7 @@ impl Exec for Emulator {
     }
 
     fn host_memory(&self, values: usize) -> CudaResult<Box<dyn aesthete_tensor::PixelMemory>> {
-        struct HostValues(Vec<f32>);
-        impl aesthete_tensor::PixelMemory for HostValues {
-            fn values(&self) -> &[f32] {
-                &self.0
-            }
-            fn values_mut(&mut self) -> &mut [f32] {
-                &mut self.0
-            }
-        }
-        Ok(Box::new(HostValues(vec![0.0; values])))
+        Ok(Box::new(vec![0.0f32; values]))
     }
 
     unsafe fn copy_in_ahead(&self, slot: usize, dst: u64, src: &[f32]) -> CudaResult<()> {
