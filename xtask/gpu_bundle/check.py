@@ -18,7 +18,9 @@ each recorded even when it fails:
 
     python3 check.py [--out DIR] [--quick]
 
-Prints one table and writes it to DIR/gpu-check.md, with DIR/gpu-check.json.
+Prints one table and writes it to DIR/gpu-check.md, with DIR/gpu-check.json, after every
+step (a run cut short keeps what it measured); a call of the binary that runs past
+CALL_SECONDS is killed and fails its step.
 """
 import argparse
 import json
@@ -51,11 +53,21 @@ def library_env():
 
 ENV = None
 
+# The longest one call of the binary may take. A call that hangs (a wait on the device that
+# never returns) is killed and fails its step; the steps after it still run, and the results
+# so far are already written.
+CALL_SECONDS = 240
 
-def aesthete(*args):
+
+def aesthete(*args, timeout=CALL_SECONDS):
     """Runs the binary; returns (stdout, stderr, seconds); raises with stderr on failure."""
     start = time.perf_counter()
-    p = subprocess.run([str(BIN), *map(str, args)], env=ENV, capture_output=True, text=True)
+    command = [str(BIN), *map(str, args)]
+    try:
+        p = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        stderr = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        raise RuntimeError(f"aesthete {' '.join(map(str, args))}: killed after {timeout} s: {stderr.strip()[-2000:]}") from None
     seconds = time.perf_counter() - start
     if p.returncode != 0:
         raise RuntimeError(f"aesthete {' '.join(map(str, args))} -> {p.returncode}: {p.stderr.strip()[-2000:]}")
@@ -215,6 +227,18 @@ def main():
         mark = "" if ok is None else (" ok" if ok else " FAIL")
         print(f"[{step}] {what}: {value}{(' (target ' + target + ')') if target else ''}{mark}", flush=True)
 
+    def write_results():
+        lines = ["# aesthete GPU device check", ""]
+        lines += [f"- {k}: {v}" for k, v in info.items()]
+        lines += ["- command: `python3 check.py" + (" --quick" if opts.quick else "") + "`", "", "| step | what | value | target | |", "|---|---|---|---|---|"]
+        for r in rows:
+            ok = "" if r["ok"] is None else ("ok" if r["ok"] else "**FAIL**")
+            lines.append(f"| {r['step']} | {r['what']} | {r['value']} | {r['target']} | {ok} |")
+        table = "\n".join(lines) + "\n"
+        (out / "gpu-check.md").write_text(table)
+        (out / "gpu-check.json").write_text(json.dumps({"info": info, "rows": rows, "failures": failures}, indent=1))
+        return table
+
     def step(name, fn):
         start = time.perf_counter()
         try:
@@ -222,7 +246,11 @@ def main():
         except Exception as e:  # every step is recorded, failed or not
             failures.append(f"{name}: {e}")
             record(name, "error", str(e)[:400], ok=False)
-        print(f"[{name}] {time.perf_counter() - start:.1f} s", flush=True)
+        seconds = time.perf_counter() - start
+        info[f"seconds in {name}"] = f"{seconds:.1f}"
+        print(f"[{name}] {seconds:.1f} s", flush=True)
+        # After every step, so that a run cut short still leaves what it measured.
+        write_results()
 
     tiny = HERE / "models" / "tiny-vit-224-768"
     head = HERE / "models" / "head-768.safetensors"
@@ -327,15 +355,7 @@ def main():
         step("model-speed", throughput)
         step("e2e", end_to_end)
 
-    lines = ["# aesthete GPU device check", ""]
-    lines += [f"- {k}: {v}" for k, v in info.items()]
-    lines += ["- command: `python3 check.py" + (" --quick" if opts.quick else "") + "`", "", "| step | what | value | target | |", "|---|---|---|---|---|"]
-    for r in rows:
-        ok = "" if r["ok"] is None else ("ok" if r["ok"] else "**FAIL**")
-        lines.append(f"| {r['step']} | {r['what']} | {r['value']} | {r['target']} | {ok} |")
-    table = "\n".join(lines) + "\n"
-    (out / "gpu-check.md").write_text(table)
-    (out / "gpu-check.json").write_text(json.dumps({"info": info, "rows": rows, "failures": failures}, indent=1))
+    table = write_results()
     shutil.rmtree(work, ignore_errors=True)
     print(table)
     return 1 if failures or any(r["ok"] is False for r in rows) else 0
