@@ -59,7 +59,7 @@ impl Dims {
 pub(crate) struct Workspace {
     /// The residual stream, on a cache line.
     stream: AlignedF32,
-    /// The images' patches, flattened for the patch embedding's product.
+    /// One image's patches per thread, flattened for the patch embedding's product.
     patches: AlignedF32,
     normed: AlignedF32,
     qkv: AlignedF32,

@@ -140,11 +140,11 @@ pub(crate) fn tokens(
     let flat = &mut flat.as_mut_slice()[..parts * grid2 * len];
     let products = &mut products.as_mut_slice()[..n * grid2 * h];
     // The patch products transposed, `productsᵀ (h × patches) = W (h × len) · aᵀ`, where
-    // every operand is as `gemm` reads it without packing (the products and the flattened
-    // patches, row-major, are column-major seen so; the weight is held transposed): `a · Wᵀ`
-    // had `gemm` pack `a`, as many values as the product reads, a tenth of the tiny fixture
-    // model's time. Each thread takes a run of images, and flattens each just before its
-    // product, into the same space: a batch's flattened patches, as many values as its
+    // `gemm` reads the flattened patches in place (they and the products, row-major, are
+    // column-major seen so; the weight is held transposed) and packs at most the weight:
+    // `a · Wᵀ` had `gemm` pack `a`, as many values as the product reads, a tenth of the tiny
+    // fixture model's time. Each thread takes a run of images, and flattens each just before
+    // its product, into the same space: a batch's flattened patches, as many values as its
     // pixels, were written and read back from memory, not the cache, when all were
     // flattened first (a sixth of the tiny model's forward pass at batch 32).
     flat.par_chunks_mut(grid2 * len)
