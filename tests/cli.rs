@@ -1349,6 +1349,36 @@ mod rescore {
 /// The default build carries the CUDA encoder but links no CUDA library: on a machine
 /// without the driver, `--device cuda` is one line naming what is missing, exit code 2.
 #[cfg(feature = "cuda")]
+/// An f32 run on a CPU with bf16 matrix instructions says, once, that `--dtype bf16` is
+/// faster there; on a CPU without them, and in a bf16 run, nothing of it.
+#[test]
+fn an_f32_run_on_a_bf16_cpu_names_the_faster_dtype() {
+    let run = |extra: &[&str]| {
+        let out = tempfile::tempdir().unwrap();
+        let mut args: Vec<String> = vec!["filter".into(), good_shards()[0].display().to_string()];
+        args.extend(["--output".into(), out.path().display().to_string()]);
+        args.extend(model_args());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let result = aesthete(args);
+        assert!(result.status.success(), "{}", stderr(&result));
+        stderr(&result)
+    };
+    let hint = "--dtype bf16 runs the CLIP model";
+    let f32_run = run(&[]);
+    match aesthete_clip::cpu_bf16_kernel() {
+        Ok(kernel) => {
+            assert_eq!(f32_run.matches(hint).count(), 1, "{f32_run}");
+            assert!(f32_run.contains(&format!("this CPU has {kernel}")), "{f32_run}");
+            let bf16_run = run(&["--dtype", "bf16"]);
+            assert!(!bf16_run.contains(hint), "{bf16_run}");
+        }
+        Err(why) => {
+            assert!(!f32_run.contains(hint), "{f32_run}");
+            eprintln!("only the CPU without bf16 checked: {why}");
+        }
+    }
+}
+
 #[test]
 fn cuda_without_the_driver_names_what_is_missing() {
     let out = tempfile::tempdir().unwrap();
