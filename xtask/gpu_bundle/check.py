@@ -347,6 +347,9 @@ def main():
             rate = float(summary.rsplit(";", 1)[1].split()[0])
             what = f"aesthete score --device cuda --dtype bf16 --preprocess {mode}, photo JPEGs ({summary.split(';')[1].strip()})"
             record("e2e", what, f"{rate:.0f} images/s ({seconds:.1f} s with model load)", "≥ 2500", rate >= 2500)
+            # The pipeline's image batches should be page-locked; the binary warns when not.
+            pinned = "image batch in pageable memory" not in stderr
+            record("e2e", f"--preprocess {mode}: image batches in page-locked memory", "yes" if pinned else "no (pageable: copies staged)", "yes", pinned)
 
     step("model", make_model)
     step("parity", parity)
