@@ -14,7 +14,8 @@ each recorded even when it fails:
    PyTorch forward with scaled_dot_product_attention; under torch.autocast and with bf16 or
    f16 weights);
 5. end-to-end `aesthete score --device cuda` images/s over shards of photo-sized JPEGs,
-   with exact (PIL-identical) and fast preprocessing.
+   with exact (PIL-identical) and fast preprocessing, and how busy the GPU and the CPU cores
+   were meanwhile (a GPU that waits while cores idle is the pipeline's fault).
 
     python3 check.py [--out DIR] [--quick]
 
@@ -169,6 +170,61 @@ def cosine_min(a, b):
     return float(torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=1).min())
 
 
+class BusySampler:
+    """Samples, four times a second while a command runs, how busy the CPU cores were since
+    the last sample (/proc/stat) and the GPU's utilization (nvidia-smi, where there is one).
+    `summary()` averages both over the samples from the GPU's first busy one to its last (so
+    the model's load, when the GPU idles, is left out), or over all samples without a GPU."""
+
+    def __init__(self):
+        import threading
+
+        self.samples, self.stop = [], threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    @staticmethod
+    def cpu_ticks():
+        with open("/proc/stat") as f:
+            values = [int(v) for v in f.readline().split()[1:]]
+        return sum(values), values[3] + values[4]  # all, idle + iowait
+
+    @staticmethod
+    def gpu_util():
+        try:
+            p = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "--id=0"], capture_output=True, text=True, timeout=5)
+            return float(p.stdout.strip().splitlines()[0])
+        except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+            return None
+
+    def run(self):
+        last = self.cpu_ticks()
+        while not self.stop.wait(0.25):
+            gpu = self.gpu_util()
+            now = self.cpu_ticks()
+            total, idle = now[0] - last[0], now[1] - last[1]
+            last = now
+            if total > 0:
+                self.samples.append((1.0 - idle / total, gpu))
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join()
+
+    def summary(self):
+        busy = [i for i, (_, gpu) in enumerate(self.samples) if gpu]
+        window = self.samples[busy[0] : busy[-1] + 1] if busy else self.samples
+        if not window:
+            return "no samples"
+        cpu = sum(c for c, _ in window) / len(window)
+        gpus = [g for _, g in window if g is not None]
+        gpu = f"GPU busy {sum(gpus) / len(gpus):.0f}%" if gpus else "no GPU reading"
+        return f"{gpu}, CPU cores busy {100 * cpu:.0f}% ({len(window)} samples of 0.25 s)"
+
+
 def gpu_rate(fn, batch, seconds):
     import torch
 
@@ -292,8 +348,10 @@ def main():
         outs = {}
         for role, device in [("reference", "cpu"), ("tested", dev)]:
             d = work / f"filter-{role}"
-            aesthete("filter", *shards, "--output", d, "--clip", tiny, "--head", head, "--device", device, "--keep-top", "0.5", "--quiet")
+            with BusySampler() as busy:
+                aesthete("filter", *shards, "--output", d, "--clip", tiny, "--head", head, "--device", device, "--keep-top", "0.5", "--quiet")
             outs[role] = {p.name: p.read_bytes() for p in sorted(d.glob("*.tar"))}
+            record("filter", f"--device {device}: while it ran", busy.summary())
         same = outs["reference"] == outs["tested"] and len(outs["reference"]) > 0
         n = len(outs["reference"])
         record("filter", f"aesthete filter --device {dev} vs cpu: {n} output tars", "identical" if same else "DIFFERENT", "identical", same)
@@ -342,11 +400,15 @@ def main():
             for p in photos:
                 shutil.copy(p, shard_dir / f"{p.stem}-{i:04d}.tar")
         for mode in ["exact", "fast"]:
-            _, stderr, seconds = aesthete("score", str(shard_dir), "--output", work / f"e2e-{mode}", "--clip", l14, "--head", head, "--device", "cuda", "--dtype", "bf16", "--batch-size", 256, "--preprocess", mode, "--quiet")
+            with BusySampler() as busy:
+                _, stderr, seconds = aesthete("score", str(shard_dir), "--output", work / f"e2e-{mode}", "--clip", l14, "--head", head, "--device", "cuda", "--dtype", "bf16", "--batch-size", 256, "--preprocess", mode, "--quiet")
             summary = [line for line in stderr.splitlines() if "images/s" in line][-1]
             rate = float(summary.rsplit(";", 1)[1].split()[0])
             what = f"aesthete score --device cuda --dtype bf16 --preprocess {mode}, photo JPEGs ({summary.split(';')[1].strip()})"
             record("e2e", what, f"{rate:.0f} images/s ({seconds:.1f} s with model load)", "≥ 2500", rate >= 2500)
+            # Fed well, the GPU is busy or every core is: a GPU waiting while cores idle is
+            # the pipeline's fault.
+            record("e2e", f"--preprocess {mode}: while it ran", busy.summary())
             # The pipeline's image batches should be page-locked; the binary warns when not.
             pinned = "image batch in pageable memory" not in stderr
             record("e2e", f"--preprocess {mode}: image batches in page-locked memory", "yes" if pinned else "no (pageable: copies staged)", "yes", pinned)
