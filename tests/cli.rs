@@ -1346,9 +1346,6 @@ mod rescore {
     }
 }
 
-/// The default build carries the CUDA encoder but links no CUDA library: on a machine
-/// without the driver, `--device cuda` is one line naming what is missing, exit code 2.
-#[cfg(feature = "cuda")]
 /// An f32 run on a CPU with bf16 matrix instructions says, once, that `--dtype bf16` is
 /// faster there; on a CPU without them, and in a bf16 run, nothing of it.
 #[test]
@@ -1379,6 +1376,9 @@ fn an_f32_run_on_a_bf16_cpu_names_the_faster_dtype() {
     }
 }
 
+/// The default build carries the CUDA encoder but links no CUDA library: on a machine
+/// without the driver, `--device cuda` is one line naming what is missing, exit code 2.
+#[cfg(feature = "cuda")]
 #[test]
 fn cuda_without_the_driver_names_what_is_missing() {
     let out = tempfile::tempdir().unwrap();
