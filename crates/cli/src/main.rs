@@ -92,7 +92,7 @@ fn suggest_bf16(device: &aesthete_clip::Device, dtype: aesthete_clip::DType) {
         return;
     }
     if let Ok(kernel) = aesthete_clip::cpu_bf16_kernel() {
-        // Speeds from BENCHMARKS.md: ViT-L/14 bf16 against f32 at batches 4 and 16 ran 4.6-5.1 x
+        // Speeds from BENCHMARKS.md: ViT-L/14 bf16 against f32 at batches 4 and 16 ran 4.4-5.1 x
         // on an AMX Xeon and 1.9-2.7 x on AVX512-BF16 (Zen 5); agreement from the README.
         tracing::info!(
             "this CPU has {kernel}: --dtype bf16 runs the CLIP model 2-5 x faster, with scores \
