@@ -47,8 +47,8 @@ const TASKS: [(&str, &str); 6] = [
         "\
   gpu-bundle [--out DIR]
       write the GPU device check (default: target/gpu-bundle, at most 40 MiB): the stripped
-      binary, fixture models and shards, photo-sized JPEGs, check.py; on a machine with the
-      NVIDIA driver and PyTorch: bash DIR/run.sh --out RESULTS
+      binary, fixture models and shards, the real LAION head, photo-sized JPEGs, check.py; on
+      a machine with the NVIDIA driver and PyTorch: bash DIR/run.sh --out RESULTS
 ",
     ),
     (

@@ -29,7 +29,7 @@ use anyhow::{Context, bail};
 use serde_json::json;
 
 pub use download::{Check, Fetched, PinMismatch, sha256_file};
-pub use pins::{Manifest, Pin};
+pub use pins::{HEAD_NAME, Manifest, Pin};
 
 use download::Source;
 
