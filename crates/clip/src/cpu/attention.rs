@@ -24,7 +24,7 @@ mod avx512;
 /// How a head's two products run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Products {
-    /// Kernels of our own on zmm registers (AVX-512F, heads of whole registers).
+    /// Kernels of our own on zmm registers (AVX-512F).
     #[cfg(target_arch = "x86_64")]
     Avx512,
     /// `gemm` calls, on every CPU and head size.
@@ -41,7 +41,7 @@ impl Products {
     fn available(head_dim: usize) -> Vec<Products> {
         let mut all = Vec::new();
         #[cfg(target_arch = "x86_64")]
-        if avx512::available() && avx512::fits(head_dim) {
+        if avx512::available() && head_dim > 0 {
             all.push(Products::Avx512);
         }
         all.push(Products::Gemm);
@@ -110,7 +110,7 @@ fn attention_by(
                 p.chunks_exact_mut(s).for_each(kernels::softmax);
                 ops.values.clear();
                 rows(v).for_each(|value| ops.values.extend_from_slice(value));
-                // SAFETY: as above, and `fits(hd)`; `values` holds s rows of hd; rows
+                // SAFETY: as above; `values` holds s rows of hd; rows
                 // `image · s ..` and columns `head · hd ..` of `out` (n · s × h, inside it by
                 // the assert above) belong to this task alone.
                 unsafe { avx512::values(p.as_ptr(), s, ops.values.as_ptr(), hd, dst, h) };
@@ -178,6 +178,7 @@ mod tests {
             (1, 50, 1, 80),
             (1, 257, 2, 64),
             (1, 9, 2, 24),
+            (2, 50, 4, 8),
         ] {
             let h = heads * hd;
             let d = Dims {
