@@ -11,7 +11,7 @@
 use candle_core::{Result, bail};
 use rayon::prelude::*;
 
-use super::{Dims, Order, Strided, product};
+use super::{Dims, Order, SharedMut, Strided, product};
 use crate::ops::kernels;
 
 #[cfg(target_arch = "x86_64")]
@@ -151,18 +151,26 @@ fn tokens_by(
     match way {
         #[cfg(target_arch = "x86_64")]
         PatchProducts::Avx512 => {
-            let weight = w.patch.0;
-            products.par_chunks_mut(grid2 * h).enumerate().for_each(|(image, out)| {
+            // One task per image and block of 48 hidden columns: batch 1 of ViT-L/14 in 22
+            // tasks, not one (the other cores idled through it, 2% of a bf16 forward).
+            let (weight, blocks) = (w.patch.0, avx512::column_blocks(h));
+            let out = SharedMut(products.as_mut_ptr());
+            (0..n * blocks).into_par_iter().for_each(move |task| {
+                let out = out;
+                let (image, block) = (task / blocks, task % blocks);
                 // SAFETY: the CPU has AVX-512F (`available`); the image is `image_len`
                 // pixels, the weight `len × h` (its order checked by `available`, its length
-                // by `check`), `out` `grid2` rows of h, all in bounds; `out` overlaps no input.
+                // by `check`), the image's products `grid2` rows of h, all in bounds; each
+                // task writes its own columns of its own image's rows, and `products`
+                // overlaps no input.
                 unsafe {
                     avx512::patch_products(
                         pixels[image * image_len..].as_ptr(),
                         *patches,
                         weight.as_ptr(),
                         h,
-                        out.as_mut_ptr(),
+                        block,
+                        out.0.add(image * grid2 * h),
                     )
                 }
             });

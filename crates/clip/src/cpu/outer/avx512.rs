@@ -43,40 +43,47 @@ struct Operands {
     out: *mut f32,
 }
 
-/// `out (grid² × hidden, row-major) = patches of one image · weight`: `image` is `channels ×
-/// size × size` pixels, `weight` the patch weight transposed, `len × hidden` row-major
-/// (`Order::Columns` values of the `hidden × len` convolution weight).
+/// Column blocks of [`patch_products`] for a hidden size: 48 columns each, the last
+/// perhaps fewer.
+pub(super) fn column_blocks(hidden: usize) -> usize {
+    hidden.div_ceil(VECTORS * LANES)
+}
+
+/// Columns `48 block ..` (up to 48, at most to `hidden`) of `out (grid² × hidden,
+/// row-major) = patches of one image · weight`: `image` is `channels × size × size` pixels,
+/// `weight` the patch weight transposed, `len × hidden` row-major (`Order::Columns` values
+/// of the `hidden × len` convolution weight). The other columns of `out` are not touched.
 ///
 /// # Safety
-/// [`available`] returned true; the three buffers hold what those shapes address, and `out`
-/// overlaps neither input.
+/// [`available`] returned true, `block < column_blocks(hidden)`; the three buffers hold what
+/// those shapes address, and `out` overlaps neither input.
 #[target_feature(enable = "avx512f")]
 pub(super) unsafe fn patch_products(
     image: *const f32,
     geometry: Patches,
     weight: *const f32,
     hidden: usize,
+    block: usize,
     out: *mut f32,
 ) {
     let at = Operands { image, geometry, weight, hidden, out };
     let g = geometry.grid;
-    for c in (0..hidden).step_by(VECTORS * LANES) {
-        let vectors = (hidden - c).div_ceil(LANES).min(VECTORS);
-        for gy in 0..g {
-            for gx in (0..g).step_by(BLOCK_PATCHES) {
-                // SAFETY: patches (gy, gx ..) and columns c .. lie in the operands, as the
-                // caller promises; lanes past `hidden` are neither read nor stored.
-                unsafe {
-                    match (g - gx).min(BLOCK_PATCHES) {
-                        8 => at.block_of::<8>(gy, gx, c, vectors),
-                        7 => at.block_of::<7>(gy, gx, c, vectors),
-                        6 => at.block_of::<6>(gy, gx, c, vectors),
-                        5 => at.block_of::<5>(gy, gx, c, vectors),
-                        4 => at.block_of::<4>(gy, gx, c, vectors),
-                        3 => at.block_of::<3>(gy, gx, c, vectors),
-                        2 => at.block_of::<2>(gy, gx, c, vectors),
-                        _ => at.block_of::<1>(gy, gx, c, vectors),
-                    }
+    let c = block * VECTORS * LANES;
+    let vectors = (hidden - c).div_ceil(LANES).min(VECTORS);
+    for gy in 0..g {
+        for gx in (0..g).step_by(BLOCK_PATCHES) {
+            // SAFETY: patches (gy, gx ..) and columns c .. lie in the operands, as the
+            // caller promises; lanes past `hidden` are neither read nor stored.
+            unsafe {
+                match (g - gx).min(BLOCK_PATCHES) {
+                    8 => at.block_of::<8>(gy, gx, c, vectors),
+                    7 => at.block_of::<7>(gy, gx, c, vectors),
+                    6 => at.block_of::<6>(gy, gx, c, vectors),
+                    5 => at.block_of::<5>(gy, gx, c, vectors),
+                    4 => at.block_of::<4>(gy, gx, c, vectors),
+                    3 => at.block_of::<3>(gy, gx, c, vectors),
+                    2 => at.block_of::<2>(gy, gx, c, vectors),
+                    _ => at.block_of::<1>(gy, gx, c, vectors),
                 }
             }
         }
