@@ -8,7 +8,8 @@
 //! so for each such value one row of it gives the sums of up to 48 hidden columns in 3 zmm
 //! registers: 8 × 3 blocks of sums, 24 registers. The weight's rows for a block of columns
 //! (the whole patch length, 113 KiB at ViT-L/14, 384 KiB at the tiny fixture) stay in L2
-//! while every patch block of the image runs over them; one grid row's pixels stay in L1.
+//! while every patch block of the image runs over them; one grid row's pixels (37 KiB at
+//! ViT-L/14) stay in L1.
 //!
 //! Every output sums its products in the order of the patch values (channel, row, column:
 //! the convolution weight's), one fused multiply-add after another from zero, so it does not
