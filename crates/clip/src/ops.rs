@@ -2,10 +2,13 @@
 //!
 //! candle's generic versions run several allocating passes with a scalar `exp`; these run one
 //! pass in place over a freshly computed tensor, with an `exp` the compiler vectorizes (AVX2
-//! chosen at run time).
+//! or AVX-512 chosen at run time), and softmax over short rows in AVX-512 registers.
 
 use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Result, Tensor, bail};
 use rayon::prelude::*;
+
+#[cfg(target_arch = "x86_64")]
+mod short_softmax;
 
 /// `x · sigmoid(1.702 x)`. `x` must be a fresh tensor whose storage nobody else shares: on CPU
 /// f32 it is overwritten in place.
@@ -70,7 +73,8 @@ impl InplaceOp1 for SoftmaxLastDim {
         if self.row == 0 {
             return Ok(());
         }
-        data.par_chunks_mut(self.row).with_min_len(32).for_each(kernels::softmax);
+        let row = self.row;
+        data.par_chunks_mut(32 * row).for_each(|rows| kernels::softmax_rows(rows, row));
         Ok(())
     }
 }
@@ -142,6 +146,18 @@ pub(crate) mod kernels {
         layer_norm_avx512,
         (x: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], eps: f32)
     );
+
+    /// Softmax of each row of `row` values of `data` in place, as [`softmax`] of each: rows
+    /// of up to 64 values in registers on AVX-512F ([`super::short_softmax`]).
+    pub(crate) fn softmax_rows(data: &mut [f32], row: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if (1..=super::short_softmax::MAX_ROW).contains(&row) && super::short_softmax::available() {
+            // SAFETY: the CPU has AVX-512F, checked just above.
+            unsafe { super::short_softmax::softmax_rows(data, row) };
+            return;
+        }
+        data.chunks_exact_mut(row).for_each(softmax);
+    }
 
     /// Independent accumulators of [`sum`] and [`max`]: two zmm or four ymm registers, so
     /// that the adds of a row of a few hundred values do not wait on each other, as they did

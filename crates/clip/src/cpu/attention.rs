@@ -107,7 +107,7 @@ fn attention_by(
                 unsafe {
                     avx512::scores(q.as_ptr(), stride, ops.keys.as_ptr(), s, hd, p.as_mut_ptr())
                 };
-                p.chunks_exact_mut(s).for_each(kernels::softmax);
+                kernels::softmax_rows(p, s);
                 ops.values.clear();
                 rows(v).for_each(|value| ops.values.extend_from_slice(value));
                 // SAFETY: as above; `values` holds s rows of hd; rows
@@ -129,7 +129,7 @@ fn attention_by(
                         false,
                     );
                 }
-                p.chunks_exact_mut(s).for_each(kernels::softmax);
+                kernels::softmax_rows(p, s);
                 // SAFETY: as above; the output block (same rows, this head's columns of
                 // `out`) belongs to this task alone.
                 unsafe {
