@@ -8,7 +8,7 @@ use candle_core::{CpuStorage, DType, InplaceOp1, Layout, Result, Tensor, bail};
 use rayon::prelude::*;
 
 #[cfg(target_arch = "x86_64")]
-mod short_softmax;
+pub(crate) mod short_softmax;
 
 /// `x · sigmoid(1.702 x)`. `x` must be a fresh tensor whose storage nobody else shares: on CPU
 /// f32 it is overwritten in place.

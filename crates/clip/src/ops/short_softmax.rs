@@ -14,12 +14,11 @@
 //! same exp).
 
 use std::arch::x86_64::{
-    __m512, __mmask16, _CMP_GT_OQ, _mm512_add_epi32, _mm512_add_ps, _mm512_castps_si512,
-    _mm512_castsi512_ps, _mm512_cmp_ps_mask, _mm512_cvtss_f32, _mm512_fmadd_ps, _mm512_fnmadd_ps,
-    _mm512_mask_blend_ps, _mm512_mask_loadu_ps, _mm512_mask_storeu_ps, _mm512_maskz_sub_ps,
-    _mm512_max_ps, _mm512_min_ps, _mm512_mul_ps, _mm512_permute_ps, _mm512_set1_epi32,
-    _mm512_set1_ps, _mm512_setzero_ps, _mm512_shuffle_f32x4, _mm512_slli_epi32, _mm512_storeu_ps,
-    _mm512_sub_epi32, _mm512_sub_ps,
+    __m512, __mmask16, _CMP_GT_OQ, _mm512_add_ps, _mm512_cmp_ps_mask, _mm512_cvtss_f32,
+    _mm512_fmadd_ps, _mm512_fnmadd_ps, _mm512_mask_blend_ps, _mm512_mask_loadu_ps,
+    _mm512_mask_storeu_ps, _mm512_maskz_sub_ps, _mm512_max_ps, _mm512_min_ps, _mm512_mul_ps,
+    _mm512_permute_ps, _mm512_scalef_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_shuffle_f32x4,
+    _mm512_storeu_ps, _mm512_sub_ps,
 };
 
 /// f32 lanes of one zmm register.
@@ -136,7 +135,7 @@ unsafe fn load<const V: usize>(at: *const f32, masks: &[__mmask16; V]) -> [__m51
 /// `if b > a { b } else { a }` per lane: the portable maximum's step.
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn larger(a: __m512, b: __m512) -> __m512 {
+pub(crate) fn larger(a: __m512, b: __m512) -> __m512 {
     _mm512_mask_blend_ps(_mm512_cmp_ps_mask::<_CMP_GT_OQ>(b, a), a, b)
 }
 
@@ -144,7 +143,7 @@ fn larger(a: __m512, b: __m512) -> __m512 {
 /// `w` = 8, 4, 2, 1; lane 0.
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn fold(a: __m512, f: impl Fn(__m512, __m512) -> __m512) -> f32 {
+pub(crate) fn fold(a: __m512, f: impl Fn(__m512, __m512) -> __m512) -> f32 {
     let a = f(a, _mm512_shuffle_f32x4::<0b11_10_11_10>(a, a));
     let a = f(a, _mm512_shuffle_f32x4::<0b01_01_01_01>(a, a));
     let a = f(a, _mm512_permute_ps::<0b11_10_11_10>(a));
@@ -152,10 +151,11 @@ fn fold(a: __m512, f: impl Fn(__m512, __m512) -> __m512) -> f32 {
     _mm512_cvtss_f32(a)
 }
 
-/// [`super::kernels::exp`] on 16 lanes, operation for operation.
+/// [`super::kernels::exp`] on 16 lanes, bit for bit: its operations, the last four (the
+/// power of two built from bits, and the product) as one `vscalefps`.
 #[inline]
 #[target_feature(enable = "avx512f")]
-fn exp(x: __m512) -> __m512 {
+pub(crate) fn exp(x: __m512) -> __m512 {
     const ROUND: f32 = 12_582_912.0;
     {
         // `max(c, x)` and `min(c, x)` return `x` where it is NaN, as the portable clamps do.
@@ -170,32 +170,33 @@ fn exp(x: __m512) -> __m512 {
             p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(c));
         }
         let y = _mm512_add_ps(_mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r), _mm512_set1_ps(1.0));
-        let bits =
-            _mm512_sub_epi32(_mm512_castps_si512(t), _mm512_set1_epi32(ROUND.to_bits() as i32));
-        let exponent = _mm512_slli_epi32::<23>(_mm512_add_epi32(bits, _mm512_set1_epi32(127)));
-        _mm512_mul_ps(y, _mm512_castsi512_ps(exponent))
+        // `y · 2ⁿ`, rounded once, as the portable product with `2ⁿ` built from bits is (the
+        // clamps keep n in -126..=127, where 2ⁿ is a normal f32); one instruction for four.
+        _mm512_scalef_ps(y, n)
     }
+}
+
+/// Values of a spread that puts some exps at the clamp and some probabilities subnormal, for
+/// tests of softmax kernels.
+#[cfg(test)]
+pub(crate) fn spread_scores(n: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let unit = (state >> 40) as f32 / (1u64 << 24) as f32;
+            let scale = [1.0, 12.0, 60.0][(state >> 20) as usize % 3];
+            (unit - 0.5) * scale
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::kernels;
     use super::*;
-
-    /// Values of a spread that puts some exps at the clamp and some products subnormal.
-    fn scores(n: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed;
-        (0..n)
-            .map(|_| {
-                state = state
-                    .wrapping_mul(6_364_136_223_846_793_005)
-                    .wrapping_add(1_442_695_040_888_963_407);
-                let unit = (state >> 40) as f32 / (1u64 << 24) as f32;
-                let scale = [1.0, 12.0, 60.0][(state >> 20) as usize % 3];
-                (unit - 0.5) * scale
-            })
-            .collect()
-    }
 
     #[test]
     fn exp_is_the_portable_exp_bit_for_bit() {
@@ -237,7 +238,7 @@ mod tests {
             return;
         }
         for row in 1..=MAX_ROW {
-            let x = scores(5 * row + row / 2, row as u64);
+            let x = spread_scores(5 * row + row / 2, row as u64);
             let mut want = x.clone();
             want.chunks_exact_mut(row).for_each(kernels::softmax_portable);
             let mut got = x.clone();

@@ -16,6 +16,8 @@
 mod amx;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
+#[cfg(target_arch = "x86_64")]
+mod softmax_panel;
 
 use rayon::prelude::*;
 
@@ -411,6 +413,29 @@ impl Packed {
     ) {
         assert!(scores.len() >= m * k, "scores too short for {m} × {k}");
         let steps = round_up(k, STEP) / STEP;
+        #[cfg(target_arch = "x86_64")]
+        if softmax_panel::available() {
+            let scratch = || vec![0f32; softmax_panel::scratch_len(k)];
+            self.fill_panels(m, k, threads, scratch, |scratch, panel, out| {
+                let first = (panel * PANEL).min(m);
+                let rows = (m - first).min(PANEL);
+                // SAFETY: the CPU has AVX-512F, checked above.
+                unsafe {
+                    softmax_panel::softmax_panel(
+                        &scores[first * k..(first + rows) * k],
+                        k,
+                        scratch,
+                        out,
+                    )
+                };
+                for r in rows..PANEL {
+                    for step in 0..steps {
+                        out[step * PANEL_STEP + r * STEP..][..STEP].fill(0);
+                    }
+                }
+            });
+            return;
+        }
         let softmax_row = softmax_packer();
         let exps = || vec![0f32; steps * STEP];
         self.fill_panels(m, k, threads, exps, |exps, panel, out| {
@@ -1189,7 +1214,18 @@ mod tests {
     #[test]
     fn packed_softmax_is_the_softmax_rounded() {
         for threads in [Threads::All, Threads::This] {
-            for (m, k) in [(1, 1), (5, 7), (19, 40), (33, 257)] {
+            for (m, k) in [
+                (1, 1),
+                (5, 7),
+                (19, 40),
+                (3, 31),
+                (17, 32),
+                (2, 33),
+                (16, 64),
+                (4, 65),
+                (33, 257),
+                (256, 257),
+            ] {
                 let scores: Vec<f32> = random(m * k, 21).iter().map(|v| v * 12.0).collect();
                 let mut want = Activations::default();
                 want.fill_activations_of(&scores, m, k, k, threads, |row, out| {
