@@ -169,18 +169,8 @@ fn interleave_pair_portable(even: Option<&[f32]>, odd: Option<&[f32]>, dst: &mut
 /// Packs the softmax of `row` (its `k` values) into row `r` of an activation panel (`steps`
 /// tile rows of 32, `PANEL_STEP` apart), through `exps` (at least `steps · 32` floats):
 /// the arithmetic of [`crate::ops::kernels::softmax`] in its order (the same maximum, `exp`,
-/// sum and reciprocal), each probability rounded as it is made.
-type SoftmaxRow = fn(&[f32], &mut [f32], &mut [u16], usize);
-
-avx512_or_portable!(
-    /// The softmax packer for this CPU.
-    softmax_packer -> SoftmaxRow,
-    softmax_row_avx512,
-    softmax_row_portable,
-    (row: &[f32], exps: &mut [f32], panel: &mut [u16], r: usize)
-);
-
-#[inline(always)]
+/// sum and reciprocal), each probability rounded as it is made. On AVX-512F (every CPU with
+/// a bf16 kernel) [`softmax_panel`] does this a panel at a time.
 fn softmax_row_portable(row: &[f32], exps: &mut [f32], panel: &mut [u16], r: usize) {
     use crate::ops::kernels::{exp, max, sum};
     let k = row.len();
@@ -436,13 +426,12 @@ impl Packed {
             });
             return;
         }
-        let softmax_row = softmax_packer();
         let exps = || vec![0f32; steps * STEP];
         self.fill_panels(m, k, threads, exps, |exps, panel, out| {
             for r in 0..PANEL {
                 let i = panel * PANEL + r;
                 if i < m {
-                    softmax_row(&scores[i * k..(i + 1) * k], exps, out, r);
+                    softmax_row_portable(&scores[i * k..(i + 1) * k], exps, out, r);
                 } else {
                     for step in 0..steps {
                         out[step * PANEL_STEP + r * STEP..][..STEP].fill(0);
