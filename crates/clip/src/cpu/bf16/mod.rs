@@ -166,11 +166,37 @@ fn interleave_pair_portable(even: Option<&[f32]>, odd: Option<&[f32]>, dst: &mut
     }
 }
 
+/// Packs the softmax of each row of a panel's scores (rows of `k` values, at most
+/// [`PANEL`]) into the same row of its activation panel, through a scratch of floats; the
+/// panel's other rows are not touched.
+type SoftmaxPanel = fn(&[f32], usize, &mut [f32], &mut [u16]);
+
+/// The softmax panel packer for this CPU and the scratch it takes for rows of `k` values:
+/// [`softmax_panel`]'s on AVX-512F (every CPU with a bf16 kernel), else a row at a time.
+fn softmax_panel_packer(k: usize) -> (SoftmaxPanel, usize) {
+    #[cfg(target_arch = "x86_64")]
+    if softmax_panel::available() {
+        // SAFETY: the CPU has AVX-512F, checked just above.
+        let pack: SoftmaxPanel = |scores, k, scratch, out| unsafe {
+            softmax_panel::softmax_panel(scores, k, scratch, out)
+        };
+        return (pack, softmax_panel::scratch_len(k));
+    }
+    (softmax_panel_portable, k.div_ceil(STEP) * STEP)
+}
+
+fn softmax_panel_portable(scores: &[f32], k: usize, exps: &mut [f32], out: &mut [u16]) {
+    if k > 0 {
+        for (r, row) in scores.chunks_exact(k).enumerate() {
+            softmax_row_portable(row, exps, out, r);
+        }
+    }
+}
+
 /// Packs the softmax of `row` (its `k` values) into row `r` of an activation panel (`steps`
 /// tile rows of 32, `PANEL_STEP` apart), through `exps` (at least `steps · 32` floats):
 /// the arithmetic of [`crate::ops::kernels::softmax`] in its order (the same maximum, `exp`,
-/// sum and reciprocal), each probability rounded as it is made. On AVX-512F (every CPU with
-/// a bf16 kernel) [`softmax_panel`] does this a panel at a time.
+/// sum and reciprocal), each probability rounded as it is made.
 fn softmax_row_portable(row: &[f32], exps: &mut [f32], panel: &mut [u16], r: usize) {
     use crate::ops::kernels::{exp, max, sum};
     let k = row.len();
@@ -403,39 +429,15 @@ impl Packed {
     ) {
         assert!(scores.len() >= m * k, "scores too short for {m} × {k}");
         let steps = round_up(k, STEP) / STEP;
-        #[cfg(target_arch = "x86_64")]
-        if softmax_panel::available() {
-            let scratch = || vec![0f32; softmax_panel::scratch_len(k)];
-            self.fill_panels(m, k, threads, scratch, |scratch, panel, out| {
-                let first = (panel * PANEL).min(m);
-                let rows = (m - first).min(PANEL);
-                // SAFETY: the CPU has AVX-512F, checked above.
-                unsafe {
-                    softmax_panel::softmax_panel(
-                        &scores[first * k..(first + rows) * k],
-                        k,
-                        scratch,
-                        out,
-                    )
-                };
-                for r in rows..PANEL {
-                    for step in 0..steps {
-                        out[step * PANEL_STEP + r * STEP..][..STEP].fill(0);
-                    }
-                }
-            });
-            return;
-        }
-        let exps = || vec![0f32; steps * STEP];
-        self.fill_panels(m, k, threads, exps, |exps, panel, out| {
-            for r in 0..PANEL {
-                let i = panel * PANEL + r;
-                if i < m {
-                    softmax_row_portable(&scores[i * k..(i + 1) * k], exps, out, r);
-                } else {
-                    for step in 0..steps {
-                        out[step * PANEL_STEP + r * STEP..][..STEP].fill(0);
-                    }
+        let (pack, scratch_len) = softmax_panel_packer(k);
+        let scratch = || vec![0f32; scratch_len];
+        self.fill_panels(m, k, threads, scratch, |scratch, panel, out| {
+            let first = (panel * PANEL).min(m);
+            let rows = (m - first).min(PANEL);
+            pack(&scores[first * k..(first + rows) * k], k, scratch, out);
+            for r in rows..PANEL {
+                for step in 0..steps {
+                    out[step * PANEL_STEP + r * STEP..][..STEP].fill(0);
                 }
             }
         });
@@ -1227,10 +1229,8 @@ mod tests {
                 let steps = round_up(k, STEP) / STEP;
                 let mut portable = vec![0u16; steps * PANEL_STEP];
                 let mut exps = vec![0f32; steps * STEP];
-                for r in 0..m.min(PANEL) {
-                    softmax_row_portable(&scores[r * k..(r + 1) * k], &mut exps, &mut portable, r);
-                }
                 let rows = m.min(PANEL);
+                softmax_panel_portable(&scores[..rows * k], k, &mut exps, &mut portable);
                 for step in 0..steps {
                     let at = step * PANEL_STEP;
                     assert_eq!(

@@ -19,15 +19,11 @@ use std::arch::x86_64::{
 };
 
 use super::{PANEL, PANEL_STEP, STEP};
+pub(super) use crate::ops::short_softmax::available;
 use crate::ops::short_softmax::{exp, fold, larger};
 
 /// f32 lanes of one zmm register.
 const LANES: usize = 16;
-
-/// Whether this CPU has AVX-512F.
-pub(super) fn available() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f")
-}
 
 /// Rows a row's scaling runs behind its exps, so that its sum and reciprocal are ready.
 const LAG: usize = 2;
