@@ -72,7 +72,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let progress = TerminalProgress::new(!cli.quiet);
     let summary = match &plan.scores {
         ScoreSource::Models { paths, device, dtype } => {
-            suggest_bf16(device, *dtype);
+            advise_dtype(device, *dtype);
             let models = Models::load(paths, device, *dtype).context("loading models")?;
             aesthete_pipeline::run(&plan.config, &models, &progress)
         }
@@ -84,20 +84,59 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(if summary.is_success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
-/// One line at the start of an f32 run on a CPU that has bf16 matrix instructions, which
-/// a user would otherwise not know to ask for: f32 stays the default, for exact parity with
-/// transformers.
-fn suggest_bf16(device: &aesthete_clip::Device, dtype: aesthete_clip::DType) {
-    if *device != aesthete_clip::Device::Cpu || dtype != aesthete_clip::DType::F32 {
+/// One line at the start of a CPU run where the precision asked for is not the faster one
+/// this CPU offers (see [`dtype_advice`]).
+fn advise_dtype(device: &aesthete_clip::Device, dtype: aesthete_clip::DType) {
+    if *device != aesthete_clip::Device::Cpu {
         return;
     }
-    if let Ok(kernel) = aesthete_clip::cpu_bf16_kernel() {
-        // Speeds from BENCHMARKS.md: ViT-L/14 bf16 against f32 at batches 4 and 16 ran 4.4-5.1 x
-        // on an AMX Xeon and 1.9-2.7 x on AVX512-BF16 (Zen 5); agreement from the README.
-        tracing::info!(
-            "this CPU has {kernel}: --dtype bf16 runs the CLIP model 2-5 x faster, with scores \
-             within about 0.002 of f32 (the default, which matches transformers to rounding)"
-        );
+    let Ok(kernel) = aesthete_clip::cpu_bf16_kernel() else { return };
+    let rate = aesthete_clip::cpu_bf16_rate_against_f32().ok().flatten();
+    match dtype_advice(kernel, rate, dtype) {
+        Some(DtypeAdvice::Suggest(line)) => tracing::info!("{line}"),
+        Some(DtypeAdvice::Warn(line)) => tracing::warn!("{line}"),
+        None => {}
+    }
+}
+
+/// What [`advise_dtype`] says.
+#[derive(Debug, PartialEq)]
+enum DtypeAdvice {
+    /// bf16 is faster here: an f32 run (the default, for exact parity with transformers)
+    /// says so, since a user would otherwise not know to ask.
+    Suggest(String),
+    /// bf16 was asked for where it is slower than f32.
+    Warn(String),
+}
+
+/// Whether bf16 is worth a line, for a CPU whose bf16 kernel is `kernel`, its instruction
+/// doing `rate` × the f32 FMA's multiply-adds a second (`None`: AMX tiles, not timed). bf16
+/// counts as faster on AMX (the ViT-L/14 model 4.4-5.1 × its f32 speed in `BENCHMARKS.md`) and
+/// at a rate of 1.25 or more (Zen 5's AVX512-BF16 ran it 1.9-2.7 ×), slower under 1 (a Xeon
+/// with AMX hidden, rate 0.5, ran it at 0.65 ×); nothing is said between.
+fn dtype_advice(
+    kernel: &str,
+    rate: Option<f64>,
+    dtype: aesthete_clip::DType,
+) -> Option<DtypeAdvice> {
+    const AGREEMENT: &str = "with scores within about 0.002 of f32 (the default, which matches \
+                             transformers to rounding)";
+    match (dtype, rate) {
+        (aesthete_clip::DType::F32, None) => Some(DtypeAdvice::Suggest(format!(
+            "this CPU has {kernel}: --dtype bf16 runs the CLIP model about 4-5 x faster, {AGREEMENT}"
+        ))),
+        (aesthete_clip::DType::F32, Some(rate)) if rate >= 1.25 => {
+            Some(DtypeAdvice::Suggest(format!(
+                "this CPU has {kernel}, whose bf16 multiply-adds run at {rate:.1} x the f32 rate: \
+                 --dtype bf16 runs the CLIP model faster (about 2 x on AMD Zen 5), {AGREEMENT}"
+            )))
+        }
+        (aesthete_clip::DType::BF16, Some(rate)) if rate < 1.0 => Some(DtypeAdvice::Warn(format!(
+            "this CPU's {kernel} does bf16 multiply-adds at {rate:.2} x its f32 rate (it has no \
+             AMX): --dtype bf16 runs the CLIP model slower here than f32, the default (0.65 x \
+             on an Intel Xeon whose AMX is hidden)"
+        ))),
+        _ => None,
     }
 }
 
@@ -182,4 +221,33 @@ fn is_broken_pipe(err: &anyhow::Error) -> bool {
             .downcast_ref::<std::io::Error>()
             .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{DtypeAdvice, dtype_advice};
+    use aesthete_clip::DType;
+
+    #[test]
+    fn bf16_is_suggested_where_faster_and_warned_against_where_slower() {
+        let said = |rate, dtype| dtype_advice("K", rate, dtype);
+        // AMX (not timed): f32 runs hear of bf16; bf16 runs hear nothing.
+        assert!(
+            matches!(said(None, DType::F32), Some(DtypeAdvice::Suggest(l)) if l.contains("4-5 x"))
+        );
+        assert_eq!(said(None, DType::BF16), None);
+        // A bf16 instruction that issues as fast as an FMA (rate 2).
+        assert!(
+            matches!(said(Some(2.0), DType::F32), Some(DtypeAdvice::Suggest(l)) if l.contains("2.0 x the f32 rate"))
+        );
+        assert_eq!(said(Some(2.0), DType::BF16), None);
+        // At half the f32 rate: no suggestion, and a warning when bf16 is asked for.
+        assert_eq!(said(Some(0.5), DType::F32), None);
+        assert!(
+            matches!(said(Some(0.5), DType::BF16), Some(DtypeAdvice::Warn(l)) if l.contains("0.50 x its f32 rate"))
+        );
+        // Between 1 and 1.25: nothing either way.
+        assert_eq!(said(Some(1.1), DType::F32), None);
+        assert_eq!(said(Some(1.1), DType::BF16), None);
+    }
 }

@@ -73,6 +73,21 @@ impl Kernel {
             Kernel::Avx512Bf16 => "AVX512-BF16",
         }
     }
+
+    /// How many multiply-adds this kernel's instruction does a second, as a multiple of the
+    /// f32 FMA's on this core: measured for AVX512-BF16 by a short loop of each
+    /// (`avx512::rate_against_fma`, under a millisecond); `None` for AMX, whose tiles are
+    /// not timed here (the ViT-L/14 model runs 4-5 × its f32 speed on them, `BENCHMARKS.md`).
+    pub(crate) fn rate_against_f32(self) -> Option<f64> {
+        match self {
+            Kernel::Amx => None,
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `Avx512Bf16` comes only from `available`, which checked the CPU.
+            Kernel::Avx512Bf16 => Some(unsafe { avx512::rate_against_fma() }),
+            #[cfg(not(target_arch = "x86_64"))]
+            Kernel::Avx512Bf16 => unreachable!("no bf16 kernel exists off x86-64"),
+        }
+    }
 }
 
 /// `f32` → `bf16` bits, rounding to nearest even (as PyTorch and `half` do); NaN stays NaN.
