@@ -123,7 +123,7 @@ fn dtype_advice(
                              transformers to rounding)";
     match (dtype, rate) {
         (aesthete_clip::DType::F32, None) => Some(DtypeAdvice::Suggest(format!(
-            "this CPU has {kernel}: --dtype bf16 runs the CLIP model about 4-5 x faster, {AGREEMENT}"
+            "this CPU has {kernel}: --dtype bf16 runs the CLIP model faster (about 4-5 x), {AGREEMENT}"
         ))),
         (aesthete_clip::DType::F32, Some(rate)) if rate >= 1.25 => {
             Some(DtypeAdvice::Suggest(format!(
