@@ -315,6 +315,18 @@ pub fn cpu_bf16_rate_against_f32() -> Result<Option<f64>, &'static str> {
     cpu::bf16::Kernel::detect().map(cpu::bf16::Kernel::rate_against_f32)
 }
 
+/// `dst (m × n) = a (m × k) · b (k × n)`, all three row-major f32: the matrix product the CPU
+/// encoder's f32 linear layers run (`b` is a layer's weight transposed, as the encoder holds
+/// it), on rayon's threads, split as the encoder splits it. For benchmarks that time the
+/// encoder's products apart from the rest of its forward pass (`cargo bench -p aesthete-clip
+/// --bench vit`), and for callers who want the same products.
+///
+/// # Panics
+/// When a slice's length is not its matrix's size.
+pub fn cpu_matmul_f32(dst: &mut [f32], a: &[f32], b: &[f32], (m, n, k): (usize, usize, usize)) {
+    cpu::matmul_f32(dst, a, b, (m, n, k))
+}
+
 /// The crate README's examples, compiled and run as doctests so they cannot rot.
 #[cfg(doctest)]
 #[doc = include_str!("../README.md")]

@@ -6,6 +6,7 @@ mod bf16;
 mod configs;
 mod errors;
 mod extract;
+mod matmul;
 mod parity;
 mod util;
 mod vit_l14;

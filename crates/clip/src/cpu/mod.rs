@@ -592,6 +592,12 @@ fn split(m: usize, n: usize, threads: usize) -> (usize, usize) {
     (cols, rows)
 }
 
+/// `dst (m × n) = a (m × k) · b (k × n)`, all row-major: [`matmul`] over a weight held as
+/// f32 models hold theirs ([`Order::Columns`], `b = Wᵀ`).
+pub(crate) fn matmul_f32(dst: &mut [f32], a: &[f32], b: &[f32], (m, n, k): (usize, usize, usize)) {
+    matmul(dst, a, (b, Order::Columns), (m, n, k), false)
+}
+
 /// `dst (m × n) = a (m × k) · wᵀ`, or `+=` with `add` (else what `dst` held is never read),
 /// for a weight `w` (`n × k`) in either [`Order`].
 fn matmul(
