@@ -5,6 +5,9 @@
 //! (default `1,4`; 16 is slow on 2 cores); `AESTHETE_BENCH_PORTABLE=1` also times the
 //! candle-ops path. Compare with `fixtures/clip/bench_torch.py`.
 //!
+//! `products_f32_cpu/vit_l14/BATCH` times the forward pass's f32 matrix products alone, as
+//! the encoder runs them (compare `bench_torch.py --products`).
+//!
 //! `sgemm_f32_cpu/gemm/2048` measures the machine's f32 matrix-multiply peak through the gemm
 //! crate the CPU encoder calls (throughput in FLOP/s, as "elements"): with PyTorch's own sgemm
 //! peak, `cargo xtask bench` turns it into the ceiling for ViT-L/14 images/s on this machine.
@@ -95,5 +98,46 @@ fn sgemm_peak(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, sgemm_peak, forward);
+/// The matrix products of one ViT-L/14 forward pass alone, through the encoder's own
+/// [`aesthete_clip::cpu_matmul_f32`]: each layer's four (q, k and v fused, the out
+/// projection, fc1, fc2) at `batch · 257` rows, over every layer's own weights (1.2 GB, so
+/// that they stream from memory as the model's do). Throughput in FLOP (as "elements"):
+/// `cargo xtask bench` sets it beside PyTorch's `F.linear` at the same shapes and beside the
+/// forward pass, to tell the products' speed from the rest's.
+fn products(c: &mut Criterion) {
+    let config = ClipVisionConfig::vit_large_patch14();
+    let (h, i) = (config.hidden_size, config.intermediate_size);
+    let tokens = config.num_positions();
+    // (k, n) of `x (rows × k) · Wᵀ (k × n)`, in the order a layer runs them.
+    let shapes = [(h, 3 * h), (h, h), (h, i), (i, h)];
+    let weights: Vec<Vec<Vec<f32>>> = (0..config.num_hidden_layers)
+        .map(|layer| {
+            let value = |j: usize| ((j + layer) % 13) as f32 * 0.01 - 0.06;
+            shapes.iter().map(|&(k, n)| (0..k * n).map(value).collect()).collect()
+        })
+        .collect();
+    let mut group = c.benchmark_group("products_f32_cpu");
+    group.sample_size(10);
+    for batch in batches() {
+        let rows = batch * tokens;
+        let x: Vec<f32> = (0..rows * i).map(|j| (j % 7) as f32 * 0.1).collect();
+        let mut out = vec![0f32; rows * i];
+        let flop: usize =
+            shapes.iter().map(|&(k, n)| 2 * rows * k * n).sum::<usize>() * config.num_hidden_layers;
+        group.throughput(Throughput::Elements(flop as u64));
+        group.bench_function(BenchmarkId::new("vit_l14", batch), |b| {
+            b.iter(|| {
+                for layer in &weights {
+                    for (&(k, n), w) in shapes.iter().zip(layer) {
+                        let (x, out) = (&x[..rows * k], &mut out[..rows * n]);
+                        aesthete_clip::cpu_matmul_f32(out, x, w, (rows, n, k));
+                    }
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, sgemm_peak, products, forward);
 criterion_main!(benches);

@@ -37,6 +37,14 @@ pub const VIT_L14_FLOP_PER_IMAGE: f64 = {
     layers * per_layer + 2.0 * 256.0 * 588.0 * d
 };
 
+/// Of [`VIT_L14_FLOP_PER_IMAGE`], the linear layers' matrix products (q, k, v and out
+/// projections, the MLP): what `products_f32_cpu/vit_l14/BATCH` and `torch-products` time
+/// alone, per image.
+pub const VIT_L14_PRODUCT_FLOP_PER_IMAGE: f64 = {
+    let (layers, d, mlp, tokens) = (24.0, 1024.0, 4096.0, 257.0);
+    layers * 2.0 * tokens * (4.0 * d * d + 2.0 * d * mlp)
+};
+
 /// Of [`VIT_L14_FLOP_PER_IMAGE`], what aesthete-clip's CPU encoder does not compute: the
 /// last layer's output projection and MLP for the 256 patch tokens, whose outputs
 /// `get_image_features` never reads (it pools the class token).
@@ -46,11 +54,12 @@ pub const VIT_L14_FLOP_SKIPPED_PER_IMAGE: f64 = {
 };
 
 /// The PyTorch comparison script, written with the CLIP crate. Contract: run as
-/// `python3 SCRIPT --threads N --batches 1,4 --compile --sgemm --bf16 --min-seconds S`, it
-/// prints one JSON object per line: `{"system", "batch", "images_per_s" | "error"}` for
-/// transformers `CLIPVisionModelWithProjection` at the ViT-L/14 shape (`torch-eager`,
-/// `torch-compile`, `torch-autocast-bf16`, `torch-bf16-weights`), and `{"system", "n",
-/// "gflops"}` for the matrix-multiply peaks (`torch-sgemm`, `torch-bf16-gemm`).
+/// `python3 SCRIPT --threads N --batches 1,4 --compile --sgemm --bf16 --products
+/// --min-seconds S`, it prints one JSON object per line: `{"system", "batch", "images_per_s" |
+/// "error"}` for transformers `CLIPVisionModelWithProjection` at the ViT-L/14 shape
+/// (`torch-eager`, `torch-compile`, `torch-autocast-bf16`, `torch-bf16-weights`), `{"system",
+/// "n", "gflops"}` for the matrix-multiply peaks (`torch-sgemm`, `torch-bf16-gemm`), and
+/// `{"system": "torch-products", "batch", "gflops"}` for one forward's f32 products alone.
 pub const TORCH_SCRIPT: &str = "fixtures/clip/bench_torch.py";
 
 /// The environment variable the `vit` bench reads its batch sizes from.
@@ -252,7 +261,16 @@ fn read_measurement(new_dir: &Path, since: SystemTime) -> anyhow::Result<Option<
 fn torch_comparison(root: &Path, quick: bool) -> anyhow::Result<Vec<Value>> {
     let seconds = if quick { "5" } else { "20" };
     let batches = vit_batches(quick);
-    let args = ["--batches", &batches, "--compile", "--sgemm", "--bf16", "--min-seconds", seconds];
+    let args = [
+        "--batches",
+        &batches,
+        "--compile",
+        "--sgemm",
+        "--bf16",
+        "--products",
+        "--min-seconds",
+        seconds,
+    ];
     run_torch_script(root, &args)
 }
 
@@ -382,7 +400,7 @@ fn report(
             }
         }
     }
-    let models: Vec<&Value> = torch.iter().filter(|t| !is_peak(t)).collect();
+    let models: Vec<&Value> = torch.iter().filter(|t| !is_peak(t) && !is_products(t)).collect();
     if !models.is_empty() {
         let _ = writeln!(s, "\n## CLIP ViT-L/14 against PyTorch\n");
         let _ = writeln!(
@@ -536,6 +554,11 @@ fn is_peak(t: &Value) -> bool {
     t["system"].as_str().is_some_and(|system| system.ends_with("gemm"))
 }
 
+/// Whether a [`TORCH_SCRIPT`] line times one forward's f32 products alone (`torch-products`).
+fn is_products(t: &Value) -> bool {
+    t["system"] == "torch-products"
+}
+
 /// What a table says where aesthete-clip has no measurement at `precision`: the `vit` bench
 /// runs bf16 only on CPUs with a bf16 kernel, so f32 without bf16 means there is none.
 fn not_measured(measurements: &[Measurement], precision: &str) -> &'static str {
@@ -589,6 +612,7 @@ fn ceiling_section(s: &mut String, measurements: &[Measurement], torch: &[Value]
             "Target: aesthete-clip f32 ≥ 1.0 × PyTorch fp32 eager (`torch-eager`) and ≥ 0.85 × the f32 ceiling.\n"
         );
         ceiling_table(s, measurements, "f32", ceiling);
+        products_table(s, measurements, torch, peak);
     }
     if let Some(peak) = &bf16 {
         let ceiling = peak.mean / VIT_L14_FLOP_PER_IMAGE;
@@ -666,6 +690,55 @@ fn ceiling_table(s: &mut String, measurements: &[Measurement], precision: &str, 
     );
     for (batch, ours) in rows {
         let _ = writeln!(s, "| {batch} | {ours:.3} | {ceiling:.3} | {:.2} |", ours / ceiling);
+    }
+}
+
+/// One f32 forward's matrix products alone, batch by batch: aesthete-clip's against
+/// PyTorch's at the same shapes, PyTorch's against the f32 `peak` (FLOP/s), and the share of
+/// aesthete-clip's forward time its products take at that rate: where the f32 ceiling goes.
+fn products_table(s: &mut String, measurements: &[Measurement], torch: &[Value], peak: f64) {
+    let theirs = |batch: &str| {
+        torch
+            .iter()
+            .filter(|t| is_products(t) && t["batch"].as_u64() == batch.parse().ok())
+            .find_map(|t| t["gflops"].as_f64())
+            .map(|g| g * 1e9)
+    };
+    let ours = |batch: &str| rate_of(measurements, &format!("products_f32_cpu/vit_l14/{batch}"));
+    let batches: Vec<&str> = ["1", "4", "8", "16"]
+        .into_iter()
+        .filter(|batch| ours(batch).is_some() || theirs(batch).is_some())
+        .collect();
+    if batches.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "\n#### The products alone\n");
+    let _ = writeln!(
+        s,
+        "One forward pass's f32 matrix products alone ({:.1} GFLOP an image: each layer's four, at batch · 257 rows, over every layer's own weights): aesthete-clip's (`products_f32_cpu/vit_l14/BATCH`, the encoder's own `cpu_matmul_f32`) against PyTorch's `F.linear` (`torch-products`), PyTorch's against the f32 peak above, and the share of aesthete-clip's f32 forward time that its products ({:.1} GFLOP an image) take at aesthete-clip's rate; the rest is attention, norms, activations and adds.\n",
+        VIT_L14_PRODUCT_FLOP_PER_IMAGE / 1e9,
+        (VIT_L14_PRODUCT_FLOP_PER_IMAGE - VIT_L14_FLOP_SKIPPED_PER_IMAGE) / 1e9,
+    );
+    let _ = writeln!(
+        s,
+        "| batch | aesthete-clip GFLOP/s | PyTorch GFLOP/s | aesthete-clip ÷ PyTorch | PyTorch ÷ f32 peak | products' share of the forward |\n|---:|---:|---:|---:|---:|---:|"
+    );
+    let gflops = |f: Option<f64>| f.map_or_else(|| "—".to_owned(), |f| format!("{:.1}", f / 1e9));
+    let ratio = |r: Option<f64>| r.map_or_else(|| "—".to_owned(), |r| format!("{r:.2}"));
+    for batch in batches {
+        let (ours, theirs) = (ours(batch), theirs(batch));
+        let forward = rate_of(measurements, &format!("{}/forward/{batch}", vit_group("f32")));
+        let products_per_image = VIT_L14_PRODUCT_FLOP_PER_IMAGE - VIT_L14_FLOP_SKIPPED_PER_IMAGE;
+        let share = ours.zip(forward).map(|(ours, forward)| products_per_image / ours * forward);
+        let _ = writeln!(
+            s,
+            "| {batch} | {} | {} | {} | {} | {} |",
+            gflops(ours),
+            gflops(theirs),
+            ratio(ours.zip(theirs).map(|(o, t)| o / t)),
+            ratio(theirs.map(|t| t / peak)),
+            ratio(share),
+        );
     }
 }
 
@@ -965,6 +1038,54 @@ mod tests {
         assert!(text.contains("| local file | 671 MB/s | 1.00 |"), "{text}");
         assert!(text.contains("| S3 on loopback | 168 MB/s | 0.250 |"), "{text}");
         assert!(text.contains("1024 MiB object") && text.contains("peak RSS 15.0 MiB"), "{text}");
+    }
+
+    /// The products alone are most of the forward's operations, and what remains is its
+    /// attention, patch embedding and the skipped patch rows of the last layer.
+    #[test]
+    fn the_products_are_most_of_vit_l14() {
+        let products = VIT_L14_PRODUCT_FLOP_PER_IMAGE / 1e9;
+        assert!((products - 155.2).abs() < 0.1, "{products}");
+        let attention = 24.0 * 4.0 * 257.0 * 257.0 * 1024.0 / 1e9;
+        let patches = 2.0 * 256.0 * 588.0 * 1024.0 / 1e9;
+        let total = VIT_L14_FLOP_PER_IMAGE / 1e9;
+        assert!((products + attention + patches - total).abs() < 1e-9, "{total}");
+    }
+
+    /// The products alone: aesthete-clip's against PyTorch's, PyTorch's against the peak,
+    /// and their share of the forward; PyTorch's products line is no model row.
+    #[test]
+    fn report_sets_the_products_beside_pytorch_and_the_forward() {
+        let m = |id: &str, mean_ns: f64, n: f64| Measurement {
+            id: id.into(),
+            mean_ns,
+            throughput: Some((n, "elements")),
+        };
+        let per_image = VIT_L14_PRODUCT_FLOP_PER_IMAGE - VIT_L14_FLOP_SKIPPED_PER_IMAGE;
+        let found = [
+            // Products at 4 images' worth of products a second (batch 4, one per second);
+            // the forward at 2 images/s: the products take half its time.
+            m("products_f32_cpu/vit_l14/4", 1e9, 4.0 * per_image),
+            m("clip_vit_l14_f32_cpu/forward/4", 2e9, 4.0),
+            m("products_f32_cpu/vit_l14/16", 1e9, 3e11),
+        ];
+        let ours_gflops = 4.0 * per_image / 1e9;
+        let torch: Vec<Value> = vec![
+            serde_json::json!({"system": "torch-sgemm", "n": 2048, "gflops": 400.0}),
+            serde_json::json!({"system": "torch-products", "batch": 4, "gflops": ours_gflops / 0.8}),
+            serde_json::json!({"system": "torch-products", "batch": 1, "gflops": 300.0}),
+            serde_json::json!({"system": "torch-eager", "batch": 4, "images_per_s": 1.0}),
+        ];
+        let text = report(&[], &found, &torch, None);
+        let products = text.split_once("#### The products alone").expect(&text).1;
+        let theirs = ours_gflops / 0.8;
+        let row =
+            format!("| 4 | {ours_gflops:.1} | {theirs:.1} | 0.80 | {:.2} | 0.50 |", theirs / 400.0);
+        assert!(products.contains(&row), "{row} not in {text}");
+        assert!(products.contains("| 1 | — | 300.0 | — | 0.75 | — |"), "{text}");
+        assert!(products.contains("| 16 | 300.0 | — | — | — | — |"), "{text}");
+        assert!(!text.contains("| torch-products |"), "{text}");
+        assert!(text.contains("| torch-eager | 4 | 1.000 | f32 | 2.000 | 2.00× |"), "{text}");
     }
 
     /// The bf16 PyTorch modes are compared with aesthete-clip bf16, the fp32 ones with f32,
