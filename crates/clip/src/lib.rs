@@ -9,7 +9,8 @@
 //! - [`extract_vision_tower`]: writes a smaller vision-only checkpoint, optionally in f16;
 //!   [`write_random_model`]: a model of a real shape with random weights, for benchmarks.
 //! - [`parse_device`]: `cpu`, `cuda`, `cuda:N` (CUDA with the `cuda` feature);
-//!   [`check_dtype`]: which precisions a device runs.
+//!   [`check_dtype`]: which precisions a device runs; [`cpu_matmul_f32`]: the CPU encoder's
+//!   f32 matrix product, for benchmarks that time it apart from the forward pass.
 //! - [`candle`]: the door for callers who already hold candle values (a `VarBuilder`, pixel
 //!   `Tensor`s). Nothing else in the crate's signatures names a candle type.
 //!
