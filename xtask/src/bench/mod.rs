@@ -312,18 +312,41 @@ fn run_torch_script(root: &Path, args: &[&str]) -> anyhow::Result<Vec<Value>> {
         .current_dir(root)
         .output()
         .with_context(|| format!("cannot run {TORCH_SCRIPT}"))?;
-    if !out.status.success() {
-        bail!("{TORCH_SCRIPT} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    let stopped = (!out.status.success()).then(|| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+        format!("{}: {}", out.status, last.trim())
+    });
+    if let Some(why) = &stopped {
+        eprintln!("bench: {TORCH_SCRIPT} stopped early ({why}); keeping what it printed");
     }
-    // One JSON object per line: {"system", "batch", "images_per_s" | "error", "threads"}, and
-    // {"system": "torch-sgemm" | "torch-bf16-gemm", "n", "gflops"}.
-    String::from_utf8_lossy(&out.stdout)
+    script_lines(&String::from_utf8_lossy(&out.stdout), stopped)
+}
+
+/// The JSON lines of [`TORCH_SCRIPT`]'s output: `{"system", "batch", "images_per_s" |
+/// "error", "threads"}`, `{"system": "torch-sgemm" | "torch-bf16-gemm", "n", "gflops"}` and
+/// `{"system": "torch-products", "batch", "gflops"}`. Where the script `stopped` early (a
+/// crash inside PyTorch: a stale torch.compile cache once ended it in glibc's "free():
+/// invalid pointer"), the lines it printed are kept, and one more says why it stopped
+/// ([`stopped_early`]), so that neither they nor aesthete's benches are lost.
+fn script_lines(stdout: &str, stopped: Option<String>) -> anyhow::Result<Vec<Value>> {
+    let mut lines = stdout
         .lines()
         .filter(|l| l.trim_start().starts_with('{'))
         .map(|l| {
             serde_json::from_str(l).with_context(|| format!("{TORCH_SCRIPT}: `{l}` is not JSON"))
         })
-        .collect()
+        .collect::<anyhow::Result<Vec<Value>>>()?;
+    if let Some(why) = stopped {
+        let why = format!("{why}, after {} lines", lines.len());
+        lines.push(serde_json::json!({ "system": TORCH_SCRIPT, "stopped": why }));
+    }
+    Ok(lines)
+}
+
+/// A line [`run_torch_script`] adds when the script stopped early, saying why.
+fn stopped_early(t: &Value) -> Option<&str> {
+    t["stopped"].as_str()
 }
 
 fn report(
@@ -400,7 +423,16 @@ fn report(
             }
         }
     }
-    let models: Vec<&Value> = torch.iter().filter(|t| !is_peak(t) && !is_products(t)).collect();
+    for why in torch.iter().filter_map(stopped_early) {
+        let _ = writeln!(
+            s,
+            "\n**`{TORCH_SCRIPT}` stopped early** ({why}): the PyTorch figures below are those it printed before.\n"
+        );
+    }
+    let models: Vec<&Value> = torch
+        .iter()
+        .filter(|t| !is_peak(t) && !is_products(t) && stopped_early(t).is_none())
+        .collect();
     if !models.is_empty() {
         let _ = writeln!(s, "\n## CLIP ViT-L/14 against PyTorch\n");
         let _ = writeln!(
@@ -1086,6 +1118,36 @@ mod tests {
         assert!(products.contains("| 16 | 300.0 | — | — | — | — |"), "{text}");
         assert!(!text.contains("| torch-products |"), "{text}");
         assert!(text.contains("| torch-eager | 4 | 1.000 | f32 | 2.000 | 2.00× |"), "{text}");
+    }
+
+    /// A PyTorch script that crashed keeps the lines it printed, and the report says where
+    /// it stopped, with no model row for the line that says so.
+    #[test]
+    fn a_torch_script_that_stopped_early_keeps_its_lines() {
+        let stdout = "torch prints this\n{\"system\": \"torch-eager\", \"batch\": 4, \"images_per_s\": 1.5}\n";
+        let why = "signal: 6 (SIGABRT): free(): invalid pointer".to_owned();
+        let lines = script_lines(stdout, Some(why)).unwrap();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert_eq!(lines[0]["system"], "torch-eager");
+        assert_eq!(
+            stopped_early(&lines[1]),
+            Some("signal: 6 (SIGABRT): free(): invalid pointer, after 1 lines")
+        );
+        let found = [Measurement {
+            id: "clip_vit_l14_f32_cpu/forward/4".into(),
+            mean_ns: 2e9,
+            throughput: Some((4.0, "elements")),
+        }];
+        let text = report(&[], &found, &lines, None);
+        assert!(
+            text.contains(&format!("**`{TORCH_SCRIPT}` stopped early** (signal: 6 (SIGABRT)")),
+            "{text}"
+        );
+        assert!(text.contains("| torch-eager | 4 | 1.500 | f32 | 2.000 | 1.33× |"), "{text}");
+        assert!(!text.contains(&format!("| {TORCH_SCRIPT} |")), "{text}");
+        // A script that ran to its end adds nothing; a line that is not JSON is an error.
+        assert_eq!(script_lines(stdout, None).unwrap().len(), 1);
+        assert!(script_lines("{not json", None).is_err());
     }
 
     /// The bf16 PyTorch modes are compared with aesthete-clip bf16, the fp32 ones with f32,
