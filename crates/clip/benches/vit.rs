@@ -5,8 +5,8 @@
 //! (default `1,4`; 16 is slow on 2 cores); `AESTHETE_BENCH_PORTABLE=1` also times the
 //! candle-ops path. Compare with `fixtures/clip/bench_torch.py`.
 //!
-//! `products_f32_cpu/vit_l14/BATCH` times the forward pass's f32 matrix products alone, as
-//! the encoder runs them (compare `bench_torch.py --products`).
+//! `products_f32_cpu/vit_l14/BATCH` times the forward pass's f32 matrix products alone,
+//! through the encoder's own product (compare `bench_torch.py --products`).
 //!
 //! `sgemm_f32_cpu/gemm/2048` measures the machine's f32 matrix-multiply peak through the gemm
 //! crate the CPU encoder calls (throughput in FLOP/s, as "elements"): with PyTorch's own sgemm
@@ -38,8 +38,8 @@ fn forward(c: &mut Criterion) {
 }
 
 fn forward_in(c: &mut Criterion, dtype: DType) {
-    // Written and loaded on the first run of a batch, so that a filter leaving these out
-    // costs nothing.
+    // Written and loaded once, by the group's first bench that runs, so that a filter
+    // leaving the group out costs nothing.
     let model = std::cell::OnceCell::new();
     let model = || model.get_or_init(|| random_vit_l14(dtype));
     let mut group = c.benchmark_group(format!("clip_vit_l14_{}_cpu", dtype.as_str()));
@@ -105,7 +105,9 @@ fn sgemm_peak(c: &mut Criterion) {
 
 /// The matrix products of one ViT-L/14 forward pass alone, through the encoder's own
 /// [`aesthete_clip::cpu_matmul_f32`]: each layer's four (q, k and v fused, the out
-/// projection, fc1, fc2) at `batch · 257` rows, over every layer's own weights (1.2 GB, so
+/// projection, fc1, fc2) at `batch · 257` rows, each stored over its output (the encoder adds
+/// the out projection's and fc2's into the residual stream instead), over every layer's own
+/// weights (1.2 GB, so
 /// that they stream from memory as the model's do). Throughput in FLOP (as "elements"):
 /// `cargo xtask bench` sets it beside PyTorch's `F.linear` at the same shapes and beside the
 /// forward pass, to tell the products' speed from the rest's.
@@ -115,7 +117,8 @@ fn products(c: &mut Criterion) {
     let tokens = config.num_positions();
     // (k, n) of `x (rows × k) · Wᵀ (k × n)`, in the order a layer runs them.
     let shapes = [(h, 3 * h), (h, h), (h, i), (i, h)];
-    // Made on the first run of a batch, so that a filter leaving these out costs nothing.
+    // Made once, by the group's first bench that runs, so that a filter leaving the group
+    // out costs nothing.
     let weights = std::cell::OnceCell::new();
     let weights = || -> &Vec<Vec<Vec<f32>>> {
         weights.get_or_init(|| {
@@ -134,10 +137,11 @@ fn products(c: &mut Criterion) {
         let flop: usize =
             shapes.iter().map(|&(k, n)| 2 * rows * k * n).sum::<usize>() * config.num_hidden_layers;
         group.throughput(Throughput::Elements(flop as u64));
+        // Both written here, so that no page of them is first touched inside the timing.
+        let x: Vec<f32> = (0..rows * i).map(|j| (j % 7) as f32 * 0.1).collect();
+        let mut out = vec![1f32; rows * i];
         group.bench_function(BenchmarkId::new("vit_l14", batch), |b| {
             let weights = weights();
-            let x: Vec<f32> = (0..rows * i).map(|j| (j % 7) as f32 * 0.1).collect();
-            let mut out = vec![0f32; rows * i];
             b.iter(|| {
                 for layer in weights {
                     for (&(k, n), w) in shapes.iter().zip(layer) {

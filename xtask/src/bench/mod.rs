@@ -306,12 +306,21 @@ fn run_torch_script(root: &Path, args: &[&str]) -> anyhow::Result<Vec<Value>> {
     let args: Vec<&str> =
         ["--threads", threads.as_str()].into_iter().chain(args.iter().copied()).collect();
     eprintln!("bench: {python} {TORCH_SCRIPT} {}", args.join(" "));
+    // torch.compile's cache in a directory of this run's own, removed here even when the
+    // script crashes (where its own clean-up at exit never runs).
+    let cache =
+        std::env::temp_dir().join(format!("aesthete-bench-inductor-{}", std::process::id()));
     let out = Command::new(&python)
         .arg(&script)
         .args(args)
         .current_dir(root)
-        .output()
-        .with_context(|| format!("cannot run {TORCH_SCRIPT}"))?;
+        .env("TORCHINDUCTOR_CACHE_DIR", &cache)
+        .output();
+    let _ = std::fs::remove_dir_all(&cache);
+    let out = out.with_context(|| format!("cannot run {TORCH_SCRIPT}"))?;
+    // Any failure is kept rather than fatal, a broken script's (an argparse error: nothing
+    // printed) as well as a crash's: the report then says why it stopped, and aesthete's own
+    // benches, which ran first, are not thrown away.
     let stopped = (!out.status.success()).then(|| {
         let stderr = String::from_utf8_lossy(&out.stderr);
         let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
@@ -423,18 +432,21 @@ fn report(
             }
         }
     }
-    for why in torch.iter().filter_map(stopped_early) {
-        let _ = writeln!(
-            s,
-            "\n**`{TORCH_SCRIPT}` stopped early** ({why}): the PyTorch figures below are those it printed before.\n"
-        );
-    }
+    let stopped: Vec<&str> = torch.iter().filter_map(stopped_early).collect();
     let models: Vec<&Value> = torch
         .iter()
         .filter(|t| !is_peak(t) && !is_products(t) && stopped_early(t).is_none())
         .collect();
-    if !models.is_empty() {
+    if !models.is_empty() || !stopped.is_empty() {
         let _ = writeln!(s, "\n## CLIP ViT-L/14 against PyTorch\n");
+        for why in &stopped {
+            let _ = writeln!(
+                s,
+                "**`{TORCH_SCRIPT}` stopped early** ({why}): the PyTorch figures in this file are the lines it printed before.\n"
+            );
+        }
+    }
+    if !models.is_empty() {
         let _ = writeln!(
             s,
             "transformers `CLIPVisionModelWithProjection`, random weights of the ViT-L/14 shape, same thread count, measured in the same run (`{TORCH_SCRIPT}`): fp32 eager (`torch-eager`) and `torch.compile` (`torch-compile`), and two bf16 modes, `torch.autocast(\"cpu\", torch.bfloat16)` over the fp32 model (`torch-autocast-bf16`) and the model with bf16 weights (`torch-bf16-weights`). Each row is compared with aesthete-clip at the same precision: fp32 with `{}`, bf16 with `{}`.\n",
@@ -644,7 +656,7 @@ fn ceiling_section(s: &mut String, measurements: &[Measurement], torch: &[Value]
             "Target: aesthete-clip f32 ≥ 1.0 × PyTorch fp32 eager (`torch-eager`) and ≥ 0.85 × the f32 ceiling.\n"
         );
         ceiling_table(s, measurements, "f32", ceiling);
-        products_table(s, measurements, torch, peak);
+        products_table(s, measurements, torch, torch_sgemm.as_ref().map(|p| p.mean));
     }
     if let Some(peak) = &bf16 {
         let ceiling = peak.mean / VIT_L14_FLOP_PER_IMAGE;
@@ -726,9 +738,15 @@ fn ceiling_table(s: &mut String, measurements: &[Measurement], precision: &str, 
 }
 
 /// One f32 forward's matrix products alone, batch by batch: aesthete-clip's against
-/// PyTorch's at the same shapes, PyTorch's against the f32 `peak` (FLOP/s), and the share of
-/// aesthete-clip's forward time its products take at that rate: where the f32 ceiling goes.
-fn products_table(s: &mut String, measurements: &[Measurement], torch: &[Value], peak: f64) {
+/// PyTorch's at the same shapes, PyTorch's against its own 2048² `torch_peak` (FLOP/s), and
+/// the share of aesthete-clip's forward time its products take at that rate: where the f32
+/// ceiling goes.
+fn products_table(
+    s: &mut String,
+    measurements: &[Measurement],
+    torch: &[Value],
+    torch_peak: Option<f64>,
+) {
     let theirs = |batch: &str| {
         torch
             .iter()
@@ -747,13 +765,13 @@ fn products_table(s: &mut String, measurements: &[Measurement], torch: &[Value],
     let _ = writeln!(s, "\n#### The products alone\n");
     let _ = writeln!(
         s,
-        "One forward pass's f32 matrix products alone ({:.1} GFLOP an image: each layer's four, at batch · 257 rows, over every layer's own weights): aesthete-clip's (`products_f32_cpu/vit_l14/BATCH`, the encoder's own `cpu_matmul_f32`) against PyTorch's `F.linear` (`torch-products`), PyTorch's against the f32 peak above, and the share of aesthete-clip's f32 forward time that its products ({:.1} GFLOP an image) take at aesthete-clip's rate; the rest is attention, norms, activations and adds.\n",
+        "One forward pass's f32 matrix products alone ({:.1} GFLOP an image: each layer's four, at batch · 257 rows, over every layer's own weights): aesthete-clip's (`products_f32_cpu/vit_l14/BATCH`, the encoder's own `cpu_matmul_f32`) against PyTorch's `F.linear` (`torch-products`), PyTorch's against its own 2048² peak (`torch-sgemm` above), and the share of aesthete-clip's f32 forward time that its products ({:.1} GFLOP an image) take at aesthete-clip's rate; the rest is attention, norms, activations and adds.\n",
         VIT_L14_PRODUCT_FLOP_PER_IMAGE / 1e9,
         (VIT_L14_PRODUCT_FLOP_PER_IMAGE - VIT_L14_FLOP_SKIPPED_PER_IMAGE) / 1e9,
     );
     let _ = writeln!(
         s,
-        "| batch | aesthete-clip GFLOP/s | PyTorch GFLOP/s | aesthete-clip ÷ PyTorch | PyTorch ÷ f32 peak | products' share of the forward |\n|---:|---:|---:|---:|---:|---:|"
+        "| batch | aesthete-clip GFLOP/s | PyTorch GFLOP/s | aesthete-clip ÷ PyTorch | PyTorch ÷ its 2048² peak | products' share of the forward |\n|---:|---:|---:|---:|---:|---:|"
     );
     let gflops = |f: Option<f64>| f.map_or_else(|| "—".to_owned(), |f| format!("{:.1}", f / 1e9));
     let ratio = |r: Option<f64>| r.map_or_else(|| "—".to_owned(), |r| format!("{r:.2}"));
@@ -768,7 +786,7 @@ fn products_table(s: &mut String, measurements: &[Measurement], torch: &[Value],
             gflops(ours),
             gflops(theirs),
             ratio(ours.zip(theirs).map(|(o, t)| o / t)),
-            ratio(theirs.map(|t| t / peak)),
+            ratio(theirs.zip(torch_peak).map(|(t, peak)| t / peak)),
             ratio(share),
         );
     }
@@ -1082,6 +1100,7 @@ mod tests {
         let patches = 2.0 * 256.0 * 588.0 * 1024.0 / 1e9;
         let total = VIT_L14_FLOP_PER_IMAGE / 1e9;
         assert!((products + attention + patches - total).abs() < 1e-9, "{total}");
+        assert!(products / total > 0.95, "{products} of {total}");
     }
 
     /// The products alone: aesthete-clip's against PyTorch's, PyTorch's against the peak,
@@ -1139,10 +1158,18 @@ mod tests {
             throughput: Some((4.0, "elements")),
         }];
         let text = report(&[], &found, &lines, None);
+        let note = format!("**`{TORCH_SCRIPT}` stopped early** (signal: 6 (SIGABRT)");
+        let pytorch = text.split_once("## CLIP ViT-L/14 against PyTorch").expect(&text).1;
+        assert!(pytorch.contains(&note), "{text}");
+        // Stopped before it printed anything: the section holds the note alone.
+        let nothing = script_lines("", Some("exit status: 2: error: bad args".into())).unwrap();
+        let text = report(&[], &found, &nothing, None);
+        let pytorch = text.split_once("## CLIP ViT-L/14 against PyTorch").expect(&text).1;
         assert!(
-            text.contains(&format!("**`{TORCH_SCRIPT}` stopped early** (signal: 6 (SIGABRT)")),
-            "{text}"
+            pytorch.contains("stopped early** (exit status: 2: error: bad args, after 0 lines)")
         );
+        assert!(!pytorch.contains("| system |"), "{text}");
+        let text = report(&[], &found, &lines, None);
         assert!(text.contains("| torch-eager | 4 | 1.500 | f32 | 2.000 | 1.33× |"), "{text}");
         assert!(!text.contains(&format!("| {TORCH_SCRIPT} |")), "{text}");
         // A script that ran to its end adds nothing; a line that is not JSON is an error.
