@@ -765,7 +765,7 @@ fn products_table(
     let _ = writeln!(s, "\n#### The products alone\n");
     let _ = writeln!(
         s,
-        "One forward pass's f32 matrix products alone ({:.1} GFLOP an image: each layer's four, at batch · 257 rows, over every layer's own weights): aesthete-clip's (`products_f32_cpu/vit_l14/BATCH`, the encoder's own `cpu_matmul_f32`) against PyTorch's `F.linear` (`torch-products`), PyTorch's against its own 2048² peak (`torch-sgemm` above), and the share of aesthete-clip's f32 forward time that its products ({:.1} GFLOP an image) take at aesthete-clip's rate; the rest is attention, norms, activations and adds.\n",
+        "One forward pass's f32 matrix products alone ({:.1} GFLOP an image: each layer's four, at batch · 257 rows, over every layer's own weights): aesthete-clip's (`products_f32_cpu/vit_l14/BATCH`, the encoder's own `cpu_matmul_f32`) against PyTorch's `F.linear` (`torch-products`), PyTorch's against its own 2048² peak (`torch-sgemm` above), and the share of aesthete-clip's f32 forward time that its products ({:.1} GFLOP an image) take at aesthete-clip's rate; the rest is attention, norms, activations and adds. That share divides two figures timed minutes apart, so the host's drift moves it by a tenth or more (0.74 once at batch 1, where `perf` gave the products 90% of the samples).\n",
         VIT_L14_PRODUCT_FLOP_PER_IMAGE / 1e9,
         (VIT_L14_PRODUCT_FLOP_PER_IMAGE - VIT_L14_FLOP_SKIPPED_PER_IMAGE) / 1e9,
     );
