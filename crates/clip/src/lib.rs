@@ -319,9 +319,9 @@ pub fn cpu_bf16_rate_against_f32() -> Result<Option<f64>, &'static str> {
 /// `dst (m × n) = a (m × k) · b (k × n)`, all three row-major f32, stored over `dst`: the
 /// matrix product the CPU encoder's f32 linear layers run (`b` is a layer's weight
 /// transposed, as the encoder holds it; two of its four products a layer add into the
-/// residual stream instead of storing), on rayon's threads, split as the encoder splits it. For benchmarks that time the
-/// encoder's products apart from the rest of its forward pass (`cargo bench -p aesthete-clip
-/// --bench vit`), and for callers who want the same products.
+/// residual stream instead of storing), on rayon's threads, split as the encoder splits it.
+/// For benchmarks that time the encoder's products apart from the rest of its forward pass
+/// (`cargo bench -p aesthete-clip --bench vit`), and for callers who want the same products.
 ///
 /// # Panics
 /// When a slice's length is not its matrix's size.

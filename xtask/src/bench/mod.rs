@@ -27,22 +27,21 @@ pub const BENCHES: [(&str, &str, &str); 7] = [
 /// The name that selects the peak-memory runs of [`memory`].
 pub const MEMORY: &str = "memory";
 
-/// Multiply-adds ×2 of one ViT-L/14 forward at 224 pixels: 24 layers over 257 tokens
-/// (QKV and output projections 4·d², MLP 2·d·4d, attention scores and mixing 2·257·d per
-/// token), plus the patch embedding (256 patches × 588 inputs × d). Layer norms, softmax and
-/// the projection are left out (under 0.1%).
-pub const VIT_L14_FLOP_PER_IMAGE: f64 = {
-    let (layers, d, mlp, tokens) = (24.0, 1024.0, 4096.0, 257.0);
-    let per_layer = 2.0 * tokens * (4.0 * d * d + 2.0 * d * mlp) + 4.0 * tokens * tokens * d;
-    layers * per_layer + 2.0 * 256.0 * 588.0 * d
-};
-
 /// Of [`VIT_L14_FLOP_PER_IMAGE`], the linear layers' matrix products (q, k, v and out
-/// projections, the MLP): what `products_f32_cpu/vit_l14/BATCH` and `torch-products` time
-/// alone, per image.
+/// projections 4·d², MLP 2·d·4d, over 24 layers of 257 tokens): what
+/// `products_f32_cpu/vit_l14/BATCH` and `torch-products` time alone, per image.
 pub const VIT_L14_PRODUCT_FLOP_PER_IMAGE: f64 = {
     let (layers, d, mlp, tokens) = (24.0, 1024.0, 4096.0, 257.0);
     layers * 2.0 * tokens * (4.0 * d * d + 2.0 * d * mlp)
+};
+
+/// Multiply-adds ×2 of one ViT-L/14 forward at 224 pixels: the linear layers' products
+/// ([`VIT_L14_PRODUCT_FLOP_PER_IMAGE`]), attention scores and mixing (2·257·d per token, 24
+/// layers), and the patch embedding (256 patches × 588 inputs × d). Layer norms, softmax and
+/// the projection are left out (under 0.1%).
+pub const VIT_L14_FLOP_PER_IMAGE: f64 = {
+    let (layers, d, tokens) = (24.0, 1024.0, 257.0);
+    VIT_L14_PRODUCT_FLOP_PER_IMAGE + layers * 4.0 * tokens * tokens * d + 2.0 * 256.0 * 588.0 * d
 };
 
 /// Of [`VIT_L14_FLOP_PER_IMAGE`], what aesthete-clip's CPU encoder does not compute: the
@@ -762,12 +761,14 @@ fn products_table(
     if batches.is_empty() {
         return;
     }
+    // What the encoder computes of them: the skipped patch rows of the last layer are products.
+    let products_per_image = VIT_L14_PRODUCT_FLOP_PER_IMAGE - VIT_L14_FLOP_SKIPPED_PER_IMAGE;
     let _ = writeln!(s, "\n#### The products alone\n");
     let _ = writeln!(
         s,
         "One forward pass's f32 matrix products alone ({:.1} GFLOP an image: each layer's four, at batch · 257 rows, over every layer's own weights): aesthete-clip's (`products_f32_cpu/vit_l14/BATCH`, the encoder's own `cpu_matmul_f32`) against PyTorch's `F.linear` (`torch-products`), PyTorch's against its own 2048² peak (`torch-sgemm` above), and the share of aesthete-clip's f32 forward time that its products ({:.1} GFLOP an image) take at aesthete-clip's rate; the rest is attention, norms, activations and adds. That share divides two figures timed minutes apart, so the host's drift moves it by a tenth or more (0.74 once at batch 1, where `perf` gave the products 90% of the samples).\n",
         VIT_L14_PRODUCT_FLOP_PER_IMAGE / 1e9,
-        (VIT_L14_PRODUCT_FLOP_PER_IMAGE - VIT_L14_FLOP_SKIPPED_PER_IMAGE) / 1e9,
+        products_per_image / 1e9,
     );
     let _ = writeln!(
         s,
@@ -778,7 +779,6 @@ fn products_table(
     for batch in batches {
         let (ours, theirs) = (ours(batch), theirs(batch));
         let forward = rate_of(measurements, &format!("{}/forward/{batch}", vit_group("f32")));
-        let products_per_image = VIT_L14_PRODUCT_FLOP_PER_IMAGE - VIT_L14_FLOP_SKIPPED_PER_IMAGE;
         let share = ours.zip(forward).map(|(ours, forward)| products_per_image / ours * forward);
         let _ = writeln!(
             s,
@@ -951,11 +951,7 @@ mod tests {
     /// The feeding section holds the tiny-model pipeline to cores × one core's preprocessing.
     #[test]
     fn report_holds_the_pipeline_to_the_cores_preprocessing_rate() {
-        let m = |id: &str, mean_ns: f64, n: f64| Measurement {
-            id: id.into(),
-            mean_ns,
-            throughput: Some((n, "elements")),
-        };
+        let m = measured;
         let found = [
             m("pipeline_tiny_f32_cpu/preprocess_one_core/8", 0.4e9, 64.0),
             m("pipeline_tiny_f32_cpu/end_to_end/8", 0.1e9, 64.0),
@@ -996,11 +992,7 @@ mod tests {
     /// The comparison sections pair our measurements with PyTorch's and with the model alone.
     #[test]
     fn report_compares_with_torch_and_the_model_alone() {
-        let m = |id: &str, mean_ns: f64, n: f64| Measurement {
-            id: id.into(),
-            mean_ns,
-            throughput: Some((n, "elements")),
-        };
+        let m = measured;
         let found = [
             m("clip_vit_l14_f32_cpu/forward/4", 4e9, 4.0),
             m("pipeline_vit_l14_f32_cpu/end_to_end/8", 8.4e9, 8.0),
@@ -1030,11 +1022,7 @@ mod tests {
     /// The ceiling takes the better of the two matmul peaks; memory runs become a table.
     #[test]
     fn report_states_the_ceiling_and_the_memory_runs() {
-        let m = |id: &str, mean_ns: f64, n: f64| Measurement {
-            id: id.into(),
-            mean_ns,
-            throughput: Some((n, "elements")),
-        };
+        let m = measured;
         // 81 GFLOP/s from gemm, 162 GFLOP/s from torch: ceiling 1 image/s.
         let found = [
             m("clip_vit_l14_f32_cpu/forward/4", 5e9, 4.0),
@@ -1090,6 +1078,11 @@ mod tests {
         assert!(text.contains("1024 MiB object") && text.contains("peak RSS 15.0 MiB"), "{text}");
     }
 
+    /// A measurement of `n` elements an iteration taking `mean_ns`.
+    fn measured(id: &str, mean_ns: f64, n: f64) -> Measurement {
+        Measurement { id: id.into(), mean_ns, throughput: Some((n, "elements")) }
+    }
+
     /// The products alone are most of the forward's operations, and what remains is its
     /// attention, patch embedding and the skipped patch rows of the last layer.
     #[test]
@@ -1107,11 +1100,7 @@ mod tests {
     /// and their share of the forward; PyTorch's products line is no model row.
     #[test]
     fn report_sets_the_products_beside_pytorch_and_the_forward() {
-        let m = |id: &str, mean_ns: f64, n: f64| Measurement {
-            id: id.into(),
-            mean_ns,
-            throughput: Some((n, "elements")),
-        };
+        let m = measured;
         let per_image = VIT_L14_PRODUCT_FLOP_PER_IMAGE - VIT_L14_FLOP_SKIPPED_PER_IMAGE;
         let found = [
             // Products at 4 images' worth of products a second (batch 4, one per second);
@@ -1152,11 +1141,7 @@ mod tests {
             stopped_early(&lines[1]),
             Some("signal: 6 (SIGABRT): free(): invalid pointer, after 1 lines")
         );
-        let found = [Measurement {
-            id: "clip_vit_l14_f32_cpu/forward/4".into(),
-            mean_ns: 2e9,
-            throughput: Some((4.0, "elements")),
-        }];
+        let found = [measured("clip_vit_l14_f32_cpu/forward/4", 2e9, 4.0)];
         let text = report(&[], &found, &lines, None);
         let note = format!("**`{TORCH_SCRIPT}` stopped early** (signal: 6 (SIGABRT)");
         let pytorch = text.split_once("## CLIP ViT-L/14 against PyTorch").expect(&text).1;
@@ -1181,11 +1166,7 @@ mod tests {
     /// and the bf16 peak gives its own ceiling.
     #[test]
     fn report_compares_bf16_with_bf16() {
-        let m = |id: &str, mean_ns: f64, n: f64| Measurement {
-            id: id.into(),
-            mean_ns,
-            throughput: Some((n, "elements")),
-        };
+        let m = measured;
         let found = [
             m("clip_vit_l14_bf16_cpu/forward/1", 0.5e9, 1.0),
             m("clip_vit_l14_bf16_cpu/forward/16", 4e9, 16.0),
