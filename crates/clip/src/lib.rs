@@ -268,7 +268,7 @@ impl ClipVision {
 pub fn check_dtype(device: &Device, dtype: DType) -> Result<(), Error> {
     let hint = match (device, dtype) {
         (Device::Cpu, DType::F32) => return Ok(()),
-        (Device::Cpu, DType::BF16) => match cpu::bf16::Kernel::detect() {
+        (Device::Cpu, DType::BF16) => match cpu::bf16::Route::detect() {
             Ok(_) => return Ok(()),
             Err(_) => {
                 " (this CPU has neither AMX-BF16 nor AVX512-BF16, the bf16 matrix instructions; \
@@ -297,23 +297,25 @@ fn cuda_libraries_load(device: &Device) -> Result<(), Error> {
     Err(Error::CudaNotCompiled(device.to_string()))
 }
 
-/// The bf16 matrix-product kernel the CPU encoder uses on this CPU (`"AMX-BF16"` or
-/// `"AVX512-BF16"`), or why there is none.
+/// How the CPU encoder runs bf16 products on this CPU (`"AMX-BF16"` or `"AVX512-BF16"`, or
+/// `"f32 FMA on bf16 operands"` where the CPU's bf16 instruction is slower than its f32 FMA:
+/// see [`cpu_bf16_rate_against_f32`]), or why there is no bf16 at all.
 pub fn cpu_bf16_kernel() -> Result<&'static str, &'static str> {
-    cpu::bf16::Kernel::detect().map(cpu::bf16::Kernel::name)
+    cpu::bf16::Route::detect().map(cpu::bf16::Route::name)
 }
 
 /// Whether `--dtype bf16` is faster than f32 on this CPU, as far as its instructions tell:
-/// how many multiply-adds a second [`cpu_bf16_kernel`]'s instruction does against the f32
-/// FMA's, or why there is no bf16 kernel.
+/// how many multiply-adds a second its bf16 instruction does against the f32 FMA's, or why
+/// there is no bf16 at all.
 ///
-/// For AVX512-BF16 it is measured now by a short loop of each instruction (under a
-/// millisecond): 2 where `vdpbf16ps` (two products a lane) issues as fast as an FMA, 0.5 on
-/// an Intel Xeon whose AMX is hidden (family 6 model 207), where the ViT-L/14 model then runs
-/// at 0.65 × its f32 speed. AMX tiles are not timed (`None`): the model runs 4-5 × its f32
-/// speed on them.
+/// For AVX512-BF16 it is measured once per process by a short loop of each instruction
+/// (under a millisecond): 2 where `vdpbf16ps` (two products a lane) issues as fast as an FMA,
+/// 0.5 on an Intel Xeon whose AMX is hidden (family 6 model 207). Under 1, the encoder runs
+/// its bf16 products on f32 FMAs instead ([`cpu_bf16_kernel`] says so), at about its f32
+/// speed (`vdpbf16ps` ran the ViT-L/14 model at 0.65 × it there). AMX tiles are not timed
+/// (`None`): the model runs 4-5 × its f32 speed on them.
 pub fn cpu_bf16_rate_against_f32() -> Result<Option<f64>, &'static str> {
-    cpu::bf16::Kernel::detect().map(cpu::bf16::Kernel::rate_against_f32)
+    cpu::bf16::Route::rate_against_f32()
 }
 
 /// `dst (m × n) = a (m × k) · b (k × n)`, all three row-major f32, stored over `dst`: the

@@ -275,7 +275,8 @@ impl ClipVision {
     /// on `vb`'s device and dtype. Any missing or mis-shaped tensor is an error.
     ///
     /// bf16 on CPU needs AMX-BF16 or AVX512-BF16: the encoder layers' weights are rounded
-    /// and packed once here, everything else is kept in f32.
+    /// once here (packed for the bf16 kernel, or held as f32 where the encoder runs bf16
+    /// products on f32 FMAs: see [`crate::cpu_bf16_kernel`]), everything else is kept in f32.
     ///
     /// Part of the [candle door](crate::candle); [`ClipVision::load`] is the plain way in.
     pub fn from_var_builder(vb: VarBuilder, config: &ClipVisionConfig) -> Result<Self> {
@@ -289,12 +290,12 @@ impl ClipVision {
         let Some(precision) = crate::DType::from_candle(dtype) else {
             candle_core::bail!("ClipVision computes in f32, f16 or bf16, not {dtype:?}");
         };
-        let kernel = if dtype == DType::BF16 {
-            Some(cpu::bf16::Kernel::detect().map_err(candle_core::Error::msg)?)
+        let route = if dtype == DType::BF16 {
+            Some(cpu::bf16::Route::detect().map_err(candle_core::Error::msg)?)
         } else {
             None
         };
-        let vb = if kernel.is_some() { vb.set_dtype(DType::F32) } else { vb };
+        let vb = if route.is_some() { vb.set_dtype(DType::F32) } else { vb };
         // f32 tensors (f32 models, and bf16 ones outside their packed layers) are read by
         // the CPU encoder, in the layout its products read without packing; other dtypes run
         // candle's operations.
@@ -304,12 +305,12 @@ impl ClipVision {
         let mut layers = (0..config.num_hidden_layers)
             .map(|i| EncoderLayer::new(v.pp("encoder").pp("layers").pp(i), config))
             .collect::<Result<Vec<_>>>()?;
-        let packed = match kernel {
-            Some(kernel) => {
-                tracing::debug!(kernel = kernel.name(), "packing encoder weights as bf16");
+        let packed = match route {
+            Some(route) => {
+                tracing::debug!(route = route.name(), "rounding encoder weights to bf16");
                 let packed = layers
                     .drain(..)
-                    .map(|layer| cpu::PackedLayer::pack(layer.cpu_tensors(), kernel))
+                    .map(|layer| cpu::PackedLayer::pack(layer.cpu_tensors(), route))
                     .collect::<Result<Vec<_>>>()?;
                 Some(packed)
             }

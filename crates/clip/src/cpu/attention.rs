@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use rayon::prelude::*;
 
-use super::{Dims, HeadOperands, SharedMut, Strided, grown, product};
+use super::{Dims, HeadOperands, Operands, SharedMut, Strided, bf16, grown, product};
 use crate::ops::kernels;
 
 #[cfg(target_arch = "x86_64")]
@@ -50,16 +50,19 @@ impl Products {
 }
 
 /// Multi-head self-attention over the fused projection `qkv` (`n · s × 3h`: q pre-scaled,
-/// then k, then v), writing each head's output into its columns of `out` (`n · s × h`). Each
+/// then k, then v), writing each head's output into its columns of `out` (`n · s × h`). With
+/// [`Operands::Bf16`] (`qkv` already rounded by the caller), each probability is rounded to
+/// bf16 before `p · v`, as the packed bf16 attention rounds its operands. Each
 /// task takes its thread's buffers from `heads_operands` (one per rayon thread; nothing
 /// inside a task starts parallel work, so no thread wants its buffers twice at once).
 pub(super) fn attention(
     qkv: &[f32],
     out: &mut [f32],
     heads_operands: &[Mutex<HeadOperands>],
+    operands: Operands,
     d: &Dims,
 ) {
-    attention_by(Products::detect(d.head_dim()), qkv, out, heads_operands, d)
+    attention_by(Products::detect(d.head_dim()), qkv, out, heads_operands, operands, d)
 }
 
 fn attention_by(
@@ -67,10 +70,18 @@ fn attention_by(
     qkv: &[f32],
     out: &mut [f32],
     heads_operands: &[Mutex<HeadOperands>],
+    operands: Operands,
     d: &Dims,
 ) {
     let (s, h, heads, hd) = (d.s, d.hidden, d.heads, d.head_dim());
     let stride = 3 * h;
+    // Inside a head's task: nothing here may start parallel work (see `HeadOperands`).
+    let softmax = |p: &mut [f32]| {
+        kernels::softmax_rows(p, s);
+        if operands == Operands::Bf16 {
+            bf16::round_in_place(p, bf16::Threads::This);
+        }
+    };
     assert!(qkv.len() == d.rows() * stride && out.len() == d.rows() * h);
     assert!(!heads_operands.is_empty(), "no attention operands");
     let out = SharedMut(out.as_mut_ptr());
@@ -107,7 +118,7 @@ fn attention_by(
                 unsafe {
                     avx512::scores(q.as_ptr(), stride, ops.keys.as_ptr(), s, hd, p.as_mut_ptr())
                 };
-                kernels::softmax_rows(p, s);
+                softmax(p);
                 ops.values.clear();
                 rows(v).for_each(|value| ops.values.extend_from_slice(value));
                 // SAFETY: as above; `values` holds s rows of hd; rows
@@ -129,7 +140,7 @@ fn attention_by(
                         false,
                     );
                 }
-                kernels::softmax_rows(p, s);
+                softmax(p);
                 // SAFETY: as above; the output block (same rows, this head's columns of
                 // `out`) belongs to this task alone.
                 unsafe {
@@ -158,11 +169,15 @@ mod tests {
 
     use super::{Products, attention_by};
     use crate::Activation;
-    use crate::cpu::{Dims, HeadOperands};
+    use crate::cpu::{Dims, HeadOperands, Operands, bf16};
 
     /// Each way to run the products this CPU has, against an f64 reference of the same
     /// attention, at token counts and head sizes that are not multiples of the kernels'
-    /// blocks (8 and 6 rows, 48 and 64 columns), ViT-L/14's own among them.
+    /// blocks (8 and 6 rows, 48 and 64 columns), ViT-L/14's own among them; with f32
+    /// operands, and with bf16 ones (q, k and v rounded before, the probabilities rounded
+    /// inside: the reference takes the rounded q, k and v, and the bound grows by what
+    /// rounding each probability can move the output, 2^-8 relatively each: half a bf16
+    /// unit in the last place).
     #[test]
     fn every_way_matches_a_scalar_reference() {
         #[cfg(target_arch = "x86_64")]
@@ -193,28 +208,69 @@ mod tests {
             // Values in [-1, 1): scores of a few units, a softmax far from uniform.
             let qkv: Vec<f32> =
                 crate::cpu::random(n * s * 3 * h, 7).iter().map(|v| v * 2.0).collect();
-            let want = reference(&qkv, &d);
-            for products in Products::available(hd) {
-                for threads in [1, 3] {
-                    let pool =
-                        rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-                    let operands: Vec<Mutex<HeadOperands>> =
-                        (0..threads).map(|_| Default::default()).collect();
-                    let mut got = vec![f32::NAN; n * s * h];
-                    pool.install(|| attention_by(products, &qkv, &mut got, &operands, &d));
-                    for (at, (got, (want, bound))) in got.iter().zip(&want).enumerate() {
-                        let diff = (f64::from(*got) - want).abs();
-                        assert!(
-                            diff <= *bound,
-                            "{products:?}, {threads} threads, n {n} s {s} heads {heads} hd {hd}, \
-                             token {} column {}: {got} against {want} (bound {bound})",
-                            at / h,
-                            at % h
-                        );
+            let mut rounded = qkv.clone();
+            bf16::round_in_place(&mut rounded, bf16::Threads::All);
+            for (operands, qkv) in [(Operands::F32, &qkv), (Operands::Bf16, &rounded)] {
+                let want = reference(qkv, &d);
+                let widen = match operands {
+                    Operands::F32 => 0.0,
+                    Operands::Bf16 => 2f64.powi(-8),
+                };
+                for products in Products::available(hd) {
+                    for threads in [1, 3] {
+                        let pool =
+                            rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                        let buffers: Vec<Mutex<HeadOperands>> =
+                            (0..threads).map(|_| Default::default()).collect();
+                        let mut got = vec![f32::NAN; n * s * h];
+                        pool.install(|| {
+                            attention_by(products, qkv, &mut got, &buffers, operands, &d)
+                        });
+                        for (at, (got, w)) in got.iter().zip(&want).enumerate() {
+                            let (want, bound) = (w.value, w.bound + widen * w.scale);
+                            let diff = (f64::from(*got) - want).abs();
+                            assert!(
+                                diff <= bound,
+                                "{products:?} {operands:?}, {threads} threads, n {n} s {s} \
+                                 heads {heads} hd {hd}, token {} column {}: {got} against \
+                                 {want} (bound {bound})",
+                                at / h,
+                                at % h
+                            );
+                        }
+                        if operands == Operands::Bf16 {
+                            // The probabilities really were rounded.
+                            let mut unrounded = vec![f32::NAN; n * s * h];
+                            pool.install(|| {
+                                let f32_operands = Operands::F32;
+                                attention_by(
+                                    products,
+                                    qkv,
+                                    &mut unrounded,
+                                    &buffers,
+                                    f32_operands,
+                                    &d,
+                                )
+                            });
+                            assert!(
+                                s == 1 || got != unrounded,
+                                "{products:?}, n {n} s {s}: rounding the probabilities changed nothing"
+                            );
+                        }
                     }
                 }
             }
         }
+    }
+
+    /// One output of the reference attention.
+    #[derive(Debug, Clone, Copy)]
+    struct Reference {
+        value: f64,
+        /// What an f32 computation may be off by.
+        bound: f64,
+        /// Σ p |v|: what the output sums.
+        scale: f64,
     }
 
     /// Each output of the attention in f64, with the bound on an f32 computation's error: the
@@ -222,13 +278,13 @@ mod tests {
     /// by at most twice that relatively (its exp, and the sum it is divided by); exp, the
     /// division and the sum over s probabilities add (2 s + 8) · eps relatively; all of it
     /// scaled by Σ p |v|, what the output sums.
-    fn reference(qkv: &[f32], d: &Dims) -> Vec<(f64, f64)> {
+    fn reference(qkv: &[f32], d: &Dims) -> Vec<Reference> {
         let (s, h, hd) = (d.s, d.hidden, d.head_dim());
         let eps = f64::from(f32::EPSILON);
         let at = |image: usize, token: usize, third: usize, head: usize, c: usize| {
             f64::from(qkv[(image * s + token) * 3 * h + third * h + head * hd + c])
         };
-        let mut out = vec![(0.0, 0.0); d.rows() * h];
+        let mut out = vec![Reference { value: 0.0, bound: 0.0, scale: 0.0 }; d.rows() * h];
         for image in 0..d.n {
             for head in 0..d.heads {
                 for i in 0..s {
@@ -247,7 +303,8 @@ mod tests {
                         let value = |j: usize| at(image, j, 2, head, c);
                         let want: f64 = (0..s).map(|j| e[j] / sum * value(j)).sum();
                         let scale: f64 = (0..s).map(|j| e[j] / sum * value(j).abs()).sum();
-                        out[(image * s + i) * h + head * hd + c] = (want, relative * scale);
+                        out[(image * s + i) * h + head * hd + c] =
+                            Reference { value: want, bound: relative * scale, scale };
                     }
                 }
             }

@@ -124,16 +124,28 @@ pub(crate) enum Order {
 enum Weight<'a> {
     F32(&'a [f32], Order),
     Bf16(bf16::Kernel, &'a bf16::PackedWeight),
+    /// Values rounded to bf16, held as f32 in [`Order::Columns`]: the products of
+    /// [`bf16::Route::Fma`], which round their activations in place first.
+    Bf16OnFma(&'a [f32]),
+}
+
+/// What a layer's products take as operands: f32 values, or values rounded to bf16 (the
+/// f32 layer's arithmetic with each product's operands rounded first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Operands {
+    F32,
+    Bf16,
 }
 
 impl Weight<'_> {
     /// `dst (m × n) += bias + a (m × k) · wᵀ` (`dst + bias` first, then the product: f32
-    /// as two passes, bf16 in the product's own pass over `dst`).
+    /// as two passes, bf16 in the product's own pass over `dst`). [`Weight::Bf16OnFma`]
+    /// rounds `a` in place first; the others leave it as it is.
     #[allow(clippy::too_many_arguments)]
     fn product(
         self,
         dst: &mut [f32],
-        a: &[f32],
+        a: &mut [f32],
         bias: &[f32],
         m: usize,
         n: usize,
@@ -145,6 +157,11 @@ impl Weight<'_> {
                 add_rows(dst, bias);
                 matmul(dst, a, (w, order), (m, n, k), true)
             }
+            Weight::Bf16OnFma(w) => {
+                bf16::round_in_place(&mut a[..m * k], bf16::Threads::All);
+                add_rows(dst, bias);
+                matmul(dst, a, (w, Order::Columns), (m, n, k), true)
+            }
             Weight::Bf16(kernel, w) => {
                 check_packed(w, n, k);
                 ws.fill_activations(a, m, k, k, bf16::Threads::All);
@@ -154,8 +171,9 @@ impl Weight<'_> {
     }
 
     /// `dst (m × n) = layer_norm(x) · wᵀ`, stored over `dst` (what it held is never read),
-    /// the norm's weight and bias `ln`: f32 writes the normed rows into `normed` first; bf16
-    /// norms each row as it is rounded, in the same pass (`normed` unused). The caller adds
+    /// the norm's weight and bias `ln`: f32 (and bf16 on FMAs) writes the normed rows into
+    /// `normed` first (bf16 on FMAs then rounds them there); packed bf16 norms each row as it
+    /// is rounded, in the same pass (`normed` unused). The caller adds
     /// the layer's bias in a pass of its own, with whatever else that pass does.
     #[allow(clippy::too_many_arguments)]
     fn product_of_norm(
@@ -172,6 +190,11 @@ impl Weight<'_> {
             Weight::F32(w, order) => {
                 layer_norm(x, normed, ln[0], ln[1], k, eps);
                 matmul(dst, normed, (w, order), (m, n, k), false);
+            }
+            Weight::Bf16OnFma(w) => {
+                layer_norm(x, normed, ln[0], ln[1], k, eps);
+                bf16::round_in_place(normed, bf16::Threads::All);
+                matmul(dst, normed, (w, Order::Columns), (m, n, k), false);
             }
             Weight::Bf16(kernel, w) => {
                 check_packed(w, n, k);
@@ -233,7 +256,7 @@ impl<'a> LayerWeights<'a> {
     fn check(&self, d: &Dims) -> Result<()> {
         let (h, i) = (d.hidden, d.intermediate);
         let lens = |w: Weight| match w {
-            Weight::F32(w, _) => w.len(),
+            Weight::F32(w, _) | Weight::Bf16OnFma(w) => w.len(),
             Weight::Bf16(_, w) => w.n() * w.k(),
         };
         let got = [
@@ -258,44 +281,73 @@ impl<'a> LayerWeights<'a> {
     }
 }
 
-/// An encoder layer with its four weight matrices rounded to bf16 and packed once, for the
-/// bf16 products; the layer norms and biases stay f32.
+/// An encoder layer with its four weight matrices rounded to bf16 once, for the bf16
+/// products, held as its [`bf16::Route`] reads them; the layer norms and biases stay f32.
 #[derive(Debug)]
 pub(crate) struct PackedLayer {
-    kernel: bf16::Kernel,
     /// layer_norm1 weight, bias; qkv bias; out_proj bias; layer_norm2 weight, bias; fc1 bias;
     /// fc2 bias.
     small: [Vec<f32>; 8],
-    qkv: bf16::PackedWeight,
-    out: bf16::PackedWeight,
-    fc1: bf16::PackedWeight,
-    fc2: bf16::PackedWeight,
+    /// qkv, out_proj, fc1, fc2.
+    matrices: RoundedMatrices,
+}
+
+/// A layer's four weight matrices rounded to bf16, for one [`bf16::Route`].
+#[derive(Debug)]
+enum RoundedMatrices {
+    /// Packed for a bf16 kernel.
+    Packed(bf16::Kernel, [bf16::PackedWeight; 4]),
+    /// f32 values, each a bf16 value, in [`Order::Columns`] for the f32 products.
+    OnFma([Vec<f32>; 4]),
 }
 
 impl PackedLayer {
-    /// Packs f32 layer tensors (as [`LayerTensors`]) for `kernel`.
-    pub(crate) fn pack(tensors: LayerTensors<'_>, kernel: bf16::Kernel) -> Result<Self> {
+    /// Rounds and holds f32 layer tensors (as [`LayerTensors`]) for `route`.
+    pub(crate) fn pack(tensors: LayerTensors<'_>, route: bf16::Route) -> Result<Self> {
+        const MATRICES: [usize; 4] = [2, 4, 8, 10];
         with_f32_slices(tensors, |v| {
-            let pack = |t: usize| {
-                let (n, k) = tensors[t].dims2()?;
-                Ok::<_, candle_core::Error>(bf16::PackedWeight::pack(v[t], n, k))
+            let dims = |t: usize| tensors[t].dims2();
+            let matrices = match route {
+                bf16::Route::Packed(kernel) => {
+                    let pack = |t: usize| {
+                        let (n, k) = dims(t)?;
+                        Ok::<_, candle_core::Error>(bf16::PackedWeight::pack(v[t], n, k))
+                    };
+                    let [qkv, out, fc1, fc2] = MATRICES;
+                    RoundedMatrices::Packed(
+                        kernel,
+                        [pack(qkv)?, pack(out)?, pack(fc1)?, pack(fc2)?],
+                    )
+                }
+                bf16::Route::Fma => {
+                    let round = |t: usize| {
+                        let (n, k) = dims(t)?;
+                        let mut values = transposed(v[t], n, k);
+                        bf16::round_in_place(&mut values, bf16::Threads::All);
+                        Ok::<_, candle_core::Error>(values)
+                    };
+                    let [qkv, out, fc1, fc2] = MATRICES;
+                    RoundedMatrices::OnFma([round(qkv)?, round(out)?, round(fc1)?, round(fc2)?])
+                }
             };
-            let (qkv, out, fc1, fc2) = (pack(2)?, pack(4)?, pack(8)?, pack(10)?);
             let small = [0, 1, 3, 5, 6, 7, 9, 11].map(|t| v[t].to_vec());
-            Ok(PackedLayer { kernel, small, qkv, out, fc1, fc2 })
+            Ok(PackedLayer { small, matrices })
         })
     }
 
     fn weights(&self) -> LayerWeights<'_> {
         let [ln1_w, ln1_b, qkv_b, out_b, ln2_w, ln2_b, fc1_b, fc2_b] = &self.small;
-        let k = self.kernel;
+        let [qkv, out, fc1, fc2] = match &self.matrices {
+            RoundedMatrices::Packed(kernel, w) => w.each_ref().map(|w| Weight::Bf16(*kernel, w)),
+            RoundedMatrices::OnFma(w) => w.each_ref().map(|w| Weight::Bf16OnFma(w)),
+        };
         LayerWeights {
             ln1: [ln1_w, ln1_b],
-            qkv: (Weight::Bf16(k, &self.qkv), qkv_b),
-            out: (Weight::Bf16(k, &self.out), out_b),
+            qkv: (qkv, qkv_b),
+            out: (out, out_b),
             ln2: [ln2_w, ln2_b],
-            fc1: (Weight::Bf16(k, &self.fc1), fc1_b),
-            fc2: (Weight::Bf16(k, &self.fc2), fc2_b),
+            fc1: (fc1, fc1_b),
+            fc2: (fc2, fc2_b),
         }
     }
 }
@@ -408,23 +460,30 @@ pub(crate) fn with_f32_slices<R, const N: usize>(
 /// each weight row and writes 16 output rows in sequence (about 10 × faster than candle's
 /// strided copy, which took 1.5 s of a ViT-L/14 load on a Xeon core).
 pub(crate) fn held_transposed(w: &Tensor) -> Result<Tensor> {
-    const ROWS: usize = 16;
     let (n, k) = w.dims2()?;
     let w = w.contiguous()?;
-    let values = with_f32_slices([&w], |[w]| {
-        let mut out = vec![0f32; k * n];
-        out.par_chunks_mut(ROWS * n).enumerate().for_each(|(block, out)| {
-            let k0 = block * ROWS;
-            let rows = out.len() / n;
-            for (j, row) in w.chunks_exact(k).enumerate() {
-                for (t, &v) in row[k0..k0 + rows].iter().enumerate() {
-                    out[t * n + j] = v;
-                }
-            }
-        });
-        Ok(out)
-    })?;
+    let values = with_f32_slices([&w], |[w]| Ok(transposed(w, n, k)))?;
     Tensor::from_vec(values, (k, n), w.device())?.t()
+}
+
+/// The row-major `n × k` matrix `w` transposed (row-major `k × n`), for [`held_transposed`].
+fn transposed(w: &[f32], n: usize, k: usize) -> Vec<f32> {
+    const ROWS: usize = 16;
+    assert_eq!(w.len(), n * k, "a {n} × {k} matrix");
+    let mut out = vec![0f32; k * n];
+    if n == 0 {
+        return out;
+    }
+    out.par_chunks_mut(ROWS * n).enumerate().for_each(|(block, out)| {
+        let k0 = block * ROWS;
+        let rows = out.len() / n;
+        for (j, row) in w.chunks_exact(k).enumerate() {
+            for (t, &v) in row[k0..k0 + rows].iter().enumerate() {
+                out[t * n + j] = v;
+            }
+        }
+    });
+    out
 }
 
 /// Runs `f` over the f32 values of 1-D and 2-D tensors, read in place, each with its
@@ -480,7 +539,7 @@ fn run_layer(
     attention_block(x, w, d, ws);
     let mut attn = std::mem::take(&mut ws.attn);
     match outputs {
-        Outputs::AllTokens => mlp_block(x, &attn.as_slice()[..m * h], w, d, ws),
+        Outputs::AllTokens => mlp_block(x, &mut attn.as_mut_slice()[..m * h], w, d, ws),
         Outputs::ClassTokens => {
             // Each image's class row of `x` and of the attention output, gathered into
             // `n` consecutive rows (of `attn`'s own space, read before it is written), run
@@ -493,7 +552,7 @@ fn run_layer(
                 rows.copy_within(image * s * h..image * s * h + h, image * h);
                 class_x[image * h..][..h].copy_from_slice(&x[image * s * h..][..h]);
             }
-            mlp_block(class_x, &rows[..n * h], w, &class, ws);
+            mlp_block(class_x, &mut rows[..n * h], w, &class, ws);
             for image in 0..n {
                 x[image * s * h..][..h].copy_from_slice(&class_x[image * h..][..h]);
             }
@@ -511,12 +570,20 @@ fn attention_block(x: &[f32], w: &LayerWeights<'_>, d: &Dims, ws: &mut Workspace
     let attn = &mut ws.attn.as_mut_slice()[..m * h];
     let rounded = &mut ws.rounded;
     match w.qkv.0 {
-        Weight::F32(..) => {
+        Weight::F32(..) | Weight::Bf16OnFma(..) => {
             ws.normed.grow(m * h);
             let normed = &mut ws.normed.as_mut_slice()[..m * h];
             w.qkv.0.product_of_norm(qkv, x, w.ln1, d.eps, normed, (m, 3 * h, h), rounded);
             add_rows(qkv, w.qkv.1);
-            attention(qkv, attn, &ws.heads, d)
+            let operands = match w.qkv.0 {
+                Weight::Bf16OnFma(..) => {
+                    // q, k and v are both products' operands: rounded once, here.
+                    bf16::round_in_place(qkv, bf16::Threads::All);
+                    Operands::Bf16
+                }
+                _ => Operands::F32,
+            };
+            attention(qkv, attn, &ws.heads, operands, d)
         }
         Weight::Bf16(kernel, packed) => {
             // q, k and v head by head (3 · heads groups of head_dim columns, each its own
@@ -533,8 +600,9 @@ fn attention_block(x: &[f32], w: &LayerWeights<'_>, d: &Dims, ws: &mut Workspace
 }
 
 /// The layer's second half on the `d.rows()` rows of `x` and of the attention output `attn`:
-/// the out projection and the MLP, each added to `x` with its bias.
-fn mlp_block(x: &mut [f32], attn: &[f32], w: &LayerWeights<'_>, d: &Dims, ws: &mut Workspace) {
+/// the out projection and the MLP, each added to `x` with its bias. bf16 on FMAs rounds
+/// `attn` in place.
+fn mlp_block(x: &mut [f32], attn: &mut [f32], w: &LayerWeights<'_>, d: &Dims, ws: &mut Workspace) {
     let (m, h, i) = (d.rows(), d.hidden, d.intermediate);
     let rounded = &mut ws.rounded;
     w.out.0.product(x, attn, w.out.1, m, h, h, rounded);
@@ -929,46 +997,11 @@ mod tests {
     /// tile (3 images of 7 tokens), on 1 and 3 threads.
     #[test]
     fn the_last_layer_on_class_tokens_alone_gives_their_rows() {
-        use super::{Dims, LayerWeights, Outputs, PackedLayer, Workspace, bf16, random};
-        use candle_core::{Device, Tensor};
-        let d = Dims {
-            n: 3,
-            s: 7,
-            hidden: 64,
-            heads: 4,
-            intermediate: 96,
-            eps: 1e-5,
-            act: crate::Activation::QuickGelu,
-        };
-        let (h, i) = (d.hidden, d.intermediate);
-        let shapes = [
-            vec![h],
-            vec![h],
-            vec![3 * h, h],
-            vec![3 * h],
-            vec![h, h],
-            vec![h],
-            vec![h],
-            vec![h],
-            vec![i, h],
-            vec![i],
-            vec![h, i],
-            vec![h],
-        ];
-        let tensors: Vec<Tensor> = shapes
-            .iter()
-            .enumerate()
-            .map(|(t, shape)| {
-                let len = shape.iter().product();
-                // Norm weights about 1, everything else small.
-                let values = random(len, 11 + t as u64);
-                let values = match t {
-                    0 | 6 => values.iter().map(|v| 1.0 + v).collect(),
-                    _ => values.iter().map(|v| v * 0.5).collect(),
-                };
-                Tensor::from_vec(values, shape.as_slice(), &Device::Cpu).unwrap()
-            })
-            .collect();
+        use super::{LayerWeights, Outputs, PackedLayer, random};
+        use candle_core::Tensor;
+        let d = layer_dims(3, 7);
+        let h = d.hidden;
+        let tensors = layer_tensors(&d);
         let transposed: Vec<Tensor> = tensors
             .iter()
             .map(|t| match t.rank() {
@@ -977,20 +1010,10 @@ mod tests {
             })
             .collect();
         let input = random(d.rows() * h, 5);
-        let run = |weights: &LayerWeights<'_>, outputs: Outputs, threads: usize| {
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
-            pool.install(|| {
-                let mut ws = Workspace::default();
-                ws.fit(&d);
-                let mut x = input.clone();
-                super::run_layer(&mut x, weights, &d, &mut ws, outputs).unwrap();
-                x
-            })
-        };
         let compare = |what: &str, weights: &LayerWeights<'_>| {
             for threads in [1, 3] {
-                let all = run(weights, Outputs::AllTokens, threads);
-                let class = run(weights, Outputs::ClassTokens, threads);
+                let all = one_layer(weights, &d, &input, Outputs::AllTokens, threads);
+                let class = one_layer(weights, &d, &input, Outputs::ClassTokens, threads);
                 for image in 0..d.n {
                     let row = image * d.s * h..(image * d.s + 1) * h;
                     let (want, got) = (&all[row.clone()], &class[row]);
@@ -1011,15 +1034,139 @@ mod tests {
             })
             .unwrap();
         }
-        let available = bf16::Kernel::available();
-        for kernel in [bf16::Kernel::Amx, bf16::Kernel::Avx512Bf16] {
-            if !available.contains(&kernel) {
-                eprintln!("skipped bf16 on {}: this CPU or OS does not allow it", kernel.name());
-                continue;
-            }
+        for route in bf16_routes() {
             let held: [&Tensor; 12] = std::array::from_fn(|t| &tensors[t]);
-            let packed = PackedLayer::pack(held, kernel).unwrap();
-            compare(&format!("bf16 on {}", kernel.name()), &packed.weights());
+            let packed = PackedLayer::pack(held, route).unwrap();
+            compare(&format!("bf16 on {}", route.name()), &packed.weights());
         }
+    }
+
+    /// One layer on every bf16 route this CPU has: each moves the output off f32's (its
+    /// operands were rounded) by no more than bf16's 8 bits can, and where a bf16 kernel
+    /// exists beside the FMA route, the two (the same rounded operands, f32 sums in
+    /// different orders) agree far more closely than either does with f32.
+    #[test]
+    fn every_bf16_route_runs_the_same_layer() {
+        use super::{LayerWeights, Outputs, PackedLayer, bf16, random};
+        use candle_core::Tensor;
+        let d = layer_dims(2, 17);
+        let tensors = layer_tensors(&d);
+        let held: [&Tensor; 12] = std::array::from_fn(|t| &tensors[t]);
+        let input = random(d.rows() * d.hidden, 9);
+        let f32_out = super::with_f32_matrices(held, |w| {
+            Ok(one_layer(&LayerWeights::from_slices(w), &d, &input, Outputs::AllTokens, 2))
+        })
+        .unwrap();
+        let scale = f32_out.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let largest_diff =
+            |a: &[f32], b: &[f32]| a.iter().zip(b).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+        let mut outputs = Vec::new();
+        for route in bf16_routes() {
+            let packed = PackedLayer::pack(held, route).unwrap();
+            let out = one_layer(&packed.weights(), &d, &input, Outputs::AllTokens, 2);
+            let off = largest_diff(&out, &f32_out);
+            eprintln!(
+                "bf16 on {}: largest |Δ| against f32 {off:.3e} (scale {scale:.3})",
+                route.name()
+            );
+            assert!(off > 0.0, "{}: the output of f32 exactly", route.name());
+            // Each rounding moves an operand by 2^-8 relatively at most; a few in a row.
+            assert!(off <= 2e-2 * scale, "{}: {off} off f32 (scale {scale})", route.name());
+            outputs.push((route, out, off));
+        }
+        let (fma, fma_out, fma_off) = outputs.pop().expect("the FMA route runs everywhere");
+        assert_eq!(fma, bf16::Route::Fma);
+        for (route, out, off) in &outputs {
+            let apart = largest_diff(out, &fma_out);
+            eprintln!("bf16 on {} against the FMA route: largest |Δ| {apart:.3e}", route.name());
+            assert!(
+                apart <= 0.25 * off.min(fma_off),
+                "{}: {apart} from the FMA route, against {off} and {fma_off} from f32",
+                route.name()
+            );
+        }
+    }
+
+    /// Every bf16 route this CPU runs, the FMA route last (it runs everywhere); a line for
+    /// each kernel it lacks.
+    fn bf16_routes() -> Vec<super::bf16::Route> {
+        use super::bf16::{Kernel, Route};
+        let available = Kernel::available();
+        let mut routes = Vec::new();
+        for kernel in [Kernel::Amx, Kernel::Avx512Bf16] {
+            match available.contains(&kernel) {
+                true => routes.push(Route::Packed(kernel)),
+                false => {
+                    eprintln!("skipped bf16 on {}: this CPU or OS does not allow it", kernel.name())
+                }
+            }
+        }
+        routes.push(Route::Fma);
+        routes
+    }
+
+    /// A small layer's sizes: `n` images of `s` tokens, 64 wide in 4 heads.
+    fn layer_dims(n: usize, s: usize) -> super::Dims {
+        super::Dims {
+            n,
+            s,
+            hidden: 64,
+            heads: 4,
+            intermediate: 96,
+            eps: 1e-5,
+            act: crate::Activation::QuickGelu,
+        }
+    }
+
+    /// `x` after one layer on `threads` threads.
+    fn one_layer(
+        weights: &super::LayerWeights<'_>,
+        d: &super::Dims,
+        x: &[f32],
+        outputs: super::Outputs,
+        threads: usize,
+    ) -> Vec<f32> {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            let mut ws = super::Workspace::default();
+            ws.fit(d);
+            let mut x = x.to_vec();
+            super::run_layer(&mut x, weights, d, &mut ws, outputs).unwrap();
+            x
+        })
+    }
+
+    /// A layer's twelve tensors ([`super::LayerTensors`]'s order) for `d`: norm weights
+    /// about 1, everything else small.
+    fn layer_tensors(d: &super::Dims) -> Vec<candle_core::Tensor> {
+        use candle_core::{Device, Tensor};
+        let (h, i) = (d.hidden, d.intermediate);
+        let shapes = [
+            vec![h],
+            vec![h],
+            vec![3 * h, h],
+            vec![3 * h],
+            vec![h, h],
+            vec![h],
+            vec![h],
+            vec![h],
+            vec![i, h],
+            vec![i],
+            vec![h, i],
+            vec![h],
+        ];
+        shapes
+            .iter()
+            .enumerate()
+            .map(|(t, shape)| {
+                let len = shape.iter().product();
+                let values = super::random(len, 11 + t as u64);
+                let values = match t {
+                    0 | 6 => values.iter().map(|v| 1.0 + v).collect(),
+                    _ => values.iter().map(|v| v * 0.5).collect(),
+                };
+                Tensor::from_vec(values, shape.as_slice(), &Device::Cpu).unwrap()
+            })
+            .collect()
     }
 }

@@ -10,7 +10,10 @@
 //!   Linux permission request for tile data;
 //! - [`Kernel::Avx512Bf16`]: `vdpbf16ps` on zmm registers (AMD Zen 4/5, Intel Cooper Lake).
 //!
-//! A CPU with neither has no bf16 path: [`Kernel::detect`] returns `None` and says why.
+//! Where `vdpbf16ps` does fewer multiply-adds a second than the f32 FMA, the encoder takes
+//! [`Route::Fma`] instead: the same rounded operands through its f32 products.
+//!
+//! A CPU with neither kernel has no bf16 path: [`Kernel::detect`] says why.
 
 #[cfg(target_arch = "x86_64")]
 mod amx;
@@ -90,6 +93,66 @@ impl Kernel {
     }
 }
 
+/// How the encoder runs its bf16 products on this CPU: the same rounding of both operands and
+/// f32 sums either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// On a bf16 kernel, over weights rounded and packed at load.
+    Packed(Kernel),
+    /// On the f32 encoder's products (FMAs), over weights rounded at load and held as f32,
+    /// with each product's activations rounded in place first: a product of two bf16 values
+    /// is exact in f32, so each sum adds the terms a bf16 kernel adds. Chosen where the
+    /// CPU's bf16 instruction does fewer multiply-adds a second than its FMA
+    /// ([`Kernel::rate_against_f32`] under 1: `vdpbf16ps` on a Xeon whose AMX is hidden
+    /// measured 0.5), so that bf16 runs at f32 speed there instead of two thirds of it.
+    /// oneDNN runs bf16 on FMAs so on CPUs without bf16 instructions.
+    Fma,
+}
+
+/// What [`Route::detect`] found, once per process: the route, and the bf16 instruction's
+/// rate against the FMA (`None` for AMX, not timed).
+type Detected = Result<(Route, Option<f64>), &'static str>;
+
+impl Route {
+    /// The route this CPU takes, or why it has none (no bf16 instructions at all). Decided
+    /// once per process (timing `vdpbf16ps` takes under a millisecond, but two timings could
+    /// disagree near the threshold, and every caller must see the same route).
+    pub(crate) fn detect() -> Result<Route, &'static str> {
+        Route::detected().map(|(route, _)| route)
+    }
+
+    /// The rate [`Kernel::rate_against_f32`] measured when the route was chosen.
+    pub(crate) fn rate_against_f32() -> Result<Option<f64>, &'static str> {
+        Route::detected().map(|(_, rate)| rate)
+    }
+
+    fn detected() -> Detected {
+        static DETECTED: std::sync::OnceLock<Detected> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(|| {
+            let kernel = Kernel::detect()?;
+            let rate = kernel.rate_against_f32();
+            Ok((Route::for_kernel(kernel, rate), rate))
+        })
+    }
+
+    /// The route for the fastest bf16 kernel a CPU has, its instruction doing `rate` × the
+    /// f32 FMA's multiply-adds a second (`None`: AMX, not timed).
+    pub(crate) fn for_kernel(kernel: Kernel, rate: Option<f64>) -> Route {
+        match rate {
+            Some(rate) if rate < 1.0 => Route::Fma,
+            _ => Route::Packed(kernel),
+        }
+    }
+
+    /// The name a user sees in logs and benchmark reports.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Route::Packed(kernel) => kernel.name(),
+            Route::Fma => "f32 FMA on bf16 operands",
+        }
+    }
+}
+
 /// `f32` → `bf16` bits, rounding to nearest even (as PyTorch and `half` do); NaN stays NaN.
 /// Branch-free, so that loops over it vectorize.
 #[inline(always)]
@@ -144,6 +207,32 @@ avx512_or_portable!(
 #[inline(always)]
 fn round_row_portable(src: &[f32], dst: &mut [u16]) {
     dst.iter_mut().zip(src).for_each(|(d, &x)| *d = to_bf16(x));
+}
+
+/// Rounds each value to the nearest bf16 (ties to even, as [`to_bf16`]), kept as f32: what
+/// [`Route::Fma`] does to a product's operands. [`Threads::All`] spreads a buffer of more
+/// than 16,384 values over rayon's threads.
+pub(crate) fn round_in_place(values: &mut [f32], threads: Threads) {
+    const CHUNK: usize = 1 << 14;
+    let round = in_place_rounder();
+    if threads == Threads::This || values.len() <= CHUNK {
+        round(values);
+    } else {
+        values.par_chunks_mut(CHUNK).for_each(round);
+    }
+}
+
+type RoundInPlace = fn(&mut [f32]);
+
+avx512_or_portable!(
+    /// The in-place rounder for this CPU.
+    in_place_rounder -> RoundInPlace, round_in_place_avx512, round_in_place_portable,
+    (values: &mut [f32])
+);
+
+#[inline(always)]
+fn round_in_place_portable(values: &mut [f32]) {
+    values.iter_mut().for_each(|v| *v = f32::from_bits(u32::from(to_bf16(*v)) << 16));
 }
 
 /// Writes into one pair-row of a packed weight (32 u16) two K rows' values (up to 16 each,
@@ -1152,6 +1241,35 @@ mod tests {
         assert_eq!(got, want, "round_row on this CPU");
         round_row_portable(&x, &mut got);
         assert_eq!(got, want, "round_row_portable");
+    }
+
+    /// Values rounded in place are the bf16 values [`to_bf16`] gives (NaN stays NaN), on
+    /// this CPU's rounder and the portable one, on all threads (a buffer split in chunks,
+    /// its tail not a whole one) and on the caller's alone.
+    #[test]
+    fn values_round_in_place_as_single_values_do() {
+        let x: Vec<f32> = (0..40_000u32)
+            .map(|i| f32::from_bits(i.wrapping_mul(0x9E37_79B9)))
+            .chain([f32::NAN, -f32::NAN, f32::INFINITY, 1e-40, -1e-45, 1.0 + 1.0 / 256.0])
+            .collect();
+        let want: Vec<u32> = x.iter().map(|&v| u32::from(to_bf16(v)) << 16).collect();
+        let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+        let same = |got: &[f32], how: &str| {
+            for (i, (g, w)) in bits(got).iter().zip(&want).enumerate() {
+                let nan = f32::from_bits(*w).is_nan();
+                assert!(g == w || (nan && f32::from_bits(*g).is_nan()), "{how} at {i}: {g:#x}");
+            }
+        };
+        for threads in [Threads::All, Threads::This] {
+            let mut got = x.clone();
+            round_in_place(&mut got, threads);
+            same(&got, &format!("{threads:?}"));
+        }
+        let mut got = x.clone();
+        round_in_place_portable(&mut got);
+        same(&got, "portable");
+        // A tie goes to the even neighbour: 1 + 2^-8 lies halfway between 1 and 1 + 2^-7.
+        assert_eq!(got[got.len() - 1], 1.0);
     }
 
     /// Each fill on all threads and on the caller's alone: the same values in the same places.
