@@ -297,9 +297,12 @@ fn cuda_libraries_load(device: &Device) -> Result<(), Error> {
     Err(Error::CudaNotCompiled(device.to_string()))
 }
 
+/// What [`cpu_bf16_kernel`] says where the CPU encoder runs its bf16 products on f32 FMAs.
+pub const CPU_BF16_ON_FMA: &str = "f32 FMA on bf16 operands";
+
 /// How the CPU encoder runs bf16 products on this CPU (`"AMX-BF16"` or `"AVX512-BF16"`, or
-/// `"f32 FMA on bf16 operands"` where the CPU's bf16 instruction is slower than its f32 FMA:
-/// see [`cpu_bf16_rate_against_f32`]), or why there is no bf16 at all.
+/// [`CPU_BF16_ON_FMA`] where the CPU's bf16 instruction is slower than its f32 FMA: see
+/// [`cpu_bf16_rate_against_f32`]), or why there is no bf16 at all.
 pub fn cpu_bf16_kernel() -> Result<&'static str, &'static str> {
     cpu::bf16::Route::detect().map(cpu::bf16::Route::name)
 }

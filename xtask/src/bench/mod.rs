@@ -484,7 +484,8 @@ fn report(
             }
         }
     }
-    ceiling_section(&mut s, measurements, torch);
+    let bf16_on_fma = aesthete_clip::cpu_bf16_kernel() == Ok(aesthete_clip::CPU_BF16_ON_FMA);
+    ceiling_section(&mut s, measurements, torch, bf16_on_fma);
     store_section(&mut s, measurements, memory.and_then(|m| m.stream.as_ref()));
     if let Some(memory) = memory {
         memory_section(&mut s, memory);
@@ -618,8 +619,14 @@ fn not_measured(measurements: &[Measurement], precision: &str) -> &'static str {
 }
 
 /// ViT-L/14 images/s against what the machine's f32 and bf16 matmul peaks allow, with the
-/// targets for each precision.
-fn ceiling_section(s: &mut String, measurements: &[Measurement], torch: &[Value]) {
+/// targets for each precision; bf16 also against the f32 ceiling where its products ran on
+/// f32 FMAs (`bf16_on_fma`).
+fn ceiling_section(
+    s: &mut String,
+    measurements: &[Measurement],
+    torch: &[Value],
+    bf16_on_fma: bool,
+) {
     let gemm = rate_of(measurements, "sgemm_f32_cpu/gemm/2048");
     let torch_sgemm = TorchPeak::of(torch, "torch-sgemm");
     let f32_peak = gemm.into_iter().chain(torch_sgemm.as_ref().map(|p| p.mean)).reduce(f64::max);
@@ -655,7 +662,7 @@ fn ceiling_section(s: &mut String, measurements: &[Measurement], torch: &[Value]
             s,
             "Target: aesthete-clip f32 ≥ 1.0 × PyTorch fp32 eager (`torch-eager`) and ≥ 0.85 × the f32 ceiling.\n"
         );
-        ceiling_table(s, measurements, "f32", ceiling);
+        ceiling_table(s, measurements, "f32", "f32", ceiling);
         products_table(s, measurements, torch, torch_sgemm.as_ref().map(|p| p.mean));
     }
     if let Some(peak) = &bf16 {
@@ -670,7 +677,14 @@ fn ceiling_section(s: &mut String, measurements: &[Measurement], torch: &[Value]
             s,
             "Target: aesthete-clip bf16 ≥ 1.0 × the faster of `torch-autocast-bf16` and `torch-bf16-weights`, and ≥ 0.5 × the bf16 ceiling.\n"
         );
-        ceiling_table(s, measurements, "bf16", ceiling);
+        ceiling_table(s, measurements, "bf16", "bf16", ceiling);
+    }
+    if let (true, Some(peak)) = (bf16_on_fma, f32_peak) {
+        let _ = writeln!(
+            s,
+            "\nOn this CPU the bf16 products ran on f32 FMAs (see \"CPU bf16 products\" above), which PyTorch's bf16 matrix multiply does not bound: the f32 ceiling does.\n"
+        );
+        ceiling_table(s, measurements, "bf16", "f32", peak / VIT_L14_FLOP_PER_IMAGE);
     }
 }
 
@@ -715,7 +729,15 @@ impl TorchPeak {
 }
 
 /// aesthete-clip images/s at `precision` against `ceiling`, batch by batch.
-fn ceiling_table(s: &mut String, measurements: &[Measurement], precision: &str, ceiling: f64) {
+/// aesthete-clip's `precision` forward against the `ceiling` (images/s) of the
+/// `ceiling_precision` matmul peak, batch by batch.
+fn ceiling_table(
+    s: &mut String,
+    measurements: &[Measurement],
+    precision: &str,
+    ceiling_precision: &str,
+    ceiling: f64,
+) {
     let rows: Vec<(&str, f64)> = ["1", "4", "8", "16"]
         .into_iter()
         .filter_map(|batch| {
@@ -730,7 +752,7 @@ fn ceiling_table(s: &mut String, measurements: &[Measurement], precision: &str, 
     }
     let _ = writeln!(
         s,
-        "| batch | aesthete-clip {precision} images/s | {precision} ceiling images/s | fraction of ceiling |\n|---:|---:|---:|---:|"
+        "| batch | aesthete-clip {precision} images/s | {ceiling_precision} ceiling images/s | fraction of ceiling |\n|---:|---:|---:|---:|"
     );
     for (batch, ours) in rows {
         let _ = writeln!(s, "| {batch} | {ours:.3} | {ceiling:.3} | {:.2} |", ours / ceiling);
@@ -1232,6 +1254,18 @@ mod tests {
         );
         assert!(bf16_part.contains("| 1 | 2.000 | 8.000 | 0.25 |"), "{text}");
         assert!(bf16_part.contains("| 16 | 4.000 | 8.000 | 0.50 |"), "{text}");
+        // Where the bf16 products ran on f32 FMAs, bf16 is set against the f32 ceiling too.
+        for on_fma in [false, true] {
+            let mut s = String::new();
+            ceiling_section(&mut s, &found, &torch, on_fma);
+            let against_f32 = s.split_once("ran on f32 FMAs").map(|(_, rest)| rest);
+            assert_eq!(against_f32.is_some(), on_fma, "{s}");
+            if let Some(rest) = against_f32 {
+                let header = "| batch | aesthete-clip bf16 images/s | f32 ceiling images/s |";
+                assert!(rest.contains(header), "{s}");
+                assert!(rest.contains("| 16 | 4.000 | 1.000 | 4.00 |"), "{s}");
+            }
+        }
         assert!(!bf16_part.contains("| 4 |"), "{text}");
         assert!(bf16_part.contains("≥ 1.0 × the faster of `torch-autocast-bf16` and `torch-bf16-weights`, and ≥ 0.5 × the bf16 ceiling"));
     }

@@ -148,7 +148,7 @@ impl Route {
     pub(crate) fn name(self) -> &'static str {
         match self {
             Route::Packed(kernel) => kernel.name(),
-            Route::Fma => "f32 FMA on bf16 operands",
+            Route::Fma => crate::CPU_BF16_ON_FMA,
         }
     }
 }
