@@ -258,8 +258,8 @@ pub struct ClipVision {
     device: crate::Device,
     /// The precision asked for: what the encoder's matrix products take as operands.
     dtype: crate::DType,
-    /// On CPU in bf16: the encoder layers, packed (and `layers` empty); the rest of the
-    /// model is held and computed in f32.
+    /// On CPU in bf16: the encoder layers, their matrices rounded to bf16 once (and `layers`
+    /// empty); the rest of the model is held and computed in f32.
     packed: Option<Vec<cpu::PackedLayer>>,
     /// Scratch buffers of the CPU encoder, kept between calls; a call that finds them busy
     /// uses fresh ones.
@@ -390,10 +390,13 @@ impl ClipVision {
     /// [`ClipVision::forward_tensor`] written a second way, with candle's own tensor
     /// operations layer by layer as transformers' `CLIPEncoderLayer` reads: slower, easy to
     /// check against the reference, and held to transformers by the same parity tests as the
-    /// fast path. A CPU bf16 model has no such path (its weights are packed).
+    /// fast path. A CPU bf16 model has no such path (its weights are rounded and held for
+    /// its own products).
     pub fn forward_tensor_candle_ops(&self, pixel_values: &Tensor) -> Result<Tensor> {
         if self.packed.is_some() {
-            candle_core::bail!("the cpu bf16 encoder runs packed products only");
+            candle_core::bail!(
+                "the cpu bf16 encoder runs its own products only (weights rounded and held for them at load)"
+            );
         }
         self.forward_with(pixel_values, false)
     }
@@ -432,7 +435,7 @@ impl ClipVision {
     }
 
     /// Whether [`ClipVision::forward_cpu`] runs this model: on CPU in f32, or in bf16 with
-    /// packed layers.
+    /// its layers rounded at load.
     pub(crate) fn runs_cpu_encoder(&self) -> bool {
         self.tensor_dtype() == DType::F32
     }

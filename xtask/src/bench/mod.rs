@@ -885,7 +885,8 @@ pub fn cpu_description() -> String {
     )
 }
 
-/// How aesthete-clip runs bf16 products on this CPU (the bench binary decides the same way):
+/// How aesthete-clip runs bf16 products on this CPU, decided here by the rule the bench binary
+/// applies (a `vdpbf16ps` rate timed within a hair of 1 could fall the other side there):
 /// the route's name, with the bf16 instruction's rate against the f32 FMA where it was timed.
 fn bf16_route() -> String {
     match (aesthete_clip::cpu_bf16_kernel(), aesthete_clip::cpu_bf16_rate_against_f32()) {

@@ -993,7 +993,7 @@ mod tests {
 
     /// The last layer run on each image's class token alone (`Outputs::ClassTokens`) gives
     /// the class rows that running it on every token gives: with f32 weights, held in either
-    /// order, and with every bf16 kernel this CPU has. Rows that are not multiples of any
+    /// order, and on every bf16 route this CPU has. Rows that are not multiples of any
     /// tile (3 images of 7 tokens), on 1 and 3 threads.
     #[test]
     fn the_last_layer_on_class_tokens_alone_gives_their_rows() {

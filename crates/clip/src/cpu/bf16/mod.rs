@@ -1198,6 +1198,19 @@ mod tests {
     use super::*;
     use crate::cpu::random;
 
+    /// The FMAs take the bf16 products where the bf16 instruction does fewer multiply-adds a
+    /// second than they do, and only there; AMX (not timed) always keeps its tiles.
+    #[test]
+    fn the_fma_route_is_taken_where_the_bf16_instruction_is_slower() {
+        let avx512 = Kernel::Avx512Bf16;
+        assert_eq!(Route::for_kernel(avx512, Some(0.5)), Route::Fma);
+        assert_eq!(Route::for_kernel(avx512, Some(0.999)), Route::Fma);
+        assert_eq!(Route::for_kernel(avx512, Some(1.0)), Route::Packed(avx512));
+        assert_eq!(Route::for_kernel(avx512, Some(2.0)), Route::Packed(avx512));
+        assert_eq!(Route::for_kernel(Kernel::Amx, None), Route::Packed(Kernel::Amx));
+        assert_eq!(Route::Fma.name(), crate::CPU_BF16_ON_FMA);
+    }
+
     #[test]
     fn rounding_to_bf16_is_nearest_even() {
         for x in [0.0f32, -0.0, 1.0, -2.5, 1e-30, 3.4e38, f32::INFINITY, f32::MIN_POSITIVE] {
