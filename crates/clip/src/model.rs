@@ -260,7 +260,7 @@ pub struct ClipVision {
     dtype: crate::DType,
     /// On CPU in bf16: the encoder layers, their matrices rounded to bf16 once (and `layers`
     /// empty); the rest of the model is held and computed in f32.
-    packed: Option<Vec<cpu::PackedLayer>>,
+    bf16_layers: Option<Vec<cpu::Bf16Layer>>,
     /// Scratch buffers of the CPU encoder, kept between calls; a call that finds them busy
     /// uses fresh ones.
     workspace: Mutex<cpu::Workspace>,
@@ -296,7 +296,7 @@ impl ClipVision {
             None
         };
         let vb = if route.is_some() { vb.set_dtype(DType::F32) } else { vb };
-        // f32 tensors (f32 models, and bf16 ones outside their packed layers) are read by
+        // f32 tensors (f32 models, and bf16 ones outside their rounded layers) are read by
         // the CPU encoder, in the layout its products read without packing; other dtypes run
         // candle's operations.
         let cpu_encoder = vb.dtype() == DType::F32;
@@ -305,14 +305,14 @@ impl ClipVision {
         let mut layers = (0..config.num_hidden_layers)
             .map(|i| EncoderLayer::new(v.pp("encoder").pp("layers").pp(i), config))
             .collect::<Result<Vec<_>>>()?;
-        let packed = match route {
+        let bf16_layers = match route {
             Some(route) => {
                 tracing::debug!(route = route.name(), "rounding encoder weights to bf16");
-                let packed = layers
+                let rounded = layers
                     .drain(..)
-                    .map(|layer| cpu::PackedLayer::pack(layer.cpu_tensors(), route))
+                    .map(|layer| cpu::Bf16Layer::round(layer.cpu_tensors(), route))
                     .collect::<Result<Vec<_>>>()?;
-                Some(packed)
+                Some(rounded)
             }
             None => {
                 if cpu_encoder {
@@ -338,7 +338,7 @@ impl ClipVision {
                 .get((config.projection_dim, h), "weight")?,
             device: crate::Device::Cpu,
             dtype: precision,
-            packed,
+            bf16_layers,
             workspace: Mutex::default(),
             #[cfg(feature = "cuda")]
             cuda: None,
@@ -371,9 +371,9 @@ impl ClipVision {
         self.dtype
     }
 
-    /// The dtype the weights outside the packed encoder are held in.
+    /// The dtype the weights outside the rounded bf16 encoder layers are held in.
     fn tensor_dtype(&self) -> DType {
-        if self.packed.is_some() { DType::F32 } else { self.dtype.to_candle() }
+        if self.bf16_layers.is_some() { DType::F32 } else { self.dtype.to_candle() }
     }
 
     /// Embeds `(n, channels, image_size, image_size)` CPU pixels (any float dtype) into
@@ -393,7 +393,7 @@ impl ClipVision {
     /// fast path. A CPU bf16 model has no such path (its weights are rounded and held for
     /// its own products).
     pub fn forward_tensor_candle_ops(&self, pixel_values: &Tensor) -> Result<Tensor> {
-        if self.packed.is_some() {
+        if self.bf16_layers.is_some() {
             candle_core::bail!(
                 "the cpu bf16 encoder runs its own products only (weights rounded and held for them at load)"
             );
@@ -474,8 +474,8 @@ impl ClipVision {
             Ok(ws) => &mut **ws,
             Err(_) => &mut fresh,
         };
-        let layers = match &self.packed {
-            Some(packed) => cpu::Layers::Packed(packed),
+        let layers = match &self.bf16_layers {
+            Some(layers) => cpu::Layers::Bf16(layers),
             None => cpu::Layers::F32(self.layers.iter().map(EncoderLayer::cpu_tensors).collect()),
         };
         let (e, pre, post) = (&self.embeddings, &self.pre_layrnorm, &self.post_layernorm);

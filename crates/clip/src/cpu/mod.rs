@@ -104,7 +104,7 @@ impl Workspace {
     }
 }
 
-/// The tensors of one encoder layer, in the order [`PackedLayer::pack`] and [`forward`] read them:
+/// The tensors of one encoder layer, in the order [`Bf16Layer::round`] and [`forward`] read them:
 /// layer_norm1 weight and bias, fused qkv weight `(3h, h)` and bias, out_proj weight and bias,
 /// layer_norm2 weight and bias, fc1 weight and bias, fc2 weight and bias.
 pub(crate) type LayerTensors<'a> = [&'a Tensor; 12];
@@ -284,7 +284,7 @@ impl<'a> LayerWeights<'a> {
 /// An encoder layer with its four weight matrices rounded to bf16 once, for the bf16
 /// products, held as its [`bf16::Route`] reads them; the layer norms and biases stay f32.
 #[derive(Debug)]
-pub(crate) struct PackedLayer {
+pub(crate) struct Bf16Layer {
     /// layer_norm1 weight, bias; qkv bias; out_proj bias; layer_norm2 weight, bias; fc1 bias;
     /// fc2 bias.
     small: [Vec<f32>; 8],
@@ -301,9 +301,9 @@ enum RoundedMatrices {
     OnFma([Vec<f32>; 4]),
 }
 
-impl PackedLayer {
+impl Bf16Layer {
     /// Rounds and holds f32 layer tensors (as [`LayerTensors`]) for `route`.
-    pub(crate) fn pack(tensors: LayerTensors<'_>, route: bf16::Route) -> Result<Self> {
+    pub(crate) fn round(tensors: LayerTensors<'_>, route: bf16::Route) -> Result<Self> {
         const MATRICES: [usize; 4] = [2, 4, 8, 10];
         with_f32_slices(tensors, |v| {
             let dims = |t: usize| tensors[t].dims2();
@@ -331,7 +331,7 @@ impl PackedLayer {
                 }
             };
             let small = [0, 1, 3, 5, 6, 7, 9, 11].map(|t| v[t].to_vec());
-            Ok(PackedLayer { small, matrices })
+            Ok(Bf16Layer { small, matrices })
         })
     }
 
@@ -389,10 +389,10 @@ fn one_thread() -> &'static rayon::ThreadPool {
     })
 }
 
-/// The encoder layers of a model: f32 tensors read in place, or packed for bf16 products.
+/// The encoder layers of a model: f32 tensors read in place, or rounded for bf16 products.
 pub(crate) enum Layers<'a> {
     F32(Vec<LayerTensors<'a>>),
-    Packed(&'a [PackedLayer]),
+    Bf16(&'a [Bf16Layer]),
 }
 
 /// The whole forward pass of `dims.n` images (`pixels`, cut as `patches` says) to their
@@ -409,7 +409,7 @@ pub(crate) fn forward(
     ws.fit(dims);
     let layer_count = match &layers {
         Layers::F32(layers) => layers.len(),
-        Layers::Packed(layers) => layers.len(),
+        Layers::Bf16(layers) => layers.len(),
     };
     let mut stream = std::mem::take(&mut ws.stream);
     let x = &mut stream.as_mut_slice()[..dims.rows() * dims.hidden];
@@ -427,7 +427,7 @@ pub(crate) fn forward(
                     })?;
                 }
             }
-            Layers::Packed(layers) => {
+            Layers::Bf16(layers) => {
                 for (index, layer) in layers.iter().enumerate() {
                     run_layer(x, &layer.weights(), dims, ws, outputs(index))?;
                 }
@@ -822,7 +822,7 @@ fn qkv_by_head(d: &Dims) -> bf16::Output {
 #[derive(Default)]
 struct HeadOperands {
     scores: Vec<f32>,
-    /// The keys transposed, f32 (f32 layers on AVX-512F: [`attention`]).
+    /// The keys transposed, f32 (f32 layers on AVX-512F: [`attention()`]).
     keys: Vec<f32>,
     /// The values in contiguous rows, f32 (as `keys`).
     values: Vec<f32>,
@@ -850,7 +850,7 @@ fn grown(buffer: &mut Vec<f32>, len: usize) -> &mut [f32] {
     &mut buffer[..len]
 }
 
-/// [`attention`] with both products on bf16 operands and f32 sums, as autocast runs them,
+/// [`attention()`] with both products on bf16 operands and f32 sums, as autocast runs them,
 /// over `qkv` laid out head by head ([`qkv_by_head`]):
 /// q, k and v rounded, the softmax in f32 and its probabilities rounded for `p · v`. Each
 /// task takes its thread's operands from `heads` (one per rayon thread; nothing inside a task
@@ -997,7 +997,7 @@ mod tests {
     /// tile (3 images of 7 tokens), on 1 and 3 threads.
     #[test]
     fn the_last_layer_on_class_tokens_alone_gives_their_rows() {
-        use super::{LayerWeights, Outputs, PackedLayer, random};
+        use super::{Bf16Layer, LayerWeights, Outputs, random};
         use candle_core::Tensor;
         let d = layer_dims(3, 7);
         let h = d.hidden;
@@ -1036,8 +1036,8 @@ mod tests {
         }
         for route in bf16_routes() {
             let held: [&Tensor; 12] = std::array::from_fn(|t| &tensors[t]);
-            let packed = PackedLayer::pack(held, route).unwrap();
-            compare(&format!("bf16 on {}", route.name()), &packed.weights());
+            let layer = Bf16Layer::round(held, route).unwrap();
+            compare(&format!("bf16 on {}", route.name()), &layer.weights());
         }
     }
 
@@ -1050,7 +1050,7 @@ mod tests {
     /// the other way; that costs a few bf16 units in the last place of a few operands.
     #[test]
     fn every_bf16_route_runs_the_bf16_layer() {
-        use super::{LayerWeights, Outputs, PackedLayer, random};
+        use super::{Bf16Layer, LayerWeights, Outputs, random};
         use candle_core::Tensor;
         let d = layer_dims(2, 17);
         let tensors = layer_tensors(&d);
@@ -1072,9 +1072,8 @@ mod tests {
         // Rounding really moves this layer: by some bf16 units in the last place, no more.
         assert!(f32_off > 1e-3 * scale && f32_off < 2e-2 * scale, "{f32_off} (scale {scale})");
         for route in bf16_routes() {
-            let packed = PackedLayer::pack(held, route).unwrap();
-            let off =
-                largest_diff(&one_layer(&packed.weights(), &d, &input, Outputs::AllTokens, 2));
+            let layer = Bf16Layer::round(held, route).unwrap();
+            let off = largest_diff(&one_layer(&layer.weights(), &d, &input, Outputs::AllTokens, 2));
             eprintln!("bf16 on {}: largest |Δ| {off:.3e}", route.name());
             assert!(off <= 0.05 * f32_off, "{}: {off} off, f32 {f32_off} off", route.name());
         }
