@@ -138,6 +138,14 @@ pub(crate) enum Operands {
 }
 
 impl Weight<'_> {
+    /// What this weight's products take as operands.
+    fn operands(self) -> Operands {
+        match self {
+            Weight::F32(..) => Operands::F32,
+            Weight::Bf16(..) | Weight::Bf16OnFma(..) => Operands::Bf16,
+        }
+    }
+
     /// `dst (m × n) += bias + a (m × k) · wᵀ` (`dst + bias` first, then the product: f32
     /// as two passes, bf16 in the product's own pass over `dst`). [`Weight::Bf16OnFma`]
     /// rounds `a` in place first; the others leave it as it is.
@@ -575,14 +583,11 @@ fn attention_block(x: &[f32], w: &LayerWeights<'_>, d: &Dims, ws: &mut Workspace
             let normed = &mut ws.normed.as_mut_slice()[..m * h];
             w.qkv.0.product_of_norm(qkv, x, w.ln1, d.eps, normed, (m, 3 * h, h), rounded);
             add_rows(qkv, w.qkv.1);
-            let operands = match w.qkv.0 {
-                Weight::Bf16OnFma(..) => {
-                    // q, k and v are both products' operands: rounded once, here.
-                    bf16::round_in_place(qkv, bf16::Threads::All);
-                    Operands::Bf16
-                }
-                _ => Operands::F32,
-            };
+            let operands = w.qkv.0.operands();
+            if operands == Operands::Bf16 {
+                // q, k and v are both products' operands: rounded once, here.
+                bf16::round_in_place(qkv, bf16::Threads::All);
+            }
             attention(qkv, attn, &ws.heads, operands, d)
         }
         Weight::Bf16(kernel, packed) => {

@@ -105,7 +105,7 @@ pub(crate) enum Route {
     /// CPU's bf16 instruction does fewer multiply-adds a second than its FMA
     /// ([`Kernel::rate_against_f32`] under 1: `vdpbf16ps` on a Xeon whose AMX is hidden
     /// measured 0.5), so that bf16 runs at f32 speed there instead of two thirds of it.
-    /// oneDNN runs bf16 on FMAs so on CPUs without bf16 instructions.
+    /// (oneDNN likewise emulates `vdpbf16ps` with FMAs on AVX-512 CPUs that lack it.)
     Fma,
 }
 
