@@ -112,10 +112,10 @@ enum DtypeAdvice {
 /// Whether bf16 is worth a line, for a CPU whose bf16 kernel is `kernel`, its instruction
 /// doing `rate` × the f32 FMA's multiply-adds a second (`None`: AMX tiles, not timed). bf16
 /// counts as faster on AMX (the ViT-L/14 model 4.4-5.1 × its f32 speed in `BENCHMARKS.md`) and
-/// at a rate of 1.25 or more (Zen 5's AVX512-BF16 ran it 1.9-2.7 ×); under 1 the encoder runs
-/// bf16 products on f32 FMAs (a Xeon with AMX hidden, rate 0.5, where `vdpbf16ps` ran the
-/// model at 0.65 × its f32 speed), so bf16 is no faster than f32 there; nothing is said
-/// between.
+/// at a rate of 1.25 or more (Zen 5's AVX512-BF16 ran it 1.9-2.7 ×); where the encoder runs
+/// bf16 products on f32 FMAs (`kernel` is [`aesthete_clip::CPU_BF16_ON_FMA`], which it chooses
+/// under a rate of 1: a Xeon with AMX hidden, rate 0.5, where `vdpbf16ps` ran the model at
+/// 0.65 × its f32 speed), bf16 is no faster than f32; nothing is said between.
 fn dtype_advice(
     kernel: &str,
     rate: Option<f64>,
@@ -133,11 +133,13 @@ fn dtype_advice(
                  --dtype bf16 runs the CLIP model faster (about 2 x on AMD Zen 5), {AGREEMENT}"
             )))
         }
-        (aesthete_clip::DType::BF16, Some(rate)) if rate < 1.0 => Some(DtypeAdvice::Warn(format!(
-            "this CPU's AVX512-BF16 does bf16 multiply-adds at {rate:.2} x its f32 rate (it has \
+        (aesthete_clip::DType::BF16, Some(rate)) if kernel == aesthete_clip::CPU_BF16_ON_FMA => {
+            Some(DtypeAdvice::Warn(format!(
+                "this CPU's AVX512-BF16 does bf16 multiply-adds at {rate:.2} x its f32 rate (it has \
              no AMX), so --dtype bf16 runs its products on f32 FMAs ({kernel}): no faster than \
              f32, the default, which matches transformers to rounding"
-        ))),
+            )))
+        }
         _ => None,
     }
 }
@@ -243,10 +245,12 @@ mod tests {
             matches!(said(Some(2.0), DType::F32), Some(DtypeAdvice::Suggest(l)) if l.contains("2.0 x the f32 rate"))
         );
         assert_eq!(said(Some(2.0), DType::BF16), None);
-        // At half the f32 rate: no suggestion, and a warning when bf16 is asked for.
-        assert_eq!(said(Some(0.5), DType::F32), None);
+        // At half the f32 rate, where the encoder takes the FMAs: no suggestion, and a
+        // warning when bf16 is asked for.
+        let on_fma = |dtype| dtype_advice(aesthete_clip::CPU_BF16_ON_FMA, Some(0.5), dtype);
+        assert_eq!(on_fma(DType::F32), None);
         assert!(
-            matches!(said(Some(0.5), DType::BF16), Some(DtypeAdvice::Warn(l)) if l.contains("0.50 x its f32 rate") && l.contains("no faster than f32"))
+            matches!(on_fma(DType::BF16), Some(DtypeAdvice::Warn(l)) if l.contains("0.50 x its f32 rate") && l.contains("no faster than f32"))
         );
         // Between 1 and 1.25: nothing either way.
         assert_eq!(said(Some(1.1), DType::F32), None);
