@@ -398,12 +398,16 @@ mod tests {
         (0..n).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 37.0).collect()
     }
 
+    #[cfg(target_arch = "x86_64")]
     type InPlace = fn(&mut [f32]);
+    #[cfg(target_arch = "x86_64")]
     type LayerNorm = fn(&[f32], &mut [f32], &[f32], &[f32], f32);
+    #[cfg(target_arch = "x86_64")]
     type Add = fn(&mut [f32], &[f32]);
 
     /// One build of every kernel against the portable build on the same inputs, bit for bit,
     /// at lengths with tails past 8 and 16 lanes.
+    #[cfg(target_arch = "x86_64")]
     fn assert_build_matches_portable(
         build: &str,
         in_place: [(&str, InPlace); 4],

@@ -38,6 +38,10 @@ impl Products {
     }
 
     /// Every way this CPU runs heads of `head_dim`, fastest first.
+    #[cfg_attr(
+        not(target_arch = "x86_64"),
+        allow(unused_variables, unused_mut, clippy::vec_init_then_push)
+    )]
     fn available(head_dim: usize) -> Vec<Products> {
         let mut all = Vec::new();
         #[cfg(target_arch = "x86_64")]
@@ -93,7 +97,6 @@ fn attention_by(
         let head_qkv = &qkv[image * s * stride + head * hd..];
         // This head's s rows of q, k and v: hd values each, rows `stride` apart.
         let (q, k, v) = (head_qkv, &head_qkv[h..], &head_qkv[2 * h..]);
-        let rows = |m| head_rows(m, stride, s, hd);
         let p = grown(&mut ops.scores, s * s);
         let dst = out.0.wrapping_add(image * s * h + head * hd);
         match products {
@@ -120,7 +123,7 @@ fn attention_by(
                 };
                 softmax(p);
                 ops.values.clear();
-                rows(v).for_each(|value| ops.values.extend_from_slice(value));
+                head_rows(v, stride, s, hd).for_each(|value| ops.values.extend_from_slice(value));
                 // SAFETY: as above; `values` holds s rows of hd; rows
                 // `image · s ..` and columns `head · hd ..` of `out` (n · s × h, inside it by
                 // the assert above) belong to this task alone.
@@ -159,6 +162,7 @@ fn attention_by(
 }
 
 /// The `s` rows of `hd` values from `m` on, rows `stride` apart.
+#[cfg(target_arch = "x86_64")]
 fn head_rows(m: &[f32], stride: usize, s: usize, hd: usize) -> impl Iterator<Item = &[f32]> {
     m.chunks(stride).take(s).map(move |row| &row[..hd])
 }

@@ -828,8 +828,10 @@ fn qkv_by_head(d: &Dims) -> bf16::Output {
 struct HeadOperands {
     scores: Vec<f32>,
     /// The keys transposed, f32 (f32 layers on AVX-512F: [`attention()`]).
+    #[cfg(target_arch = "x86_64")]
     keys: Vec<f32>,
     /// The values in contiguous rows, f32 (as `keys`).
+    #[cfg(target_arch = "x86_64")]
     values: Vec<f32>,
     q: bf16::Activations,
     k: bf16::PackedWeight,

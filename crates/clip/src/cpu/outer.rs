@@ -11,7 +11,9 @@
 use candle_core::{Result, bail};
 use rayon::prelude::*;
 
-use super::{Dims, Order, SharedMut, Strided, product};
+#[cfg(target_arch = "x86_64")]
+use super::SharedMut;
+use super::{Dims, Order, Strided, product};
 use crate::ops::kernels;
 
 #[cfg(target_arch = "x86_64")]
@@ -102,6 +104,10 @@ enum PatchProducts {
 
 impl PatchProducts {
     /// Every way this CPU runs the patch products of a weight in `order`, fastest first.
+    #[cfg_attr(
+        not(target_arch = "x86_64"),
+        allow(unused_variables, unused_mut, clippy::vec_init_then_push)
+    )]
     fn available(order: Order) -> Vec<PatchProducts> {
         let mut all = Vec::new();
         #[cfg(target_arch = "x86_64")]

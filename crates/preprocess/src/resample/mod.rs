@@ -11,7 +11,9 @@ use std::ops::Range;
 
 use crate::config::Filter;
 use crate::geometry::Window;
-use crate::pixels::{Layout, LayoutRule, Pixels};
+#[cfg(target_arch = "x86_64")]
+use crate::pixels::Layout;
+use crate::pixels::{LayoutRule, Pixels};
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;
@@ -191,6 +193,7 @@ pub(crate) struct Resampler {
     vertical: Coeffs,
     tmp: Vec<u8>,
     row: Vec<u8>,
+    #[cfg(target_arch = "x86_64")]
     channels: ChannelScratch,
     /// The source interleaved, where it came in channel planes and the interleaved route
     /// runs (a decoder and [`layout_rule`] disagreeing; not expected).
@@ -198,6 +201,7 @@ pub(crate) struct Resampler {
 }
 
 /// Buffers of the channel-plane route ([`Resampler::resize_channels`]).
+#[cfg(target_arch = "x86_64")]
 #[derive(Debug, Default)]
 struct ChannelScratch {
     /// A band of source rows, per channel, column by column.
@@ -434,6 +438,7 @@ struct HorizontalPass {
 
 impl HorizontalPass {
     /// Prepares for rows resampled with `c`.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
     fn prepare(&mut self, c: &Coeffs) {
         self.packed.clear();
         #[cfg(target_arch = "x86_64")]

@@ -39,8 +39,9 @@ const PANEL_STEP: usize = PANEL * STEP;
 pub(crate) const NO_KERNEL: &str =
     "this CPU has neither AMX-BF16 nor AVX512-BF16, the bf16 matrix instructions";
 
-/// A bf16 matrix-product kernel this CPU runs.
+/// A bf16 matrix-product kernel this CPU runs (none but on x86-64).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) enum Kernel {
     /// AMX-BF16 tiles.
     Amx,
@@ -55,6 +56,7 @@ impl Kernel {
     }
 
     /// Every kernel this CPU and OS allow, fastest first.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     pub(crate) fn available() -> Vec<Kernel> {
         let mut all = Vec::new();
         #[cfg(target_arch = "x86_64")]

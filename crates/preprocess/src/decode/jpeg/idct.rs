@@ -123,6 +123,7 @@ pub(super) struct Reduced {
     /// `columns[u][x] = basis[x][u]`.
     columns: [[f32; 4]; 4],
     /// `splat[y][v]`: `basis[y][v]` four times (a register's worth for the second pass).
+    #[cfg(target_arch = "x86_64")]
     splat: [[[f32; 4]; 4]; 4],
 }
 
@@ -146,8 +147,13 @@ impl Reduced {
             }
         }
         let columns = std::array::from_fn(|u| std::array::from_fn(|x| basis[x][u]));
-        let splat = basis.map(|row| row.map(|b| [b; 4]));
-        Reduced { k, basis, columns, splat }
+        Reduced {
+            k,
+            basis,
+            columns,
+            #[cfg(target_arch = "x86_64")]
+            splat: basis.map(|row| row.map(|b| [b; 4])),
+        }
     }
 
     /// Samples of `block` dequantized by `quant` into `k` rows of `k` at `out[row * stride..]`.
@@ -420,14 +426,13 @@ pub(super) mod sse2 {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
 
     /// The SSE2 inverse DCT equals the portable one on random blocks, from sparse to full and
     /// from small to extreme coefficients and quantizers.
     #[test]
-    #[cfg(target_arch = "x86_64")]
     fn idct_versions_agree() {
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let mut next = move || crate::xorshift(&mut state);
@@ -456,7 +461,6 @@ mod tests {
     /// The SSE2 4 x 4 reduced transform gives the portable one's samples, give or take the
     /// rounding of exact halves (one level).
     #[test]
-    #[cfg(target_arch = "x86_64")]
     fn reduced_versions_agree() {
         let reduced = Reduced::new(4);
         let mut state = 0x0123_4567_89ab_cdefu64;

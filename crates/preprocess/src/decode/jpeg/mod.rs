@@ -101,7 +101,7 @@ fn map_abort(abort: Abort, limits: &Limits) -> Error {
 }
 
 /// For the AVX2 unit tests: true, with a one-line reason, on a CPU without AVX2.
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 fn skip_without_avx2() -> bool {
     if !avx2_available() {
         eprintln!("skipped: this CPU has no AVX2");

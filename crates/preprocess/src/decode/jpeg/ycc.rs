@@ -104,6 +104,7 @@ impl RowOut<'_> {
     }
 
     /// Its pixels from `i` on.
+    #[cfg(target_arch = "x86_64")]
     fn skip(&mut self, i: usize) -> RowOut<'_> {
         match self {
             RowOut::Rgb(rgb) => RowOut::Rgb(&mut rgb[3 * i..]),
@@ -159,10 +160,7 @@ impl RowConverter {
     ) {
         let len = luma.len();
         let x1 = x0 + len;
-        #[cfg(target_arch = "x86_64")]
         let simd = super::avx2_available();
-        #[cfg(not(target_arch = "x86_64"))]
-        let simd = false;
         let mut planes: [&[u8]; 2] = [&[], &[]];
         for ((rows, buffer), plane) in chroma.iter().zip(&mut self.chroma).zip(&mut planes) {
             if kind == Upsample::None {
@@ -331,13 +329,12 @@ mod avx2 {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
 
     /// The AVX2 conversion equals the scalar one on every (Y, Cb, Cr) triple.
     #[test]
-    #[cfg(target_arch = "x86_64")]
     fn every_ycc_triple_converts_as_libjpeg() {
         if crate::decode::jpeg::skip_without_avx2() {
             return;
@@ -376,7 +373,6 @@ mod tests {
 
     /// The AVX2 column pass equals the scalar one for both kinds, every width and offset.
     #[test]
-    #[cfg(target_arch = "x86_64")]
     fn upsampling_passes_agree() {
         if crate::decode::jpeg::skip_without_avx2() {
             return;
