@@ -315,13 +315,13 @@ impl Bf16Layer {
         const MATRICES: [usize; 4] = [2, 4, 8, 10];
         with_f32_slices(tensors, |v| {
             let dims = |t: usize| tensors[t].dims2();
+            let [qkv, out, fc1, fc2] = MATRICES;
             let matrices = match route {
                 bf16::Route::Packed(kernel) => {
                     let pack = |t: usize| {
                         let (n, k) = dims(t)?;
                         Ok::<_, candle_core::Error>(bf16::PackedWeight::pack(v[t], n, k))
                     };
-                    let [qkv, out, fc1, fc2] = MATRICES;
                     RoundedMatrices::Packed(
                         kernel,
                         [pack(qkv)?, pack(out)?, pack(fc1)?, pack(fc2)?],
@@ -334,7 +334,6 @@ impl Bf16Layer {
                         bf16::round_in_place(&mut values, bf16::Threads::All);
                         Ok::<_, candle_core::Error>(values)
                     };
-                    let [qkv, out, fc1, fc2] = MATRICES;
                     RoundedMatrices::OnFma([round(qkv)?, round(out)?, round(fc1)?, round(fc2)?])
                 }
             };
