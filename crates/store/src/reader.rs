@@ -69,9 +69,10 @@ impl Read for ObjectReader {
     }
 }
 
-/// Fetches the object into `tx`, resuming from the byte reached after a transient failure
+/// Fetches the object into `tx`, resuming from the byte reached when a body fails part way
 /// (pinned to the first answer's ETag, so that a resumed read cannot mix versions), until it
-/// ends, a permanent error or the last retry, or the reader is dropped.
+/// ends, a request fails (the client retries requests itself), the last resumption, or the
+/// reader is dropped.
 async fn fetch(
     client: Arc<dyn ObjectStore>,
     path: ObjectPath,
@@ -91,7 +92,13 @@ async fn fetch(
             ..GetOptions::default()
         };
         let error = match client.get_opts(&path, options).await {
-            Err(e) => Error::from_store(&url, "read", e),
+            // The client has already retried the request itself, by the same policy: trying
+            // again here would multiply the tries (an endpoint that never answers held each
+            // shard for an hour), and what it refused for good (a 4xx) stays refused.
+            Err(e) => {
+                let _ = tx.send(Err(Error::from_store(&url, "read", e))).await;
+                return;
+            }
             Ok(result) => {
                 if etag.is_none() {
                     etag = result.meta.e_tag.clone();

@@ -144,7 +144,7 @@ impl Stores {
         let bad = |reason: String| Error::Url { url: url.to_string(), reason };
         let parsed = Url::parse(url).map_err(|e| bad(e.to_string()))?;
         let (scheme, path) = ObjectStoreScheme::parse(&parsed).map_err(|e| bad(e.to_string()))?;
-        let key = format!("{}://{}", parsed.scheme(), parsed.authority());
+        let key = client_key(&parsed, &path);
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(client) = clients.get(&key) {
             return Ok((client.clone(), path));
@@ -340,6 +340,18 @@ impl Stores {
     }
 }
 
+/// What one client serves: the scheme and host, and the bucket or container where the URL
+/// names it in its path (`https://s3.<region>.amazonaws.com/<bucket>/…`, R2's and Azure's
+/// https hosts), so that two of them on one host never share a client made for the first.
+fn client_key(url: &Url, path: &ObjectPath) -> String {
+    let whole = ObjectPath::from_url_path(url.path());
+    let bucket = match whole {
+        Ok(whole) if whole == *path => "",
+        _ => url.path().trim_start_matches('/').split('/').next().unwrap_or_default(),
+    };
+    format!("{}://{}/{bucket}", url.scheme(), url.authority())
+}
+
 /// The part of `url` before the object path `path` (which it ends with, give or take a `/`).
 fn prefix_base(url: &str, path: &str) -> String {
     let trimmed = url.trim_end_matches('/');
@@ -377,6 +389,29 @@ mod tests {
         assert_eq!(prefix_base("s3://b/data", "data"), "s3://b/");
         assert_eq!(prefix_base("s3://b/", ""), "s3://b/");
         assert_eq!(prefix_base("http://h:1/x/y/", "x/y"), "http://h:1/");
+    }
+
+    #[test]
+    fn buckets_named_in_the_path_get_clients_of_their_own() {
+        let stores = Stores::with_options(vec![("aws_region".into(), "us-east-1".into())]).unwrap();
+        let client = |url: &str| stores.client(url).unwrap();
+        let s3 = "https://s3.us-east-1.amazonaws.com";
+        let (a, path) = client(&format!("{s3}/bucket-a/in/x.tar"));
+        let (b, _) = client(&format!("{s3}/bucket-b/out/x.tar"));
+        assert_eq!(path.as_ref(), "in/x.tar");
+        assert!(a.to_string().contains("bucket-a"), "{a}");
+        assert!(b.to_string().contains("bucket-b"), "{b}");
+        assert!(Arc::ptr_eq(&a, &client(&format!("{s3}/bucket-a/y.tar")).0));
+
+        let azure = "https://account.blob.core.windows.net";
+        let (a, _) = client(&format!("{azure}/in/x.tar"));
+        let (b, _) = client(&format!("{azure}/out/x.tar"));
+        assert!(!Arc::ptr_eq(&a, &b), "{a} and {b}");
+        assert!(b.to_string().contains("out"), "{b}");
+
+        // The bucket in the host: one client for the bucket, whatever the path.
+        let (a, _) = client("s3://bucket/in/x.tar");
+        assert!(Arc::ptr_eq(&a, &client("s3://bucket/out/y.tar").0));
     }
 
     #[test]

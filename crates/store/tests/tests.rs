@@ -90,6 +90,10 @@ fn a_store_that_never_answers_fails_naming_the_url() {
         panic!("read despite every connection being cut")
     };
     assert!(err.to_string().contains("s3://bucket/shard.tar"), "{err}");
+    // The first try and the policy's retries, not retries of retries (36 connections here
+    // when the reader also retried each request the client had retried).
+    let tries = 1000 - f.server.cuts_left();
+    assert!(tries <= quick_retries().retries + 1, "{tries} connections");
 }
 
 #[test]
