@@ -197,7 +197,7 @@ fn temporaries(dir: &Path) -> Result<Vec<String>, Error> {
 
 /// `data/shard-000.tar.gz` (or `s3://b/data/shard-000.tar.gz`) → `shard-000`.
 pub(crate) fn output_name(input: &Location) -> String {
-    let file = input.file_name().map(str::to_string).unwrap_or_default();
+    let file = input.file_name().map(|name| name.into_owned()).unwrap_or_default();
     let lower = file.to_ascii_lowercase();
     for suffix in [".tar.gz", ".tgz", ".tar"] {
         if lower.ends_with(suffix) && lower.len() > suffix.len() {

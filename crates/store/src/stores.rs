@@ -15,6 +15,7 @@ use object_store::{
 };
 use url::Url;
 
+use crate::location::escaped;
 use crate::{Error, Location, ObjectReader};
 
 /// Environment variable prefixes read for each kind of store (credentials, region,
@@ -144,7 +145,7 @@ impl Stores {
         let bad = |reason: String| Error::Url { url: url.to_string(), reason };
         let parsed = Url::parse(url).map_err(|e| bad(e.to_string()))?;
         let (scheme, path) = ObjectStoreScheme::parse(&parsed).map_err(|e| bad(e.to_string()))?;
-        let key = client_key(&parsed, &path);
+        let key = store_root(&parsed, &path);
         let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(client) = clients.get(&key) {
             return Ok((client.clone(), path));
@@ -331,33 +332,30 @@ impl Stores {
     /// as URLs.
     pub(crate) fn list(&self, prefix: &str) -> Result<Vec<String>, Error> {
         let (client, path) = self.client(prefix)?;
-        let base = prefix_base(prefix, path.as_ref());
+        let root = Url::parse(prefix).map(|url| store_root(&url, &path)).unwrap_or_default();
         let listed: Vec<object_store::ObjectMeta> = self
             .runtime()?
             .block_on(client.list(Some(&path)).try_collect())
             .map_err(|e| Error::from_store(prefix, "list", e))?;
-        Ok(listed.into_iter().map(|meta| format!("{base}{}", meta.location)).collect())
+        Ok(listed
+            .into_iter()
+            .map(|meta| format!("{root}{}", escaped(meta.location.as_ref())))
+            .collect())
     }
 }
 
-/// What one client serves: the scheme and host, and the bucket or container where the URL
-/// names it in its path (`https://s3.<region>.amazonaws.com/<bucket>/…`, R2's and Azure's
-/// https hosts), so that two of them on one host never share a client made for the first.
-fn client_key(url: &Url, path: &ObjectPath) -> String {
-    let whole = ObjectPath::from_url_path(url.path());
-    let bucket = match whole {
-        Ok(whole) if whole == *path => "",
-        _ => url.path().trim_start_matches('/').split('/').next().unwrap_or_default(),
-    };
-    format!("{}://{}/{bucket}", url.scheme(), url.authority())
-}
-
-/// The part of `url` before the object path `path` (which it ends with, give or take a `/`).
-fn prefix_base(url: &str, path: &str) -> String {
-    let trimmed = url.trim_end_matches('/');
-    match trimmed.strip_suffix(path) {
-        Some(base) if !path.is_empty() => base.to_string(),
-        _ => format!("{trimmed}/"),
+/// The URL of the store that `url`'s object `path` lies in, ending in `/`: the scheme and
+/// host, and the bucket or container where the URL names it in its path
+/// (`https://s3.<region>.amazonaws.com/<bucket>/…`, R2's and Azure's https hosts). One client
+/// serves each, so that two buckets on one host never share a client made for the first.
+fn store_root(url: &Url, path: &ObjectPath) -> String {
+    let root = format!("{}://{}/", url.scheme(), url.authority());
+    match ObjectPath::from_url_path(url.path()) {
+        Ok(whole) if whole == *path => root,
+        _ => match url.path().trim_start_matches('/').split('/').next() {
+            Some(bucket) if !bucket.is_empty() => format!("{root}{bucket}/"),
+            _ => root,
+        },
     }
 }
 
@@ -384,11 +382,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn listing_bases_keep_the_bucket() {
-        assert_eq!(prefix_base("s3://b/data/", "data"), "s3://b/");
-        assert_eq!(prefix_base("s3://b/data", "data"), "s3://b/");
-        assert_eq!(prefix_base("s3://b/", ""), "s3://b/");
-        assert_eq!(prefix_base("http://h:1/x/y/", "x/y"), "http://h:1/");
+    fn store_roots_keep_the_bucket() {
+        let root = |text: &str| {
+            let url = Url::parse(text).unwrap();
+            let (_, path) = ObjectStoreScheme::parse(&url).unwrap();
+            store_root(&url, &path)
+        };
+        assert_eq!(root("s3://b/data/"), "s3://b/");
+        assert_eq!(root("s3://b/data"), "s3://b/");
+        assert_eq!(root("s3://b/"), "s3://b/");
+        assert_eq!(root("http://h:1/x/y/"), "http://h:1/");
+        assert_eq!(
+            root("https://s3.eu-west-1.amazonaws.com/b/x/y.tar"),
+            root("https://s3.eu-west-1.amazonaws.com/b/")
+        );
+        assert_eq!(
+            root("https://s3.eu-west-1.amazonaws.com/b"),
+            "https://s3.eu-west-1.amazonaws.com/b/"
+        );
+        assert_eq!(
+            root("https://a.blob.core.windows.net/c/x%231.tar"),
+            "https://a.blob.core.windows.net/c/"
+        );
+        assert_eq!(root("abfss://c@a.dfs.core.windows.net/x"), "abfss://c@a.dfs.core.windows.net/");
     }
 
     #[test]

@@ -175,6 +175,32 @@ fn urls_expand_by_braces_globs_and_prefixes() {
 }
 
 #[test]
+fn names_with_url_syntax_in_them_reach_the_store_whole() {
+    let f = s3();
+    let dir = Location::parse("s3://bucket/odd/");
+    let names = ["a#1.tar", "b?2.tar", "c%203.tar", "d 4.tar"];
+    for (i, name) in names.iter().enumerate() {
+        put(&f.stores, &dir.join(name).to_string(), &object(100 + i));
+    }
+    // The store holds each key as named (s3s keeps them as file names), no two in one.
+    for name in names {
+        assert!(f._root.path().join("bucket/odd").join(name).is_file(), "{name}");
+    }
+    let mut listed = f.stores.names_in(&dir).unwrap();
+    listed.sort();
+    assert_eq!(listed, names);
+    for pattern in ["s3://bucket/odd/", "s3://bucket/odd/*.tar"] {
+        let expanded = f.stores.expand(&[pattern.to_string()]).unwrap();
+        assert_eq!(expanded.len(), names.len(), "{pattern}: {expanded:?}");
+        for location in expanded {
+            let name = location.file_name().unwrap().into_owned();
+            let i = names.iter().position(|n| *n == name).expect("a listed name");
+            assert_eq!(read_all(&f.stores, &location.to_string()).unwrap(), object(100 + i));
+        }
+    }
+}
+
+#[test]
 fn https_objects_stream_from_a_range_server() {
     let root = tempfile::tempdir().unwrap();
     let bytes = object(2 << 20);

@@ -334,7 +334,7 @@ fn local_input(job: &ShardJob) -> &Path {
 
 /// `dir/img_emb_0.npy` → `img_emb_0`; `scores/shard-000.parquet` → `shard-000`.
 fn output_name(input: &Location) -> String {
-    let file = input.file_name().map(str::to_string).unwrap_or_default();
+    let file = input.file_name().map(|name| name.into_owned()).unwrap_or_default();
     let lower = file.to_ascii_lowercase();
     for suffix in [".parquet", ".npy", ".npz"] {
         if lower.ends_with(suffix) && lower.len() > suffix.len() {
