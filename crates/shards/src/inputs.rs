@@ -279,10 +279,10 @@ fn range(content: &str) -> Result<Option<Vec<String>>, String> {
         .iter()
         .any(|s| *s != "0" && *s != "-0" && (s.starts_with('0') || s.starts_with("-0")));
     let width = if padded { ends[0].len().max(ends[1].len()) } else { 0 };
-    let count = start.abs_diff(end) / step + 1;
-    if count > MAX_EXPANSION as u64 {
+    let count = (start.abs_diff(end) / step).checked_add(1);
+    let Some(count) = count.filter(|&count| count <= MAX_EXPANSION as u64) else {
         return Err(format!("range {content} has more than {MAX_EXPANSION} values"));
-    }
+    };
     let values = (0..count).map(|i| {
         let offset = (i * step) as i128;
         let value = if start <= end { start as i128 + offset } else { start as i128 - offset };
@@ -317,6 +317,9 @@ mod tests {
         assert_eq!(braces("}{"), ["}{"]);
         let mut out = Vec::new();
         assert!(expand_braces_into("{0..9999999}", &mut out).is_err());
+        // The whole i64 span: its count overflows u64 by one.
+        let whole = "{-9223372036854775808..9223372036854775807}";
+        assert!(expand_braces_into(whole, &mut Vec::new()).is_err());
         assert!(expand_braces_into("{0..999}{0..9999}", &mut Vec::new()).is_err());
         assert!(expand_braces_into(&"{a,b}".repeat(100), &mut Vec::new()).is_err());
         assert_eq!(braces(&"{a}".repeat(1000)).len(), 1);

@@ -1,9 +1,9 @@
 use std::fs::File;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufRead, BufReader, Read};
 use std::iter::FusedIterator;
 use std::path::{Path, PathBuf};
 
-use flate2::read::MultiGzDecoder;
+use flate2::bufread::GzDecoder;
 
 use crate::Error;
 use crate::header::{self, BLOCK};
@@ -446,7 +446,7 @@ impl<R> std::fmt::Debug for ShardReader<R> {
 enum Source<R> {
     Undetected(Option<R>),
     Plain(BufReader<Prefixed<R>>),
-    Gzip(BufReader<MultiGzDecoder<Prefixed<R>>>),
+    Gzip(BufReader<GzMembers<Prefixed<R>>>),
 }
 
 impl<R: Read> Source<R> {
@@ -502,16 +502,50 @@ impl<R: Read> Read for Source<R> {
                 let gzip = len == 2 && head == [0x1f, 0x8b];
                 let source = Prefixed { head, pos: 0, len, inner };
                 *self = if gzip {
-                    Source::Gzip(BufReader::with_capacity(
-                        BUF_CAPACITY,
-                        MultiGzDecoder::new(source),
-                    ))
+                    Source::Gzip(BufReader::with_capacity(BUF_CAPACITY, GzMembers::new(source)))
                 } else {
                     Source::Plain(BufReader::with_capacity(BUF_CAPACITY, source))
                 };
                 self.read(buf)
             }
         }
+    }
+}
+
+/// Bytes of compressed input read at a time.
+const GZ_INPUT_CAPACITY: usize = 32 * 1024;
+
+/// A gzip stream's members one after another, as `gzip -d` reads them: the data ends where
+/// the input does, or where what follows a whole member does not begin as a member does
+/// (the zeros some writers pad a file with; a multi-member decoder read them as a broken
+/// header and failed a shard whose every byte had arrived).
+struct GzMembers<R> {
+    /// `None` once the last member has ended.
+    member: Option<GzDecoder<BufReader<R>>>,
+}
+
+impl<R: Read> GzMembers<R> {
+    fn new(input: R) -> Self {
+        let input = BufReader::with_capacity(GZ_INPUT_CAPACITY, input);
+        GzMembers { member: Some(GzDecoder::new(input)) }
+    }
+}
+
+impl<R: Read> Read for GzMembers<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while let Some(member) = &mut self.member {
+            let n = member.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            // The member has ended, its checksum checked: another follows where the next
+            // byte is gzip's first.
+            let mut input = self.member.take().expect("the member just read").into_inner();
+            if input.fill_buf()?.first() == Some(&0x1f) {
+                self.member = Some(GzDecoder::new(input));
+            }
+        }
+        Ok(0)
     }
 }
 

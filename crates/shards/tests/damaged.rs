@@ -67,6 +67,29 @@ fn truncated_gzip() {
 }
 
 #[test]
+fn bytes_after_the_gzip_stream_are_ignored_as_gzip_ignores_them() {
+    let samples = small_samples();
+    let gz = gzip(&write(&samples));
+    for tail in [vec![0u8; 512], b"not gzip".to_vec()] {
+        let padded = [gz.clone(), tail].concat();
+        let items: Vec<Sample> = read_all(&padded).into_iter().map(Result::unwrap).collect();
+        assert_eq!(items, samples);
+    }
+}
+
+#[test]
+fn a_shard_in_several_gzip_members_reads_whole() {
+    let samples = small_samples();
+    let tar = write(&samples);
+    // Cut mid-member and mid-header, as concatenated `.gz` files (and pigz -i) are.
+    for cut in [700, tar.len() / 2, tar.len() - 1000] {
+        let gz = [gzip(&tar[..cut]), gzip(&tar[cut..])].concat();
+        let items: Vec<Sample> = read_all(&gz).into_iter().map(Result::unwrap).collect();
+        assert_eq!(items, samples, "cut at {cut}");
+    }
+}
+
+#[test]
 fn corrupt_gzip_checksum_is_a_read_error() {
     let samples = small_samples();
     let mut gz = gzip(&write(&samples));
