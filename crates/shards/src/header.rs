@@ -86,6 +86,9 @@ pub(crate) fn parse_number(field: &[u8]) -> Result<u64, HeaderError> {
 pub(crate) struct Pax {
     pub(crate) path: Option<Vec<u8>>,
     pub(crate) size: Option<u64>,
+    /// `GNU.sparse.*` records: the entry is a sparse file (GNU tar's pax formats 0.0, 0.1
+    /// and 1.0), stored under a placeholder name as its map and its pieces.
+    pub(crate) sparse: bool,
 }
 
 /// Parses pax extended header records (`"<len> <key>=<value>\n"`) into `pax`.
@@ -111,6 +114,7 @@ pub(crate) fn parse_pax(mut data: &[u8], pax: &mut Pax) -> Result<(), HeaderErro
                 let size = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok());
                 pax.size = Some(size.ok_or(HeaderError("invalid pax size"))?);
             }
+            _ if key.starts_with(b"GNU.sparse.") => pax.sparse = true,
             _ => {}
         }
         data = &data[len..];
@@ -145,7 +149,9 @@ mod tests {
         let mut pax = Pax::default();
         parse_pax(b"13 size=1234\n20 path=a/\xc3\xa9t\xc3\xa9.jpg\n8 x=y=z\n\0\0", &mut pax)
             .unwrap();
-        assert_eq!(pax, Pax { path: Some("a/été.jpg".into()), size: Some(1234) });
+        assert_eq!(pax, Pax { path: Some("a/été.jpg".into()), size: Some(1234), sparse: false });
+        parse_pax(b"27 GNU.sparse.name=a/b.bin\n", &mut pax).unwrap();
+        assert!(pax.sparse);
         for bad in
             [&b"5 a=b\n"[..], b"x a=b\n", b"100 a=b\n", b"6 ab\n", b"7 a=bc", b"12 size=-1\n"]
         {

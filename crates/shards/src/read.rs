@@ -254,7 +254,11 @@ impl<R: Read> ShardReader<R> {
                         (None, Some(long)) => long,
                         (None, None) => h.name(&block),
                     };
-                    if name.ends_with(b"/") {
+                    if pax.sparse {
+                        // A sparse file in a pax format, skipped as old GNU ones are.
+                        self.skipped(offset, b'S');
+                        self.skip_data(size)?;
+                    } else if name.ends_with(b"/") {
                         // Not a file name. Typeflag NUL is an old-style directory, without
                         // data (as Python's tarfile reads it).
                         self.skipped(offset, h.typeflag);

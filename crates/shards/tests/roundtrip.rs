@@ -76,6 +76,43 @@ fn non_file_entries_are_skipped() {
     );
 }
 
+/// One pax record, `"<len> <key>=<value>\n"` with `len` counting itself.
+fn pax(key: &str, value: &str) -> Vec<u8> {
+    let body = format!(" {key}={value}\n");
+    let mut len = body.len() + 1;
+    while len.to_string().len() + body.len() != len {
+        len = len.to_string().len() + body.len();
+    }
+    format!("{len}{body}").into_bytes()
+}
+
+#[test]
+fn pax_sparse_files_are_skipped_as_old_gnu_sparse_files_are() {
+    use tar::EntryType::*;
+    // As `tar --format=posix -S` stores a file with holes (sparse format 1.0): pax records
+    // naming the file, then a regular entry under a placeholder name holding its map and
+    // pieces, which read as a file would make a sample of their own.
+    let records = [
+        pax("GNU.sparse.major", "1"),
+        pax("GNU.sparse.minor", "0"),
+        pax("GNU.sparse.name", "s.bin"),
+        pax("GNU.sparse.realsize", "1048576"),
+    ]
+    .concat();
+    let tar = raw_tar(&[
+        (b"a.jpg", Regular, b"1"),
+        (b"a.txt", Regular, b"2"),
+        (b"./PaxHeaders/s.bin", XHeader, &records),
+        (b"./GNUSparseFile.7/s.bin", Regular, &[b'1'; 1536]),
+        (b"s.txt", Regular, b"3"),
+    ]);
+    let samples = read_ok(&tar);
+    assert_eq!(
+        samples,
+        vec![Sample::new("a").with("jpg", "1").with("txt", "2"), Sample::new("s").with("txt", "3")]
+    );
+}
+
 #[test]
 fn old_style_directory_with_regular_type_zero() {
     // typeflag '\0' (pre-POSIX regular file) with a trailing slash is a directory
