@@ -1066,6 +1066,41 @@ mod refilter {
     }
 }
 
+#[test]
+fn a_run_that_would_write_over_its_inputs_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs: Vec<PathBuf> = good_shards()
+        .iter()
+        .map(|shard| {
+            let copy = dir.path().join(shard.file_name().unwrap());
+            fs::copy(shard, &copy).unwrap();
+            copy
+        })
+        .collect();
+    let before = dir_contents(dir.path());
+    // Into the inputs' own directory, however it is spelled.
+    let spelled = dir.path().join("../").join(dir.path().file_name().unwrap());
+    for out in [dir.path().to_path_buf(), spelled] {
+        for extra in [&["--threshold", "5"][..], &["--keep-top", "0.5"]] {
+            let run = run_filter(&inputs, &out, extra);
+            assert_eq!(run.status.code(), Some(2), "{extra:?}: {}", stderr(&run));
+            assert!(stderr(&run).contains("would replace the input"), "{}", stderr(&run));
+            assert_eq!(dir_contents(dir.path()), before, "{extra:?} touched the directory");
+        }
+    }
+    // Score writes tables and records only: beside its inputs is fine.
+    let mut args: Vec<String> = vec!["score".into()];
+    args.extend(inputs.iter().map(|p| p.display().to_string()));
+    args.extend(["--output".into(), dir.path().display().to_string(), "--quiet".into()]);
+    args.extend(model_args());
+    let scored = aesthete(args);
+    assert!(scored.status.success(), "{}", stderr(&scored));
+    for input in &inputs {
+        assert_eq!(fs::read(input).unwrap(), before[input.file_name().unwrap().to_str().unwrap()]);
+        assert!(input.with_extension("parquet").is_file(), "{}", input.display());
+    }
+}
+
 /// `aesthete report`, down to what a browser shows: tests/cli/report.rs.
 #[path = "cli/report.rs"]
 mod report;

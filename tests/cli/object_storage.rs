@@ -72,6 +72,17 @@ fn filter_from_s3_to_s3_equals_filter_on_local_files() {
 }
 
 #[test]
+fn outputs_into_the_inputs_own_prefix_are_refused() {
+    let s = store();
+    let shards = s.root.path().join("data/shards");
+    let before = dir_contents(&shards);
+    let result = filter(&["s3://data/shards/*.tar"], "s3://data/shards/", &s.server.env());
+    assert_eq!(result.status.code(), Some(2), "{}", stderr(&result));
+    assert!(stderr(&result).contains("would replace the input"), "{}", stderr(&result));
+    assert_eq!(dir_contents(&shards), before);
+}
+
+#[test]
 fn a_run_stopped_part_way_resumes_to_the_same_objects() {
     let s = store();
     let result =

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use aesthete_shards::{ReadOptions, ShardReader};
 use aesthete_store::{Location, Stores};
 
-use crate::done::{self, DoneRecord, Settings, Status};
+use crate::done::{self, DoneRecord, OutputsSetting, Settings, Status};
 use crate::publish::Publish;
 use crate::{Error, RunConfig};
 
@@ -98,6 +98,7 @@ pub(crate) fn plan_paths(
         if scope.partition.owns(position) { jobs.push(job) } else { others.push(job) }
     }
 
+    refuse_outputs_over_inputs(jobs.iter().chain(&others), dir, settings, publish)?;
     prepare_output_dir(dir)?;
     if !scope.overwrite {
         check_workers(dir, jobs.iter().chain(&others), settings, publish)?;
@@ -177,6 +178,40 @@ fn remove_stale_temporaries(
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(source) => return Err(Error::Output { path, source }),
             }
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a run that would write one of its outputs over one of its inputs (`-o` the
+/// inputs' own directory or prefix, `--staging-dir` theirs): the input would be replaced
+/// while it is read, and a rerun would read the replacement.
+fn refuse_outputs_over_inputs<'a>(
+    jobs: impl Iterator<Item = &'a ShardJob>,
+    dir: &Path,
+    settings: &Settings,
+    publish: Option<&Publish>,
+) -> Result<(), Error> {
+    let dir = dir.canonicalize().ok();
+    let tar = settings.outputs == OutputsSetting::Filter;
+    for job in jobs {
+        let outputs = ["tar", "parquet", "done.json"]
+            .into_iter()
+            .filter(|&ext| tar || ext != "tar")
+            .map(|ext| format!("{}.{ext}", job.name));
+        let over = |output: &String| match &job.input {
+            Location::Local(path) => {
+                let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+                let parent = parent.unwrap_or(Path::new(".")).canonicalize().ok();
+                dir.is_some() && parent == dir && path.file_name() == Some(output.as_ref())
+            }
+            Location::Url(_) => publish.is_some_and(|p| p.location_of(output) == job.input),
+        };
+        if let Some(output) = outputs.into_iter().find(over) {
+            return Err(Error::Config(format!(
+                "the output {output} would replace the input {}; choose another output directory",
+                job.input
+            )));
         }
     }
     Ok(())

@@ -65,6 +65,11 @@ pub(crate) struct Publish {
 }
 
 impl Publish {
+    /// Where the file `name` of the staging directory is uploaded to.
+    pub fn location_of(&self, name: &str) -> Location {
+        self.prefix.join(name)
+    }
+
     /// Whether the store held `name`'s record when the run started.
     pub fn has_record(&self, job: &ShardJob) -> bool {
         self.records.contains(&record_name(job))
@@ -77,7 +82,7 @@ impl Publish {
         if !self.has_record(job) {
             return Ok(());
         }
-        let remote = self.prefix.join(&record_name(job));
+        let remote = self.location_of(&record_name(job));
         match self.stores.read(&remote).map_err(Error::Store)? {
             Some(bytes) => aesthete_atomic::write(&local, &bytes)
                 .map_err(|source| Error::Output { path: local, source }),
@@ -97,7 +102,7 @@ impl Publish {
         files.push(job.record_path(dir));
         for file in &files {
             let name = file.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-            let dest = self.prefix.join(name);
+            let dest = self.location_of(name);
             if let Err(e) = self.stores.put_file(file, &dest) {
                 let _ = std::fs::remove_file(job.record_path(dir));
                 return Err(ShardError::Output {

@@ -23,7 +23,7 @@ use aesthete_store::Location;
 use crate::done::{OutputsSetting, SelectionSetting, Settings};
 use crate::inputs::{DirFiles, expand_files};
 use crate::outputs::{Keep, ShardOutput, Target, Totals};
-use crate::plan::{self, Plan, Scope, ShardJob};
+use crate::plan::{self, Scope, ShardJob};
 use crate::record::{SampleError, SampleResult};
 use crate::{Error, Partition, Progress, RunSummary, ShardError, ShardReport};
 
@@ -168,7 +168,6 @@ pub fn rescore(
     let inputs = expand(&config.inputs)?.into_iter().map(Location::Local).collect();
     let scope = Scope { partition: config.partition, overwrite: config.overwrite };
     let plan = plan::plan_paths(inputs, scope, output_name, &target.dir, &target.settings, None)?;
-    refuse_overwriting_inputs(&plan, &target.dir)?;
     tracing::info!(
         todo = plan.todo.len(),
         skipped = plan.done.len(),
@@ -342,25 +341,6 @@ fn output_name(input: &Location) -> String {
         }
     }
     file
-}
-
-/// Refuses a run whose output table would replace one of its inputs (rescoring aesthete
-/// tables into the directory they are in).
-fn refuse_overwriting_inputs(plan: &Plan, dir: &Path) -> Result<(), Error> {
-    let jobs = plan.todo.iter().chain(plan.done.iter().map(|(job, _)| job));
-    for job in jobs {
-        let table = job.table_path(dir);
-        if let (Ok(a), Ok(b)) = (local_input(job).canonicalize(), table.canonicalize())
-            && a == b
-        {
-            return Err(Error::Config(format!(
-                "the output table {} would replace the input {}; choose another output directory",
-                table.display(),
-                job.input
-            )));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
