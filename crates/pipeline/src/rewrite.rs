@@ -35,8 +35,11 @@ fn cut_for(scores: &mut [f32], fraction: f32) -> f32 {
         return f32::INFINITY;
     }
     scores.sort_by(|a, b| b.total_cmp(a));
-    // A hair below the product, so that 5 × 0.4 (0.4 is not exact in binary) keeps 2, not 3.
-    let keep = ((scores.len() as f64) * f64::from(fraction) - 1e-6).ceil().max(1.0) as usize;
+    // The fraction as the decimal it was written as (`0.1`, not the f32's 0.100000001, which
+    // kept 101 of 1,000), and a hair below the product, so that 5 × 0.4 (0.4 is not exact in
+    // binary either) keeps 2, not 3.
+    let fraction: f64 = fraction.to_string().parse().unwrap_or(f64::from(fraction));
+    let keep = ((scores.len() as f64) * fraction - 1e-6).ceil().max(1.0) as usize;
     scores[keep.min(scores.len()) - 1]
 }
 
@@ -120,5 +123,17 @@ mod tests {
         assert_eq!(cut_for(&mut scores, 1.0), 1.0);
         assert_eq!(cut_for(&mut scores, 0.01), 5.0);
         assert_eq!(cut_for(&mut [], 0.5), f32::INFINITY);
+        // Round fractions of round counts keep exactly that many.
+        for (n, fraction, kept) in [
+            (1000, 0.1, 100),
+            (10_000, 0.1, 1000),
+            (1000, 0.2, 200),
+            (2000, 0.05, 100),
+            (1_000_000, 0.3, 300_000),
+        ] {
+            let mut scores: Vec<f32> = (0..n).map(|i| i as f32).collect();
+            let cut = cut_for(&mut scores, fraction);
+            assert_eq!(scores.iter().filter(|&&s| s >= cut).count(), kept, "{fraction} of {n}");
+        }
     }
 }
