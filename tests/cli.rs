@@ -1067,6 +1067,47 @@ mod refilter {
 }
 
 #[test]
+fn a_rerun_with_other_model_weights_is_refused() {
+    let out = tempfile::tempdir().unwrap();
+    let models = tempfile::tempdir().unwrap();
+    let head = models.path().join("head.safetensors");
+    fs::copy(fixtures().join("pipeline/head-768.safetensors"), &head).unwrap();
+    let filter_with = |head: &Path, extra: &[&str]| {
+        let mut args: Vec<String> = vec!["filter".into()];
+        args.extend(good_shards()[..2].iter().map(|p| p.display().to_string()));
+        args.extend(["--output".into(), out.path().display().to_string(), "--quiet".into()]);
+        let clip = fixtures().join("clip/tiny-vit-224-768");
+        args.extend(["--clip".into(), clip.display().to_string()]);
+        args.extend([
+            "--head".into(),
+            head.display().to_string(),
+            "--threshold".into(),
+            "5".into(),
+        ]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        aesthete(args)
+    };
+    let first = filter_with(&head, &[]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let record = fs::read_to_string(out.path().join("good-000000.done.json")).unwrap();
+    assert!(record.contains("files_crc32"), "{record}");
+    // The same files elsewhere are the same models: nothing to do.
+    let original = fixtures().join("pipeline/head-768.safetensors");
+    let same = filter_with(&original, &[]);
+    assert!(stderr(&same).contains("2 already complete"), "{}", stderr(&same));
+    // One weight changed (the file's last byte lies in the tensors' data).
+    let mut bytes = fs::read(&head).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    fs::write(&head, bytes).unwrap();
+    let changed = filter_with(&head, &[]);
+    assert_eq!(changed.status.code(), Some(2), "{}", stderr(&changed));
+    assert!(stderr(&changed).contains("models f32"), "{}", stderr(&changed));
+    assert!(stderr(&changed).contains("--overwrite"), "{}", stderr(&changed));
+    let overwritten = filter_with(&head, &["--overwrite"]);
+    assert!(overwritten.status.success(), "{}", stderr(&overwritten));
+}
+
+#[test]
 fn a_run_that_would_write_over_its_inputs_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let inputs: Vec<PathBuf> = good_shards()

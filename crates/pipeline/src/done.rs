@@ -64,6 +64,23 @@ pub(crate) struct Settings {
     /// worker resubmitted with another count is refused with its own message.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workers: Option<usize>,
+    /// The models that scored the samples; `None` where none did (`filter --scores`,
+    /// `rescore`), for models a caller built itself, and in records written before it, which
+    /// a run with any models therefore accepts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<ModelSetting>,
+}
+
+/// Which models scored a shard, so that a rerun with other weights or another precision
+/// cannot mix its scores with theirs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ModelSetting {
+    /// The precision of the CLIP model (`f32`, `bf16`, `f16`).
+    pub dtype: String,
+    /// CRC-32 of the CLIP model's `config.json` and weights and of the head's file, in hex:
+    /// the same files wherever they are, other weights seen without hashing a gigabyte
+    /// cryptographically at every start.
+    pub files_crc32: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -118,7 +135,13 @@ impl Settings {
             preprocess: Some(PreprocessSetting::of(&config.preprocess)),
             key_column: None,
             workers: workers_of(config.partition),
+            model: None,
         }
+    }
+
+    /// These settings with the models that score the samples.
+    pub fn scored_by(self, model: Option<ModelSetting>) -> Self {
+        Settings { model, ..self }
     }
 
     /// The settings of score tables made for a later cut (keep-top's first pass): they do not
@@ -166,6 +189,11 @@ impl Settings {
                 show(&self.preprocess)
             ));
         }
+        if let (Some(now), Some(then)) = (&self.model, &recorded.model)
+            && now != then
+        {
+            parts.push(format!("models {then} vs {now}"));
+        }
         if self.key_column != recorded.key_column {
             let show = |c: &Option<String>| c.clone().unwrap_or_else(|| "none".to_string());
             parts.push(format!(
@@ -210,6 +238,12 @@ impl fmt::Display for SelectionSetting {
             SelectionSetting::KeepTop { fraction } => write!(f, "keep-top {fraction}"),
             SelectionSetting::None => f.write_str("none"),
         }
+    }
+}
+
+impl fmt::Display for ModelSetting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (files crc32 {})", self.dtype, self.files_crc32)
     }
 }
 
@@ -325,6 +359,7 @@ mod legacy {
                     preprocess: Some(preprocess(&s.preprocess)?),
                     key_column: None,
                     workers: None,
+                    model: None,
                 },
                 status,
                 samples: self.samples,

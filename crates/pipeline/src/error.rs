@@ -34,6 +34,15 @@ pub enum Error {
         /// Where it was looked for.
         path: PathBuf,
     },
+    /// A model file could not be read for the fingerprint completion records hold.
+    #[error("reading model file {path}")]
+    ModelRead {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// No model directory was given and none of the default ones holds the models.
     #[error(
         "no models found (looked in {}); run `cargo xtask fetch-models` to download them into the first, or pass --models DIR, or --clip DIR and --head FILE",

@@ -35,7 +35,7 @@ pub(crate) fn run(
         dir: place.dir.join(SCRATCH_DIR),
         tar: false,
         keep: Keep::Nothing,
-        settings: Settings::scores_for_cut(config),
+        settings: Settings::scores_for_cut(config).scored_by(models.setting()),
         embedding_dim: config.save_embeddings.then_some(embedding_dim),
         stream_rows: None,
         publish: None,
@@ -55,7 +55,8 @@ pub(crate) fn run(
     let tables: Vec<_> = all_jobs.iter().map(|job| job.table_path(&scoring.dir)).collect();
     let cut = rewrite::cut_over(tables.iter().map(|p| p.as_path()), fraction)?;
 
-    let target = crate::run::final_target(config, Some(embedding_dim), place, Keep::AtLeast(cut));
+    let (dim, model) = (Some(embedding_dim), models.setting());
+    let target = crate::run::final_target(config, dim, model, place, Keep::AtLeast(cut));
     let mut totals = Totals::default();
     for job in &plan.todo {
         let path = job.table_path(&scoring.dir);

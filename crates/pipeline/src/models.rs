@@ -6,6 +6,7 @@ use aesthete_head::AestheticHead;
 use aesthete_preprocess::PreprocessConfig;
 
 use crate::Error;
+use crate::done::ModelSetting;
 
 /// Name of the CLIP directory inside a model directory filled by `cargo xtask fetch-models`.
 pub const CLIP_DIR_NAME: &str = "clip-vit-large-patch14";
@@ -71,6 +72,8 @@ pub struct Models {
     pub(crate) clip: ClipVision,
     pub(crate) head: AestheticHead,
     pub(crate) description: String,
+    /// What completion records say of these models: `None` for models a caller built.
+    setting: Option<ModelSetting>,
 }
 
 impl Models {
@@ -103,7 +106,9 @@ impl Models {
             paths.clip_dir.display(),
             paths.head_file.display()
         );
-        let models = Models::checked(preprocess, clip, head, description)?;
+        let mut models = Models::checked(preprocess, clip, head, description)?;
+        let files_crc32 = files_crc32(paths)?;
+        models.setting = Some(ModelSetting { dtype: dtype_name(dtype), files_crc32 });
         tracing::info!(description = %models.description, "models loaded");
         Ok(models)
     }
@@ -138,7 +143,7 @@ impl Models {
                 clip: clip.image_size(),
             });
         }
-        Ok(Models { preprocess, clip, head, description })
+        Ok(Models { preprocess, clip, head, description, setting: None })
     }
 
     /// Preprocessing settings of the CLIP model.
@@ -160,6 +165,44 @@ impl Models {
     pub fn description(&self) -> &str {
         &self.description
     }
+
+    /// What completion records say of these models.
+    pub(crate) fn setting(&self) -> Option<ModelSetting> {
+        self.setting.clone()
+    }
+}
+
+/// `f32`, `bf16`, `f16`.
+fn dtype_name(dtype: DType) -> String {
+    format!("{dtype:?}").to_ascii_lowercase()
+}
+
+/// CRC-32 in hex of the files that make the models, in a fixed order: the CLIP directory's
+/// `config.json` and its `*.safetensors` files by name, then the head's file.
+fn files_crc32(paths: &ModelPaths) -> Result<String, Error> {
+    let mut weights: Vec<PathBuf> = std::fs::read_dir(&paths.clip_dir)
+        .and_then(|entries| entries.map(|e| e.map(|e| e.path())).collect())
+        .map_err(|source| Error::ModelRead { path: paths.clip_dir.clone(), source })?;
+    weights.retain(|p| p.extension().is_some_and(|e| e == "safetensors"));
+    weights.sort();
+    let files = std::iter::once(paths.clip_dir.join("config.json"))
+        .chain(weights)
+        .chain(std::iter::once(paths.head_file.clone()));
+    let mut hasher = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    for path in files {
+        let read_error = |source| Error::ModelRead { path: path.clone(), source };
+        let mut file = std::fs::File::open(&path).map_err(read_error)?;
+        loop {
+            match std::io::Read::read(&mut file, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => hasher.update(&buf[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(read_error(e)),
+            }
+        }
+    }
+    Ok(format!("{:08x}", hasher.finalize()))
 }
 
 #[cfg(test)]

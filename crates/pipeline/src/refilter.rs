@@ -103,7 +103,8 @@ pub fn refilter(
         let path = job.table_path(scores_dir);
         match stored_rows(config, &settings, scores_dir, job) {
             Ok(table) => {
-                let target = crate::run::final_target(config, table.embedding_dim, &place, keep);
+                let target =
+                    crate::run::final_target(config, table.embedding_dim, None, &place, keep);
                 let remedy = "give the tables of an earlier run over these same shards";
                 let (report, scored) =
                     rewrite::rewrite(config, &target, job, &path, table.rows, remedy);

@@ -1,7 +1,7 @@
 //! A run: plan this worker's shards, then score and select them by the run's [`Selection`].
 use std::time::Instant;
 
-use crate::done::Settings;
+use crate::done::{ModelSetting, Settings};
 use crate::outputs::{Keep, Target};
 use crate::publish::OutputPlace;
 use crate::{Error, Models, Outputs, Progress, RunConfig, RunSummary, Selection, plan, stages};
@@ -15,7 +15,8 @@ pub fn run(
     let started = Instant::now();
     let config = &config.with_stores()?;
     let place = OutputPlace::prepare(config)?;
-    let target = final_target(config, Some(models.clip.embedding_dim()), &place, Keep::Nothing);
+    let (dim, model) = (Some(models.clip.embedding_dim()), models.setting());
+    let target = final_target(config, dim, model, &place, Keep::Nothing);
     let plan = plan::plan(config, &target.dir, &target.settings, target.publish.as_ref())?;
     tracing::info!(
         todo = plan.todo.len(),
@@ -49,6 +50,7 @@ pub fn run(
 pub(crate) fn final_target(
     config: &RunConfig,
     embedding_dim: Option<usize>,
+    model: Option<ModelSetting>,
     place: &OutputPlace,
     keep: Keep,
 ) -> Target {
@@ -57,7 +59,7 @@ pub(crate) fn final_target(
         publish: place.publish.clone(),
         tar: config.outputs == Outputs::FilterAndScore,
         keep,
-        settings: Settings::of(config),
+        settings: Settings::of(config).scored_by(model),
         embedding_dim: embedding_dim.filter(|_| config.save_embeddings),
         stream_rows: None,
     }

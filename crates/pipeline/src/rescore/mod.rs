@@ -141,6 +141,7 @@ impl RescoreConfig {
             preprocess: None,
             key_column: Some(self.key_column.clone()),
             workers: crate::done::workers_of(self.partition),
+            model: None,
         }
     }
 }
