@@ -1,6 +1,6 @@
 //! Which shards a run (or this worker of it) processes, where their outputs go, and which are
 //! already done.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
 
@@ -194,17 +194,26 @@ fn refuse_outputs_over_inputs<'a>(
 ) -> Result<(), Error> {
     let dir = dir.canonicalize().ok();
     let tar = settings.outputs == OutputsSetting::Filter;
+    // Whether a local input's directory is the output directory, resolved once per directory
+    // (a run's inputs mostly share a few).
+    let mut in_dir: HashMap<&Path, bool> = HashMap::new();
     for job in jobs {
+        let in_output_dir = match (&job.input, &dir) {
+            (Location::Local(path), Some(dir)) => {
+                let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+                let parent = parent.unwrap_or(Path::new("."));
+                *in_dir
+                    .entry(parent)
+                    .or_insert_with(|| parent.canonicalize().is_ok_and(|p| p == *dir))
+            }
+            _ => false,
+        };
         let outputs = ["tar", "parquet", "done.json"]
             .into_iter()
             .filter(|&ext| tar || ext != "tar")
             .map(|ext| format!("{}.{ext}", job.name));
         let over = |output: &String| match &job.input {
-            Location::Local(path) => {
-                let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
-                let parent = parent.unwrap_or(Path::new(".")).canonicalize().ok();
-                dir.is_some() && parent == dir && path.file_name() == Some(output.as_ref())
-            }
+            Location::Local(path) => in_output_dir && path.file_name() == Some(output.as_ref()),
             Location::Url(_) => publish.is_some_and(|p| p.location_of(output) == job.input),
         };
         if let Some(output) = outputs.into_iter().find(over) {
